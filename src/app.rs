@@ -1,0 +1,158 @@
+//! Wiring: settings in, bound ports out. `App::build` connects the store, starts the event
+//! log writer and binds both listeners (port 0 works, for tests); `run_until_stopped`
+//! serves until the stop future resolves, then drains in order: MLLP connections first
+//! (their ACKs need the log), then the log writer, then the database.
+
+use crate::config::Settings;
+use crate::http::{router, HttpState};
+use crate::ingest::Ingest;
+use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
+use crate::log::EventLog;
+use crate::metrics::Metrics;
+use crate::mllp::listener::{self, ListenerOptions};
+use crate::store::{redact_url, Store};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub struct App {
+    pub mllp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    settings: Settings,
+    store: Store,
+    metrics: Arc<Metrics>,
+    ingest: Arc<Ingest>,
+    log_writer: tokio::task::JoinHandle<()>,
+    mllp_listener: TcpListener,
+    http_listener: TcpListener,
+    event_log: &'static str,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::connect(&settings.store_options())
+            .await
+            .with_context(|| format!("opening database {}", redact_url(&settings.database.url)))?;
+        let (embedded, log_writer) = EmbeddedLog::start(
+            store.clone(),
+            EmbeddedOptions {
+                max_batch: settings.event_log.max_batch,
+                commit_timeout: Duration::from_millis(settings.event_log.commit_timeout_ms),
+                duplicate_window: Duration::from_secs(
+                    settings.event_log.duplicate_window_hours * 3600,
+                ),
+            },
+            metrics.clone(),
+        );
+        let log = EventLog::Embedded(embedded);
+        let event_log = log.name();
+        let ingest = Arc::new(Ingest::new(
+            log,
+            store.clone(),
+            settings.parse_rules(),
+            settings.fallback_charset(),
+            metrics.clone(),
+        ));
+        let mllp_listener = TcpListener::bind(&settings.mllp.listen)
+            .await
+            .with_context(|| format!("binding MLLP listener on {}", settings.mllp.listen))?;
+        let http_listener = TcpListener::bind(&settings.http.listen)
+            .await
+            .with_context(|| format!("binding HTTP listener on {}", settings.http.listen))?;
+        Ok(App {
+            mllp_addr: mllp_listener.local_addr()?,
+            http_addr: http_listener.local_addr()?,
+            settings,
+            store,
+            metrics,
+            ingest,
+            log_writer,
+            mllp_listener,
+            http_listener,
+            event_log,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "adt-router listening: MLLP on {}, HTTP on {} (database {}, event log {})",
+            self.mllp_addr,
+            self.http_addr,
+            redact_url(&self.settings.database.url),
+            self.event_log
+        )
+    }
+
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (tx, rx) = watch::channel(false);
+        let m = &self.settings.mllp;
+        let opts = ListenerOptions {
+            max_frame_bytes: m.max_frame_bytes,
+            max_connections: m.max_connections,
+            idle_timeout: Duration::from_secs(m.idle_timeout_secs),
+            tcp_keepalive: Duration::from_secs(m.tcp_keepalive_secs.max(1)),
+            drain_timeout: Duration::from_secs(m.drain_timeout_secs),
+        };
+        let mllp = tokio::spawn(listener::run(
+            self.mllp_listener,
+            self.ingest.clone(),
+            self.metrics.clone(),
+            opts,
+            rx.clone(),
+        ));
+        let state = HttpState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            event_log: self.event_log,
+        };
+        let mut http_rx = rx.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(self.http_listener, router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = http_rx.wait_for(|v| *v).await;
+                })
+                .await
+        });
+
+        stop.await;
+        tracing::info!(
+            "Shutdown requested: no new connections; answering frames already received."
+        );
+        let _ = tx.send(true);
+        mllp.await.context("MLLP listener task")?;
+        // The listener's connections held the only other handles to the log.
+        drop(self.ingest);
+        self.log_writer.await.context("event log writer")?;
+        http.await.context("HTTP task")?.context("HTTP server")?;
+        self.store.close().await;
+        tracing::info!("Shutdown complete.");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,248 @@
+//! Settings: defaults, then an optional TOML file, then `ADT_ROUTER__SECTION__KEY`
+//! environment variables (design.md contract). Unknown keys are errors, so a typo in a
+//! file or a variable name fails at start instead of being ignored.
+
+use crate::hl7::parse::{FieldSpec, ParseRules};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub mllp: MllpSettings,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub event_log: EventLogSettings,
+    pub hl7: Hl7Settings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MllpSettings {
+    /// Address the MLLP listener binds.
+    pub listen: String,
+    /// Largest frame accepted; a longer one closes the connection.
+    pub max_frame_bytes: usize,
+    /// Connections beyond this are accepted and closed at once (and counted).
+    pub max_connections: usize,
+    /// A connection with no bytes for this long is closed. Senders hold connections open
+    /// between messages, so this is long (standards §1.5: hours).
+    pub idle_timeout_secs: u64,
+    /// TCP keepalive idle time; finds peers that vanished without a FIN.
+    pub tcp_keepalive_secs: u64,
+    /// On shutdown, how long connections get to finish frames already received.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for MllpSettings {
+    fn default() -> Self {
+        MllpSettings {
+            listen: "127.0.0.1:2575".into(),
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_connections: 1024,
+            idle_timeout_secs: 3600,
+            tcp_keepalive_secs: 60,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address for /healthz, /readyz and /metrics.
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` (created if missing) or `postgres://...`.
+    pub url: String,
+    pub max_connections: u32,
+    /// SQLite: how long a statement waits for a lock.
+    pub busy_timeout_ms: u64,
+    /// How long to wait for a pooled connection.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite://./data/adt-router.db".into(),
+            max_connections: 8,
+            busy_timeout_ms: 5000,
+            acquire_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventLogSettings {
+    /// Most messages in one group commit.
+    pub max_batch: usize,
+    /// A commit that takes longer fails its messages (AR/CE to the senders).
+    pub commit_timeout_ms: u64,
+    /// The same sender + facility + control id within this window is a duplicate.
+    pub duplicate_window_hours: u64,
+}
+
+impl Default for EventLogSettings {
+    fn default() -> Self {
+        EventLogSettings {
+            max_batch: 64,
+            commit_timeout_ms: 5000,
+            duplicate_window_hours: 24 * 7,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hl7Settings {
+    /// Charset for undeclared (empty MSH-18) bytes that are not valid UTF-8.
+    pub fallback_charset: String,
+    /// Accepted MSH-9.1 message codes; others get AR/CR 200. Empty accepts all.
+    pub message_codes: Vec<String>,
+    /// Accepted MSH-11.1 processing ids; others get AR/CR 202. Empty accepts all.
+    pub processing_ids: Vec<String>,
+    /// `SEG` or `SEG-N` that must be present; missing ones make the ACK AE.
+    pub required_fields: Vec<String>,
+}
+
+impl Default for Hl7Settings {
+    fn default() -> Self {
+        Hl7Settings {
+            fallback_charset: "windows-1252".into(),
+            message_codes: vec!["ADT".into()],
+            processing_ids: vec![],
+            required_fields: vec!["PID-3".into()],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            b = b.add_source(
+                config::File::from(f)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("ADT_ROUTER")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("hl7.message_codes")
+                .with_list_parse_key("hl7.processing_ids")
+                .with_list_parse_key("hl7.required_fields"),
+        );
+        let s: Settings = b.build()?.try_deserialize()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks what serde cannot: addresses parse, limits are sane, names are known.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.mllp.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "mllp.listen",
+                format!("'{}' is not HOST:PORT", self.mllp.listen),
+            );
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "http.listen",
+                format!("'{}' is not HOST:PORT", self.http.listen),
+            );
+        }
+        if self.mllp.max_frame_bytes < 1024 {
+            return bad("mllp.max_frame_bytes", "must be at least 1024".into());
+        }
+        if self.mllp.max_connections == 0 {
+            return bad("mllp.max_connections", "must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.event_log.max_batch) {
+            return bad("event_log.max_batch", "must be 1 to 1000".into());
+        }
+        if self.event_log.commit_timeout_ms == 0 {
+            return bad("event_log.commit_timeout_ms", "must be above 0".into());
+        }
+        if encoding_rs::Encoding::for_label(self.hl7.fallback_charset.as_bytes()).is_none() {
+            return bad(
+                "hl7.fallback_charset",
+                format!(
+                    "'{}' is not a known encoding label",
+                    self.hl7.fallback_charset
+                ),
+            );
+        }
+        for f in &self.hl7.required_fields {
+            if let Err(reason) = FieldSpec::parse(f) {
+                return bad("hl7.required_fields", reason);
+            }
+        }
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return bad(
+                "database.url",
+                "must start with sqlite:// or postgres://".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn parse_rules(&self) -> ParseRules {
+        ParseRules {
+            message_codes: self.hl7.message_codes.clone(),
+            processing_ids: self.hl7.processing_ids.clone(),
+            required: self
+                .hl7
+                .required_fields
+                .iter()
+                .filter_map(|f| FieldSpec::parse(f).ok())
+                .collect(),
+        }
+    }
+
+    pub fn fallback_charset(&self) -> &'static encoding_rs::Encoding {
+        encoding_rs::Encoding::for_label(self.hl7.fallback_charset.as_bytes())
+            .unwrap_or(encoding_rs::WINDOWS_1252)
+    }
+
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            url: self.database.url.clone(),
+            max_connections: self.database.max_connections,
+            busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
+            acquire_timeout: Duration::from_millis(self.database.acquire_timeout_ms),
+        }
+    }
+}

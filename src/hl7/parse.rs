@@ -1,0 +1,532 @@
+//! Reads a decoded HL7 v2 message: the header, the routing fields step 1 needs, and
+//! what is wrong with it.
+//!
+//! Two outcomes that must not be confused (standards §2.4, §2.6):
+//! - [`Rejection`]: the message cannot be accepted at all (not HL7, no control id, wrong
+//!   message type, version or processing id). It gets AR/CR and goes to quarantine.
+//! - [`ParsedMessage::problems`]: the message is HL7 we can store, but its content is
+//!   incomplete (a required field is empty, a segment cannot be read). It is stored and
+//!   gets AE (original mode) or CA with a warning (enhanced mode).
+//!
+//! We parse by segment id and position, not by a rigid grammar: real feeds vary too much.
+
+use super::ack::{ErrDetail, ErrLocation};
+use super::types::{AckMode, ControlId, MessageType, PatientId};
+use hl7_parser::message::{Field, Segment, Separators};
+use hl7_parser::Message;
+use std::borrow::Cow;
+
+/// What the operator configures about acceptable messages.
+#[derive(Clone, Debug)]
+pub struct ParseRules {
+    /// Accepted MSH-9.1 message codes; empty accepts any.
+    pub message_codes: Vec<String>,
+    /// Accepted MSH-11.1 processing ids; empty accepts any. An empty MSH-11 is accepted.
+    pub processing_ids: Vec<String>,
+    /// Fields (`PID-3`) or segments (`PV1`) whose absence is a content error (AE).
+    pub required: Vec<FieldSpec>,
+}
+
+impl Default for ParseRules {
+    fn default() -> Self {
+        ParseRules {
+            message_codes: vec!["ADT".into()],
+            processing_ids: vec![],
+            required: vec![FieldSpec::parse("PID-3").expect("valid spec")],
+        }
+    }
+}
+
+/// `SEG` or `SEG-N`: a segment that must be present, or a field that must be valued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldSpec {
+    pub segment: String,
+    pub field: Option<usize>,
+}
+
+impl FieldSpec {
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (seg, field) = match spec.split_once('-') {
+            Some((s, f)) => (
+                s,
+                Some(
+                    f.parse::<usize>()
+                        .map_err(|_| format!("bad field number in '{spec}'"))?,
+                ),
+            ),
+            None => (spec, None),
+        };
+        if seg.len() != 3 || !seg.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!("'{spec}' is not SEG or SEG-N"));
+        }
+        if field == Some(0) {
+            return Err(format!("'{spec}': fields are numbered from 1"));
+        }
+        Ok(FieldSpec {
+            segment: seg.to_ascii_uppercase(),
+            field,
+        })
+    }
+}
+
+/// The message header, with escapes decoded.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub sending_application: String,
+    pub sending_facility: String,
+    pub receiving_application: String,
+    pub receiving_facility: String,
+    pub message_time: String,
+    pub message_type: MessageType,
+    pub control_id: ControlId,
+    pub processing_id: String,
+    pub version: String,
+    pub ack_mode: AckMode,
+    pub charset_field: String,
+}
+
+/// What step 1 reads beyond MSH. Step 4 replaces this with the full typed ADT event.
+#[derive(Clone, Debug, Default)]
+pub struct RoutingFields {
+    /// EVN-2, recorded date/time.
+    pub event_time: Option<String>,
+    /// PID-3 repetitions in order; the first is the primary identifier.
+    pub patient_ids: Vec<PatientId>,
+    /// PV1-2.
+    pub patient_class: Option<String>,
+    /// PV1-19.1.
+    pub visit_number: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ParsedMessage {
+    pub header: Header,
+    pub routing: RoutingFields,
+    /// Content problems; empty for a clean message.
+    pub problems: Vec<ErrDetail>,
+    /// How many segments were read.
+    pub segment_count: usize,
+}
+
+/// Why a message cannot be accepted. `reason` is a short, PHI-free label for metrics
+/// and the quarantine table; `err` goes into the ACK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub err: ErrDetail,
+}
+
+impl Rejection {
+    fn new(reason: &'static str, code: u16, location: Option<ErrLocation>, text: String) -> Self {
+        Rejection {
+            reason,
+            err: ErrDetail::error(code, location, text),
+        }
+    }
+}
+
+/// Parses decoded text. Never panics on input; every failure is a [`Rejection`].
+pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Rejection> {
+    let normalized = normalize(text).ok_or_else(|| {
+        Rejection::new(
+            "not_hl7",
+            100,
+            Some(ErrLocation::segment("MSH", 1)),
+            "Message does not start with an MSH segment with field separator and encoding characters".into(),
+        )
+    })?;
+    let message = Message::parse(&normalized.text).map_err(|_| {
+        Rejection::new(
+            "bad_msh",
+            102,
+            Some(ErrLocation::field("MSH", 1, 2)),
+            "MSH segment could not be parsed".into(),
+        )
+    })?;
+    let seps = message.separators;
+    let msh = message
+        .segment("MSH")
+        .ok_or_else(|| Rejection::new("not_hl7", 100, None, "MSH segment missing".into()))?;
+
+    let header = read_header(msh, &message, &seps, rules)?;
+    let routing = read_routing_fields(&message, &seps);
+
+    let mut problems = Vec::new();
+    // Everything the parser could not read: hl7-parser stops at the first bad segment.
+    let consumed = message.raw_value().len();
+    if consumed < normalized.text.len() {
+        let rest = &normalized.text[consumed..];
+        let bad = rest
+            .trim_start_matches('\r')
+            .split('\r')
+            .next()
+            .unwrap_or("");
+        let seg_no = message.segments.len() + 1;
+        let shown: String = bad
+            .chars()
+            .take(3)
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        problems.push(ErrDetail::error(
+            100,
+            Some(ErrLocation::segment(&shown, seg_no)),
+            format!(
+                "Segment {seg_no} ('{shown}...') is not a valid segment (a segment id is 3 letters or digits followed by the field separator); it and all later segments were not read"
+            ),
+        ));
+    }
+    for spec in &rules.required {
+        match message.segment(&spec.segment) {
+            None => problems.push(ErrDetail::error(
+                100,
+                Some(ErrLocation::segment(&spec.segment, 1)),
+                format!("Required segment {} is missing", spec.segment),
+            )),
+            Some(seg) => {
+                if let Some(f) = spec.field {
+                    if seg.field(f).map(|v| v.is_empty()).unwrap_or(true) {
+                        problems.push(ErrDetail::error(
+                            101,
+                            Some(ErrLocation::field(&spec.segment, 1, f)),
+                            format!("Required field {}-{} is empty", spec.segment, f),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    Ok(ParsedMessage {
+        header,
+        routing,
+        problems,
+        segment_count: message.segments.len(),
+    })
+}
+
+struct Normalized<'a> {
+    text: Cow<'a, str>,
+}
+
+/// Makes the text acceptable to hl7-parser without changing any field:
+/// - segments may end in CR, LF or CRLF, and blank segments are dropped;
+/// - a fifth encoding character (the v2.7 truncation character) is removed from MSH-2,
+///   since the parser expects exactly four and would otherwise shift every MSH field;
+/// - a bare segment id with no fields gets its field separator.
+///
+/// Returns `None` when the text does not start with `MSH` and a field separator.
+fn normalize(text: &str) -> Option<Normalized<'_>> {
+    let text = text.trim_start_matches(['\r', '\n', ' ', '\t', '\u{feff}']);
+    let b = text.as_bytes();
+    if b.len() < 8 || !text.starts_with("MSH") {
+        return None;
+    }
+    let fs = b[3] as char;
+    if !fs.is_ascii() || fs.is_ascii_alphanumeric() || fs.is_ascii_whitespace() {
+        return None;
+    }
+    // Encoding characters: 4 or 5 ASCII characters up to the next field separator.
+    let enc_end = text[4..].find(fs).map(|i| 4 + i).unwrap_or(text.len());
+    let enc = &text[4..enc_end];
+    if enc.len() < 4 || enc.len() > 5 || !enc.is_ascii() {
+        return None;
+    }
+    let clean = enc.len() == 4
+        && !text.contains('\n')
+        && !text.contains("\r\r")
+        && !text.split('\r').any(|s| s.len() == 3);
+    if clean {
+        return Some(Normalized {
+            text: Cow::Borrowed(text.trim_end_matches('\r')),
+        });
+    }
+    let mut out = String::with_capacity(text.len());
+    for (i, seg) in text.split(['\r', '\n']).enumerate() {
+        if seg.trim().is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\r');
+        }
+        if i == 0 && enc.len() == 5 {
+            out.push_str(&seg[..8]);
+            out.push_str(&seg[9..]);
+        } else {
+            out.push_str(seg);
+            if seg.len() == 3 {
+                out.push(fs);
+            }
+        }
+    }
+    Some(Normalized {
+        text: Cow::Owned(out),
+    })
+}
+
+fn decoded(field: Option<&Field<'_>>, seps: &Separators) -> String {
+    field
+        .map(|f| seps.decode(f.raw_value()).to_string())
+        .unwrap_or_default()
+}
+
+fn component(field: Option<&Field<'_>>, n: usize, seps: &Separators) -> String {
+    field
+        .and_then(|f| f.repeat(1))
+        .and_then(|r| r.component(n))
+        .map(|c| seps.decode(c.raw_value()).to_string())
+        .unwrap_or_default()
+}
+
+fn read_header(
+    msh: &Segment<'_>,
+    message: &Message<'_>,
+    seps: &Separators,
+    rules: &ParseRules,
+) -> Result<Header, Rejection> {
+    let f = |n: usize| msh.field(n);
+    let msh9 = f(9);
+    let code = component(msh9, 1, seps).trim().to_string();
+    if code.is_empty() {
+        return Err(Rejection::new(
+            "missing_message_type",
+            101,
+            Some(ErrLocation::field("MSH", 1, 9)),
+            "Required field MSH-9 (message type) is empty".into(),
+        ));
+    }
+    let control_id = ControlId::new(&decoded(f(10), seps)).ok_or_else(|| {
+        Rejection::new(
+            "missing_control_id",
+            101,
+            Some(ErrLocation::field("MSH", 1, 10)),
+            "Required field MSH-10 (message control id) is empty".into(),
+        )
+    })?;
+    if !rules.message_codes.is_empty() && !rules.message_codes.iter().any(|c| c == &code) {
+        return Err(Rejection::new(
+            "unsupported_message_type",
+            200,
+            Some(ErrLocation::component("MSH", 1, 9, 1)),
+            format!(
+                "Message type {code} is not accepted here (accepted: {})",
+                rules.message_codes.join(", ")
+            ),
+        ));
+    }
+    let mut trigger = component(msh9, 2, seps).trim().to_string();
+    if trigger.is_empty() {
+        // HL7 2.1/2.2 and some 2.3 senders put the trigger only in EVN-1.
+        trigger = decoded(message.segment("EVN").and_then(|s| s.field(1)), seps)
+            .trim()
+            .to_string();
+    }
+    if trigger.is_empty() {
+        return Err(Rejection::new(
+            "missing_trigger_event",
+            101,
+            Some(ErrLocation::component("MSH", 1, 9, 2)),
+            "Required component MSH-9.2 (trigger event) is empty and there is no EVN-1".into(),
+        ));
+    }
+    let version = component(f(12), 1, seps).trim().to_string();
+    if !version.starts_with("2.") {
+        return Err(Rejection::new(
+            "unsupported_version",
+            203,
+            Some(ErrLocation::field("MSH", 1, 12)),
+            format!("HL7 version '{version}' (MSH-12) is not supported; versions 2.1 to 2.9 are"),
+        ));
+    }
+    let processing_id = component(f(11), 1, seps).trim().to_string();
+    if !processing_id.is_empty()
+        && !rules.processing_ids.is_empty()
+        && !rules.processing_ids.iter().any(|p| p == &processing_id)
+    {
+        return Err(Rejection::new(
+            "unsupported_processing_id",
+            202,
+            Some(ErrLocation::field("MSH", 1, 11)),
+            format!(
+                "Processing id '{processing_id}' (MSH-11) is not accepted by this listener (accepted: {})",
+                rules.processing_ids.join(", ")
+            ),
+        ));
+    }
+    Ok(Header {
+        sending_application: decoded(f(3), seps),
+        sending_facility: decoded(f(4), seps),
+        receiving_application: decoded(f(5), seps),
+        receiving_facility: decoded(f(6), seps),
+        message_time: decoded(f(7), seps),
+        message_type: MessageType {
+            code,
+            trigger,
+            structure: component(msh9, 3, seps).trim().to_string(),
+        },
+        control_id,
+        processing_id,
+        version,
+        ack_mode: AckMode::from_msh(&decoded(f(15), seps), &decoded(f(16), seps)),
+        charset_field: f(18)
+            .and_then(|x| x.repeat(1))
+            .map(|r| r.raw_value().trim().to_string())
+            .unwrap_or_default(),
+    })
+}
+
+fn read_routing_fields(message: &Message<'_>, seps: &Separators) -> RoutingFields {
+    let mut out = RoutingFields::default();
+    if let Some(evn) = message.segment("EVN") {
+        out.event_time = Some(decoded(evn.field(2), seps)).filter(|s| !s.is_empty());
+    }
+    if let Some(pid3) = message.segment("PID").and_then(|s| s.field(3)) {
+        for rep in pid3.repeats() {
+            let c = |n: usize| {
+                rep.component(n)
+                    .map(|c| seps.decode(c.raw_value()).to_string())
+                    .unwrap_or_default()
+            };
+            let id = c(1);
+            if id.trim().is_empty() {
+                continue;
+            }
+            out.patient_ids.push(PatientId {
+                id,
+                authority: c(4),
+                type_code: c(5),
+            });
+        }
+    }
+    if let Some(pv1) = message.segment("PV1") {
+        out.patient_class = Some(component(pv1.field(2), 1, seps)).filter(|s| !s.is_empty());
+        out.visit_number = Some(component(pv1.field(19), 1, seps)).filter(|s| !s.is_empty());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A01: &str = "MSH|^~\\&|EPIC|GENHOSP|RTR|HIE|20261128093000||ADT^A01^ADT_A01|CTRL1|P|2.5.1|||AL|NE\rEVN|A01|20261128093000\rPID|1||MRN1^^^GENHOSP^MR~999^^^SSA^SS||DOE^JOHN\rPV1|1|I|4W^401||||||||||||||||V123\r";
+
+    #[test]
+    fn reads_header_and_routing_fields() {
+        let m = parse_message(A01, &ParseRules::default()).unwrap();
+        assert_eq!(m.header.sending_application, "EPIC");
+        assert_eq!(m.header.sending_facility, "GENHOSP");
+        assert_eq!(m.header.control_id.as_str(), "CTRL1");
+        assert_eq!(m.header.message_type.to_string(), "ADT^A01");
+        assert_eq!(m.header.message_type.structure, "ADT_A01");
+        assert_eq!(m.header.version, "2.5.1");
+        assert!(matches!(m.header.ack_mode, AckMode::Enhanced { .. }));
+        assert_eq!(m.routing.patient_ids.len(), 2);
+        assert_eq!(m.routing.patient_ids[0].key(), "MRN1^GENHOSP");
+        assert_eq!(m.routing.patient_class.as_deref(), Some("I"));
+        assert_eq!(m.routing.visit_number.as_deref(), Some("V123"));
+        assert!(m.problems.is_empty());
+        assert_eq!(m.segment_count, 4);
+    }
+
+    #[test]
+    fn truncation_character_in_msh2_does_not_shift_fields() {
+        let t = A01.replacen("^~\\&|", "^~\\&#|", 1);
+        let m = parse_message(&t, &ParseRules::default()).unwrap();
+        assert_eq!(m.header.sending_application, "EPIC");
+        assert_eq!(m.header.control_id.as_str(), "CTRL1");
+    }
+
+    #[test]
+    fn lf_and_crlf_and_blank_segments_are_tolerated() {
+        let t = A01.replace('\r', "\r\n\n");
+        let m = parse_message(&t, &ParseRules::default()).unwrap();
+        assert_eq!(m.segment_count, 4);
+        assert!(m.problems.is_empty(), "{:?}", m.problems);
+    }
+
+    #[test]
+    fn rejections_have_codes_and_locations() {
+        let r = ParseRules::default();
+        let cases: &[(&str, &str, u16)] = &[
+            ("hello world", "not_hl7", 100),
+            (
+                "MSH|^~\\&|A|B|C|D|2020||ADT^A01||P|2.5",
+                "missing_control_id",
+                101,
+            ),
+            (
+                "MSH|^~\\&|A|B|C|D|2020|||X1|P|2.5",
+                "missing_message_type",
+                101,
+            ),
+            (
+                "MSH|^~\\&|A|B|C|D|2020||ORU^R01|X1|P|2.5",
+                "unsupported_message_type",
+                200,
+            ),
+            (
+                "MSH|^~\\&|A|B|C|D|2020||ADT|X1|P|2.5",
+                "missing_trigger_event",
+                101,
+            ),
+            (
+                "MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|1.0",
+                "unsupported_version",
+                203,
+            ),
+        ];
+        for (text, reason, code) in cases {
+            let e = parse_message(text, &r).unwrap_err();
+            assert_eq!((e.reason, e.err.code), (*reason, *code), "{text}");
+        }
+    }
+
+    #[test]
+    fn trigger_falls_back_to_evn1() {
+        let t = "MSH|^~\\&|A|B|C|D|2020||ADT|X1|P|2.2\rEVN|A04|2020\rPID|||1";
+        let m = parse_message(t, &ParseRules::default()).unwrap();
+        assert_eq!(m.header.message_type.trigger, "A04");
+    }
+
+    #[test]
+    fn processing_id_allow_list() {
+        let rules = ParseRules {
+            processing_ids: vec!["P".into()],
+            ..ParseRules::default()
+        };
+        let t = A01.replace("|CTRL1|P|", "|CTRL1|T|");
+        assert_eq!(parse_message(&t, &rules).unwrap_err().err.code, 202);
+    }
+
+    #[test]
+    fn content_problems_are_reported_not_rejected() {
+        let t = "MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.5\rPIDX|1||12345\rPV1|1|I";
+        let m = parse_message(t, &ParseRules::default()).unwrap();
+        let codes: Vec<u16> = m.problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, vec![100, 100], "{:?}", m.problems);
+        let t = "MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.5\rPID|1||\rPV1|1|I";
+        let m = parse_message(t, &ParseRules::default()).unwrap();
+        assert_eq!(m.problems[0].code, 101);
+        assert_eq!(
+            m.problems[0].location.as_ref().unwrap().to_string(),
+            "PID^1^3"
+        );
+    }
+
+    #[test]
+    fn escapes_are_decoded_in_stored_values() {
+        let t = "MSH|^~\\&|A\\T\\B|FAC\\F\\1|C|D|2020||ADT^A01|X\\S\\1|P|2.5\rPID|||1";
+        let m = parse_message(t, &ParseRules::default()).unwrap();
+        assert_eq!(m.header.sending_application, "A&B");
+        assert_eq!(m.header.sending_facility, "FAC|1");
+        assert_eq!(m.header.control_id.as_str(), "X^1");
+    }
+
+    #[test]
+    fn field_spec_parsing() {
+        assert_eq!(FieldSpec::parse("PID-3").unwrap().field, Some(3));
+        assert_eq!(FieldSpec::parse("PV1").unwrap().field, None);
+        assert!(FieldSpec::parse("PID-0").is_err());
+        assert!(FieldSpec::parse("PIDX-1").is_err());
+    }
+}

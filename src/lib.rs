@@ -1,0 +1,29 @@
+//! adt-router: HL7 v2 ADT in over MLLP, durable before acknowledged, routed to the
+//! community providers who must hear about it.
+//!
+//! The modules follow the data flow:
+//! - [`mllp`]: framing (pure) and the TCP listener; writes ACKs in order per connection.
+//! - [`hl7`]: charset decoding, parsing, ACK building (pure, no I/O).
+//! - [`ingest`]: one frame to one ACK, with the message made durable in between.
+//! - [`log`]: the durable event log (embedded table with group commit; Kafka in step 2).
+//! - [`store`]: sqlx over SQLite or PostgreSQL, migrations.
+//! - [`http`]: health, readiness, metrics.
+//! - [`config`], [`app`]: settings and wiring; `main.rs` is the CLI.
+
+pub mod hl7;
+pub mod mllp;
+
+#[cfg(feature = "server")]
+pub mod app;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod ingest;
+#[cfg(feature = "server")]
+pub mod log;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod store;

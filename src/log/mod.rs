@@ -1,0 +1,51 @@
+//! The durable event log: where a message must be before it is acknowledged.
+//!
+//! One interface, two backends (design.md): [`embedded`] (default: a table in the local
+//! database with group commit) and Kafka (step 2). The listener only ever calls
+//! [`EventLog::append`]; an `Ok` means the message is durable, and only then may the
+//! sender hear AA/CA.
+
+pub mod embedded;
+
+use crate::store::{Appended, NewMessage};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("the event log did not commit within {0} ms")]
+    Timeout(u64),
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the event log is shutting down")]
+    Closed,
+}
+
+impl LogError {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LogError::Timeout(_) => "timeout",
+            LogError::Unavailable(_) => "unavailable",
+            LogError::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum EventLog {
+    Embedded(embedded::EmbeddedLog),
+}
+
+impl EventLog {
+    /// Appends one message; returns once it is durable (or has failed).
+    pub async fn append(&self, msg: NewMessage) -> Result<Appended, LogError> {
+        match self {
+            EventLog::Embedded(l) => l.append(msg).await,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventLog::Embedded(_) => "embedded",
+        }
+    }
+}

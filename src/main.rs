@@ -1,0 +1,413 @@
+//! The `adt-router` command line.
+
+use adt_router::app::{shutdown_signal, App};
+use adt_router::config::Settings;
+use adt_router::mllp::client::{split_messages, summarize_ack, MllpClient};
+use adt_router::store::Store;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// HL7 v2 ADT router: MLLP in, durable event log, notifications to community providers.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// TOML configuration file. Every key can also be set as ADT_ROUTER__SECTION__KEY.
+    #[arg(long, short, global = true, env = "ADT_ROUTER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the MLLP listener and the HTTP endpoints until SIGTERM or ctrl-c.
+    Serve,
+    /// Send HL7 files over MLLP and print each ACK; exits 1 unless every answer is AA/CA.
+    Send {
+        /// Files with one message each, or several separated by blank lines or batch segments.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// HOST:PORT of the MLLP listener.
+        #[arg(long)]
+        to: String,
+        /// How long to wait for each ACK.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+        /// With MSH-15=ER the listener answers only errors: how long silence must last
+        /// before the message counts as accepted.
+        #[arg(long, default_value_t = 1000)]
+        quiet_ms: u64,
+    },
+    /// Inspect stored inbound messages.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+    },
+    /// Load-test an MLLP listener: N messages over C connections, one in flight per
+    /// connection, every ACK checked. Prints one JSON line.
+    Bench {
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        to: String,
+        #[arg(long, default_value_t = 8)]
+        conns: usize,
+        #[arg(long, default_value_t = 50_000)]
+        n: u64,
+        /// A message file to send instead of the built-in synthetic A01 (MSH-10 is replaced).
+        #[arg(long)]
+        message: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, print it as TOML, and exit.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum MessagesCommand {
+    /// One JSON object per stored inbound message, oldest first.
+    Export {
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+        /// Only messages received at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Include the message text (PHI). Off by default.
+        #[arg(long)]
+        with_body: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Jsonl,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("ADT_ROUTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve => {
+            let settings =
+                Settings::load(cli.config.as_deref()).context("loading configuration")?;
+            let app = App::build(settings).await?;
+            let line = app.describe();
+            println!("{line}");
+            tracing::info!("{line}");
+            app.run_until_stopped(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            files,
+            to,
+            timeout_secs,
+            quiet_ms,
+        } => {
+            send(
+                &files,
+                &to,
+                Duration::from_secs(timeout_secs),
+                Duration::from_millis(quiet_ms),
+            )
+            .await
+        }
+        Command::Messages {
+            command:
+                MessagesCommand::Export {
+                    format: Format::Jsonl,
+                    since,
+                    with_body,
+                },
+        } => {
+            let settings =
+                Settings::load(cli.config.as_deref()).context("loading configuration")?;
+            export(&settings, since.as_deref(), with_body).await
+        }
+        Command::Bench {
+            to,
+            conns,
+            n,
+            message,
+        } => bench(&to, conns, n, message).await,
+        Command::CheckConfig => {
+            let settings =
+                Settings::load(cli.config.as_deref()).context("loading configuration")?;
+            println!("{}", toml_dump(&settings));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn toml_dump(s: &Settings) -> String {
+    // serde_json keeps the section structure readable without another dependency.
+    serde_json::to_string_pretty(s).unwrap_or_default()
+}
+
+async fn send(
+    files: &[PathBuf],
+    to: &str,
+    timeout: Duration,
+    quiet: Duration,
+) -> anyhow::Result<ExitCode> {
+    use adt_router::hl7::ack::AckEcho;
+    use adt_router::hl7::{AckCondition, AckMode};
+    let mut client = MllpClient::connect(to).await?;
+    let mut all_ok = true;
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let msgs = split_messages(&bytes);
+        if msgs.is_empty() {
+            eprintln!("{}: no HL7 message found", f.display());
+            all_ok = false;
+        }
+        for (i, m) in msgs.iter().enumerate() {
+            let label = format!("{}#{}", f.display(), i + 1);
+            let echo = AckEcho::recover(&String::from_utf8_lossy(m));
+            // MSH-15 says whether an accept ACK will come at all (standards §2.4).
+            let (wait, silence_ok) = match echo.mode {
+                AckMode::Enhanced {
+                    accept: AckCondition::Never,
+                    ..
+                } => (None, true),
+                AckMode::Enhanced {
+                    accept: AckCondition::ErrorOnly,
+                    ..
+                } => (Some(quiet), true),
+                _ => (Some(timeout), false),
+            };
+            client.send_raw(&adt_router::mllp::codec::frame(m)).await?;
+            let answer = match wait {
+                None => None,
+                Some(w) => match client.recv(w).await {
+                    Ok(a) => Some(a),
+                    Err(adt_router::mllp::client::ClientError::Timeout(_)) if silence_ok => None,
+                    Err(e) => {
+                        println!("{label}\t-\t{}\t{e}", echo.control_id);
+                        all_ok = false;
+                        client = MllpClient::connect(to).await?;
+                        continue;
+                    }
+                },
+            };
+            match answer {
+                Some(ack) => {
+                    let s = summarize_ack(&ack);
+                    println!("{label}\t{}\t{}\t{}", s.code, s.control_id, s.text);
+                    if s.code != "AA" && s.code != "CA" {
+                        all_ok = false;
+                    }
+                }
+                None => println!(
+                    "{label}\t-\t{}\tno accept ACK expected (MSH-15={})",
+                    echo.control_id,
+                    match echo.mode {
+                        AckMode::Enhanced { accept, .. } => accept.code(),
+                        AckMode::Original => "",
+                    }
+                ),
+            }
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn export(
+    settings: &Settings,
+    since: Option<&str>,
+    with_body: bool,
+) -> anyhow::Result<ExitCode> {
+    let since_us = match since {
+        Some(s) => {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("--since '{s}' is not an RFC 3339 time"))?;
+            (t.unix_timestamp_nanos() / 1000) as i64
+        }
+        None => i64::MIN,
+    };
+    let store = Store::connect(&settings.store_options())
+        .await
+        .context("opening database")?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut after = 0i64;
+    loop {
+        let page = store.export_page(since_us, after, 1000, with_body).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for m in &page {
+            let received_at =
+                time::OffsetDateTime::from_unix_timestamp_nanos(m.received_at_us as i128 * 1000)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+            let mut obj = serde_json::json!({
+                "id": m.id,
+                "control_id": m.control_id,
+                "sending_application": m.sending_application,
+                "sending_facility": m.sending_facility,
+                "message_type": m.message_type,
+                "trigger_event": m.trigger_event,
+                "version": m.version,
+                "charset": m.charset,
+                "ack_code": m.ack_code,
+                "status": m.status,
+                "duplicate": m.duplicate,
+                "error": m.error,
+                "received_at": received_at,
+                "peer": m.peer,
+                "sha256": m.sha256,
+            });
+            if let Some(raw) = &m.raw {
+                let enc = encoding_rs::Encoding::for_label(m.charset.as_bytes())
+                    .unwrap_or(encoding_rs::UTF_8);
+                obj["body"] =
+                    serde_json::Value::String(enc.decode_without_bom_handling(raw).0.into_owned());
+            }
+            writeln!(out, "{obj}")?;
+        }
+    }
+    out.flush()?;
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A synthetic A01 (no real person) of typical size, enhanced mode like most engines.
+const BENCH_MESSAGE: &str = "MSH|^~\\&|EPIC|GENHOSP|ADTROUTER|STATE-HIE|20261128093000||ADT^A01^ADT_A01|CTRLID|P|2.5.1|||AL|NE\r\
+EVN|A01|20261128093000|||USR123^TEST^USER\r\
+PID|1||MRN000123^^^GENHOSP^MR||TESTPATIENT^ALPHA^Q^^^^L||19650412|M|||123 MAIN ST^^SPRINGFIELD^IL^62701^USA^H||^PRN^PH^^1^217^5550100|||M\r\
+PD1|||SPRINGFIELD FAMILY PRACTICE^^1234^^^^^^^^NPI|1234567893^WELBY^MARCUS^^^DR^MD^^NPI^L^^^NPI\r\
+PV1|1|I|4W^401^A^GENHOSP^^^^^4 WEST||||1234567893^HOUSE^GREGORY^^^DR^MD^^NPI^L^^^NPI|||MED||||7|||1234567893^HOUSE^GREGORY^^^DR^MD^^NPI^L^^^NPI|IN|V0001||||||||||||||||||||GENHOSP||ADM|||20261128092500\r\
+PV2|||^CHEST PAIN\r\
+DG1|1||R07.9^Chest pain, unspecified^I10|||A\r";
+
+async fn bench(
+    to: &str,
+    conns: usize,
+    n: u64,
+    message: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let template = match message {
+        Some(p) => String::from_utf8_lossy(
+            &std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .replace('\n', "\r"),
+        None => BENCH_MESSAGE.to_string(),
+    };
+    let msh_end = template.find('\r').unwrap_or(template.len());
+    let fields: Vec<&str> = template[..msh_end].split('|').collect();
+    if fields.len() < 10 {
+        bail!("the bench message has no MSH-10");
+    }
+    let prefix = fields[..9].join("|") + "|";
+    let suffix = "|".to_string()
+        + &template[..msh_end]
+            .split('|')
+            .skip(10)
+            .collect::<Vec<_>>()
+            .join("|")
+        + &template[msh_end..];
+    let next = Arc::new(AtomicU64::new(0));
+    let run_id = format!("B{:x}", std::process::id());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (next, prefix, suffix, to, run_id) = (
+            next.clone(),
+            prefix.clone(),
+            suffix.clone(),
+            to.to_string(),
+            run_id.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut bad = 0u64;
+            let mut client = MllpClient::connect(&to).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let id = format!("{run_id}-{i}");
+                let msg = format!("{prefix}{id}{suffix}");
+                let t0 = Instant::now();
+                let ack = client.send(msg.as_bytes(), Duration::from_secs(30)).await?;
+                lat.push(t0.elapsed().as_secs_f64());
+                let s = summarize_ack(&ack);
+                if s.control_id != id || !(s.code == "AA" || s.code == "CA") {
+                    bad += 1;
+                }
+            }
+            anyhow::Ok((lat, bad))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut bad = 0;
+    for t in tasks {
+        let (l, b) = t.await??;
+        lat.extend(l);
+        bad += b;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .map(|v| v * 1e3)
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "to": to, "conns": conns, "sent": lat.len(), "not_accepted": bad,
+            "seconds": (secs * 1000.0).round() / 1000.0,
+            "msgs_per_s": (lat.len() as f64 / secs).round(),
+            "p50_ms": (pct(0.5) * 1000.0).round() / 1000.0,
+            "p99_ms": (pct(0.99) * 1000.0).round() / 1000.0,
+            "max_ms": (pct(1.0) * 1000.0).round() / 1000.0,
+        })
+    );
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

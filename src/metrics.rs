@@ -1,0 +1,143 @@
+//! Prometheus metrics, defined once. Names follow `adt_router_<thing>_<unit>`; label
+//! values are few and never carry PHI (facility names are truncated to bound cardinality).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Messages answered, by sending facility, trigger event and ACK code ("none" when
+    /// MSH-15 asked for no answer).
+    pub messages_received: IntCounterVec,
+    /// From the last byte of a frame to its ACK written to the socket.
+    pub ack_latency: Histogram,
+    /// Framing quirks and errors by kind.
+    pub frame_errors: IntCounterVec,
+    pub open_connections: IntGauge,
+    pub connections_total: IntCounter,
+    pub connections_refused: IntCounter,
+    pub duplicates: IntCounter,
+    pub quarantined: IntCounterVec,
+    pub commit_batch_size: Histogram,
+    pub commit_latency: Histogram,
+    /// Appends that failed (storage down, timeout): each one was answered AR/CE.
+    pub append_errors: IntCounterVec,
+}
+
+const FACILITY_LABEL_MAX: usize = 64;
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("adt_router".into()), None).expect("registry");
+        let latency_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
+        let m = Metrics {
+            registry,
+            messages_received: IntCounterVec::new(
+                Opts::new("messages_received_total", "Inbound messages answered, by sending facility, trigger event and ACK code."),
+                &["sending_facility", "trigger_event", "ack_code"],
+            )
+            .expect("metric"),
+            ack_latency: Histogram::with_opts(
+                HistogramOpts::new("ack_latency_seconds", "Time from a complete frame to its ACK written.")
+                    .buckets(latency_buckets.clone()),
+            )
+            .expect("metric"),
+            frame_errors: IntCounterVec::new(
+                Opts::new("mllp_frame_errors_total", "MLLP framing quirks and errors, by kind."),
+                &["kind"],
+            )
+            .expect("metric"),
+            open_connections: IntGauge::new("mllp_open_connections", "Open MLLP connections.").expect("metric"),
+            connections_total: IntCounter::new("mllp_connections_total", "MLLP connections accepted.").expect("metric"),
+            connections_refused: IntCounter::new(
+                "mllp_connections_refused_total",
+                "MLLP connections refused because mllp.max_connections were open.",
+            )
+            .expect("metric"),
+            duplicates: IntCounter::new(
+                "duplicates_total",
+                "Messages whose sender, facility and control id were already stored within the window.",
+            )
+            .expect("metric"),
+            quarantined: IntCounterVec::new(
+                Opts::new("quarantined_total", "Frames rejected and kept in quarantine, by reason."),
+                &["reason"],
+            )
+            .expect("metric"),
+            commit_batch_size: Histogram::with_opts(
+                HistogramOpts::new("event_log_commit_batch_size", "Messages per event-log commit (group commit).")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )
+            .expect("metric"),
+            commit_latency: Histogram::with_opts(
+                HistogramOpts::new("event_log_commit_seconds", "Time to commit one event-log batch.")
+                    .buckets(latency_buckets),
+            )
+            .expect("metric"),
+            append_errors: IntCounterVec::new(
+                Opts::new("event_log_append_errors_total", "Event-log appends that failed, by kind; each was answered AR/CE."),
+                &["kind"],
+            )
+            .expect("metric"),
+        };
+        for c in [
+            Box::new(m.messages_received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.ack_latency.clone()),
+            Box::new(m.frame_errors.clone()),
+            Box::new(m.open_connections.clone()),
+            Box::new(m.connections_total.clone()),
+            Box::new(m.connections_refused.clone()),
+            Box::new(m.duplicates.clone()),
+            Box::new(m.quarantined.clone()),
+            Box::new(m.commit_batch_size.clone()),
+            Box::new(m.commit_latency.clone()),
+            Box::new(m.append_errors.clone()),
+        ] {
+            m.registry.register(c).expect("register metric");
+        }
+        m
+    }
+
+    pub fn message(&self, facility: &str, trigger: &str, ack_code: &str) {
+        let fac: String = facility.chars().take(FACILITY_LABEL_MAX).collect();
+        let trig: String = trigger.chars().take(8).collect();
+        self.messages_received
+            .with_label_values(&[fac.as_str(), trig.as_str(), ack_code])
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names() {
+        let m = Metrics::new();
+        m.message("GENHOSP", "A01", "AA");
+        m.frame_errors.with_label_values(&["oversize"]).inc();
+        let text = m.render();
+        assert!(text.contains("adt_router_messages_received_total{ack_code=\"AA\",sending_facility=\"GENHOSP\",trigger_event=\"A01\"} 1"), "{text}");
+        assert!(text.contains("adt_router_mllp_frame_errors_total{kind=\"oversize\"} 1"));
+    }
+}

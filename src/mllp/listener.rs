@@ -1,0 +1,181 @@
+//! The MLLP listener: accepts connections, reads frames, hands each to [`Ingest`], and
+//! writes its ACK before reading the next frame, so ACKs leave in order per connection.
+//!
+//! Limits, because a listener facing a hospital network must not be the thing that
+//! falls over: a connection cap (a semaphore; excess connections are closed at once and
+//! counted), an idle timeout, TCP keepalive, and the codec's frame size cap.
+//!
+//! Shutdown: stop accepting; each connection handles the complete frames it has already
+//! received (including bytes still in the socket buffer), answers them, and closes.
+
+use super::codec::{FrameDecoder, FrameError, Quirks};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+#[derive(Clone, Debug)]
+pub struct ListenerOptions {
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub tcp_keepalive: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// Runs until `shutdown` turns true, then drains connections (bounded by `drain_timeout`).
+pub async fn run(
+    listener: TcpListener,
+    ingest: Arc<Ingest>,
+    metrics: Arc<Metrics>,
+    opts: ListenerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(opts.max_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "MLLP accept failed.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    metrics.connections_refused.inc();
+                    tracing::warn!(%peer, max = opts.max_connections, "MLLP connection refused: too many open connections.");
+                    drop(stream);
+                    continue;
+                };
+                configure(&stream, &opts);
+                metrics.connections_total.inc();
+                let (ingest, metrics, opts, shutdown) = (ingest.clone(), metrics.clone(), opts.clone(), shutdown.clone());
+                conns.spawn(async move {
+                    metrics.open_connections.inc();
+                    tracing::info!(%peer, "MLLP connection opened.");
+                    let why = serve(stream, peer, &ingest, &metrics, &opts, shutdown).await;
+                    metrics.open_connections.dec();
+                    tracing::info!(%peer, reason = why, "MLLP connection closed.");
+                    drop(permit);
+                });
+            }
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        open = conns.len(),
+        "MLLP listener stopped accepting; draining connections."
+    );
+    let drained = tokio::time::timeout(opts.drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = conns.len(),
+            "MLLP drain timed out; closing remaining connections."
+        );
+        conns.abort_all();
+    }
+}
+
+fn configure(stream: &TcpStream, opts: &ListenerOptions) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(opts.tcp_keepalive)
+        .with_interval(opts.tcp_keepalive);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "Could not set TCP keepalive.");
+    }
+}
+
+/// Serves one connection; returns why it ended.
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ingest: &Ingest,
+    metrics: &Metrics,
+    opts: &ListenerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> &'static str {
+    let peer_s = peer.to_string();
+    let mut dec = FrameDecoder::new(opts.max_frame_bytes);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        // Answer every complete frame already buffered, in order.
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    let t0 = Instant::now();
+                    let handled = ingest.handle(&frame, &peer_s).await;
+                    if let Some(ack) = handled.ack {
+                        if let Err(e) = stream.write_all(&ack).await {
+                            tracing::info!(%peer, error = %e, "Could not write ACK; the sender will resend.");
+                            return "write_error";
+                        }
+                        metrics.ack_latency.observe(t0.elapsed().as_secs_f64());
+                    }
+                }
+                Ok(None) => break,
+                Err(FrameError::TooLarge { max }) => {
+                    metrics.frame_errors.with_label_values(&["oversize"]).inc();
+                    tracing::warn!(%peer, max, "MLLP frame exceeds mllp.max_frame_bytes; dropping it and closing the connection.");
+                    return "oversize";
+                }
+            }
+        }
+        count_quirks(metrics, dec.take_quirks());
+        if *shutdown.borrow() {
+            // Take what the kernel already holds, answer complete frames, then close.
+            while let Ok(n) = stream.try_read_buf(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            while let Ok(Some(frame)) = dec.decode(&mut buf) {
+                if let Some(ack) = ingest.handle(&frame, &peer_s).await.ack {
+                    if stream.write_all(&ack).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = stream.shutdown().await;
+            return "shutdown";
+        }
+        tokio::select! {
+            read = tokio::time::timeout(opts.idle_timeout, stream.read_buf(&mut buf)) => match read {
+                Ok(Ok(0)) => {
+                    dec.finish(&buf);
+                    count_quirks(metrics, dec.take_quirks());
+                    return "peer_closed";
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return "read_error",
+                Err(_) => {
+                    metrics.frame_errors.with_label_values(&["idle_timeout"]).inc();
+                    return "idle_timeout";
+                }
+            },
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+fn count_quirks(metrics: &Metrics, q: Quirks) {
+    for (kind, n) in q.iter() {
+        metrics.frame_errors.with_label_values(&[kind]).inc_by(n);
+    }
+}

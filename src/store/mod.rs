@@ -1,0 +1,433 @@
+//! The store: SQLite (default, one file) or PostgreSQL (production, several nodes), via
+//! sqlx, with migrations from `migrations/` applied at start.
+//!
+//! Both backends run the same SQL; [`QueryBuilder`] takes care of placeholders. The hot
+//! path is [`Store::append_messages`]: one multi-row INSERT per group commit, with the
+//! duplicate check inside the same statement, so a commit costs one round trip and one
+//! fsync however many messages it carries.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Database, Executor, PgPool, QueryBuilder, Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database url '{0}' is neither sqlite:// nor postgres://")]
+    UnsupportedUrl(String),
+    #[error("could not create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// One inbound message to append to the event log.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub received_at_us: i64,
+    pub peer: String,
+    pub sending_application: String,
+    pub sending_facility: String,
+    pub receiving_application: String,
+    pub receiving_facility: String,
+    pub control_id: String,
+    pub message_type: String,
+    pub trigger_event: String,
+    pub version: String,
+    pub processing_id: String,
+    pub charset: String,
+    pub ack_mode: String,
+    pub ack_code: Option<String>,
+    pub status: &'static str,
+    pub error: Option<String>,
+    pub patient_key: Option<String>,
+    pub visit_number: Option<String>,
+    pub patient_class: Option<String>,
+    pub sha256: String,
+    pub raw: Vec<u8>,
+}
+
+/// A frame that could not be accepted.
+#[derive(Clone, Debug)]
+pub struct NewQuarantine {
+    pub received_at_us: i64,
+    pub peer: String,
+    pub reason: String,
+    pub diagnostic: String,
+    pub control_id: Option<String>,
+    pub sha256: String,
+    pub raw: Vec<u8>,
+}
+
+/// What the log did with one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub id: i64,
+    /// The same sender, facility and control id was already stored within the window.
+    pub duplicate: bool,
+}
+
+/// One stored message, as exported.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub received_at_us: i64,
+    pub peer: String,
+    pub sending_application: String,
+    pub sending_facility: String,
+    pub control_id: String,
+    pub message_type: String,
+    pub trigger_event: String,
+    pub version: String,
+    pub charset: String,
+    pub ack_code: Option<String>,
+    pub status: String,
+    pub duplicate: bool,
+    pub error: Option<String>,
+    pub sha256: String,
+    pub raw: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long SQLite waits on a lock before failing the statement.
+    pub busy_timeout: Duration,
+    /// How long to wait for a connection from the pool.
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+const MESSAGE_COLUMNS: &str = "received_at_us, peer, sending_application, sending_facility, \
+    receiving_application, receiving_facility, control_id, message_type, trigger_event, \
+    version, processing_id, charset, ack_mode, ack_code, status, error, patient_key, \
+    visit_number, patient_class, sha256, raw, duplicate";
+
+const EXPORT_COLUMNS: &str = "id, received_at_us, peer, sending_application, sending_facility, \
+    control_id, message_type, trigger_event, version, charset, ack_code, status, duplicate, \
+    error, sha256";
+
+impl Store {
+    /// Connects and applies migrations. For SQLite the file (and its directory) is created.
+    pub async fn connect(opts: &StoreOptions) -> Result<Store, StoreError> {
+        let url = opts.url.as_str();
+        if url.starts_with("sqlite:") {
+            let co = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: the WAL is fsynced at every commit, so an ACK survives power loss.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(opts.busy_timeout)
+                .foreign_keys(true);
+            if let Some(dir) = co.get_filename().parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(opts.max_connections.max(2))
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(co)
+                .await?;
+            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            Ok(Store::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let co = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(co)
+                .await?;
+            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            Ok(Store::Postgres(pool))
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Readiness: can we run a query at all?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(p) => p.execute("SELECT 1").await.map(|_| ())?,
+            Store::Postgres(p) => p.execute("SELECT 1").await.map(|_| ())?,
+        }
+        Ok(())
+    }
+
+    /// Appends a batch in one statement (one implicit transaction). `dup_since_us` is the
+    /// start of the duplicate window. Results come back in input order.
+    pub async fn append_messages(
+        &self,
+        rows: &[NewMessage],
+        dup_since_us: i64,
+    ) -> Result<Vec<Appended>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A later copy within the same batch is a duplicate of the earlier one; the
+        // statement cannot see rows it is itself inserting on every backend.
+        let mut forced = vec![false; rows.len()];
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            if !seen.insert((&r.sending_application, &r.sending_facility, &r.control_id)) {
+                forced[i] = true;
+            }
+        }
+        let mut out = match self {
+            Store::Sqlite(p) => {
+                let mut qb = insert_messages::<sqlx::Sqlite>(rows, &forced, dup_since_us);
+                collect_appended(qb.build().fetch_all(p).await?)?
+            }
+            Store::Postgres(p) => {
+                let mut qb = insert_messages::<sqlx::Postgres>(rows, &forced, dup_since_us);
+                collect_appended(qb.build().fetch_all(p).await?)?
+            }
+        };
+        // Ids are assigned in insertion order; RETURNING order is not guaranteed.
+        out.sort_by_key(|a| a.id);
+        if out.len() != rows.len() {
+            return Err(StoreError::Db(sqlx::Error::Protocol(format!(
+                "insert returned {} rows for {}",
+                out.len(),
+                rows.len()
+            ))));
+        }
+        Ok(out)
+    }
+
+    pub async fn quarantine(&self, q: &NewQuarantine) -> Result<i64, StoreError> {
+        const SQL_SQLITE: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id";
+        const SQL_PG: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+        macro_rules! run {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query_scalar::<_, i64>($sql)
+                    .bind(q.received_at_us)
+                    .bind(&q.peer)
+                    .bind(&q.reason)
+                    .bind(&q.diagnostic)
+                    .bind(&q.control_id)
+                    .bind(&q.sha256)
+                    .bind(&q.raw)
+                    .fetch_one($pool)
+                    .await?
+            };
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(p, SQL_SQLITE),
+            Store::Postgres(p) => run!(p, SQL_PG),
+        })
+    }
+
+    /// Messages received at or after `since_us`, oldest first, in pages of `limit` after `after_id`.
+    pub async fn export_page(
+        &self,
+        since_us: i64,
+        after_id: i64,
+        limit: i64,
+        with_body: bool,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let cols = if with_body {
+            format!("{EXPORT_COLUMNS}, raw")
+        } else {
+            EXPORT_COLUMNS.to_string()
+        };
+        match self {
+            Store::Sqlite(p) => {
+                let sql = format!("SELECT {cols} FROM inbound_messages WHERE received_at_us >= ? AND id > ? ORDER BY id LIMIT ?");
+                let rows = sqlx::query(&sql)
+                    .bind(since_us)
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?;
+                rows.iter().map(|r| stored_message(r, with_body)).collect()
+            }
+            Store::Postgres(p) => {
+                let sql = format!("SELECT {cols} FROM inbound_messages WHERE received_at_us >= $1 AND id > $2 ORDER BY id LIMIT $3");
+                let rows = sqlx::query(&sql)
+                    .bind(since_us)
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?;
+                rows.iter().map(|r| stored_message(r, with_body)).collect()
+            }
+        }
+    }
+
+    /// Counts used by tests and the audit side: (messages, quarantined).
+    pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
+        const SQL: &str =
+            "SELECT (SELECT COUNT(*) FROM inbound_messages), (SELECT COUNT(*) FROM quarantine)";
+        Ok(match self {
+            Store::Sqlite(p) => sqlx::query_as::<_, (i64, i64)>(SQL).fetch_one(p).await?,
+            Store::Postgres(p) => sqlx::query_as::<_, (i64, i64)>(SQL).fetch_one(p).await?,
+        })
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(p) => p.close().await,
+            Store::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+fn insert_messages<'a, DB>(
+    rows: &'a [NewMessage],
+    forced: &'a [bool],
+    dup_since_us: i64,
+) -> QueryBuilder<'a, DB>
+where
+    DB: Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::<DB>::new(format!(
+        "INSERT INTO inbound_messages ({MESSAGE_COLUMNS}) VALUES "
+    ));
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            qb.push(", ");
+        }
+        qb.push("(");
+        let mut s = qb.separated(", ");
+        s.push_bind(r.received_at_us);
+        s.push_bind(r.peer.as_str());
+        s.push_bind(r.sending_application.as_str());
+        s.push_bind(r.sending_facility.as_str());
+        s.push_bind(r.receiving_application.as_str());
+        s.push_bind(r.receiving_facility.as_str());
+        s.push_bind(r.control_id.as_str());
+        s.push_bind(r.message_type.as_str());
+        s.push_bind(r.trigger_event.as_str());
+        s.push_bind(r.version.as_str());
+        s.push_bind(r.processing_id.as_str());
+        s.push_bind(r.charset.as_str());
+        s.push_bind(r.ack_mode.as_str());
+        s.push_bind(r.ack_code.as_deref());
+        s.push_bind(r.status);
+        s.push_bind(r.error.as_deref());
+        s.push_bind(r.patient_key.as_deref());
+        s.push_bind(r.visit_number.as_deref());
+        s.push_bind(r.patient_class.as_deref());
+        s.push_bind(r.sha256.as_str());
+        s.push_bind(r.raw.as_slice());
+        s.push("(");
+        s.push_bind_unseparated(forced[i]);
+        s.push_unseparated(" OR EXISTS (SELECT 1 FROM inbound_messages d WHERE d.control_id = ");
+        s.push_bind_unseparated(r.control_id.as_str());
+        s.push_unseparated(" AND d.sending_facility = ");
+        s.push_bind_unseparated(r.sending_facility.as_str());
+        s.push_unseparated(" AND d.sending_application = ");
+        s.push_bind_unseparated(r.sending_application.as_str());
+        s.push_unseparated(" AND NOT d.duplicate AND d.received_at_us >= ");
+        s.push_bind_unseparated(dup_since_us);
+        s.push_unseparated("))");
+        qb.push(")");
+    }
+    qb.push(" RETURNING id, duplicate");
+    qb
+}
+
+fn collect_appended<R: Row>(rows: Vec<R>) -> Result<Vec<Appended>, StoreError>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(Appended {
+                id: r.try_get(0)?,
+                duplicate: r.try_get(1)?,
+            })
+        })
+        .collect()
+}
+
+fn stored_message<R: Row>(r: &R, with_body: bool) -> Result<StoredMessage, StoreError>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    Ok(StoredMessage {
+        id: r.try_get("id")?,
+        received_at_us: r.try_get("received_at_us")?,
+        peer: r.try_get("peer")?,
+        sending_application: r.try_get("sending_application")?,
+        sending_facility: r.try_get("sending_facility")?,
+        control_id: r.try_get("control_id")?,
+        message_type: r.try_get("message_type")?,
+        trigger_event: r.try_get("trigger_event")?,
+        version: r.try_get("version")?,
+        charset: r.try_get("charset")?,
+        ack_code: r.try_get("ack_code")?,
+        status: r.try_get("status")?,
+        duplicate: r.try_get("duplicate")?,
+        error: r.try_get("error")?,
+        sha256: r.try_get("sha256")?,
+        raw: if with_body {
+            Some(r.try_get("raw")?)
+        } else {
+            None
+        },
+    })
+}
+
+/// Hides a password in a database url before it is printed.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+    }
+}

@@ -1,0 +1,277 @@
+//! Spawns the real binary and talks to it the way an operator would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_adt-router");
+
+/// `../shared` beside the checkout, or `ADT_ROUTER_SHARED`.
+pub fn shared() -> PathBuf {
+    std::env::var_os("ADT_ROUTER_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+pub fn corpus_dir() -> PathBuf {
+    shared().join("corpus/hl7")
+}
+
+/// Every corpus file, `invalid/` included, sorted.
+pub fn corpus_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in [corpus_dir(), corpus_dir().join("invalid")] {
+        for e in
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus at {}: {e}", dir.display()))
+        {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "hl7") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(
+        files.len() >= 150,
+        "corpus looks incomplete: {} files",
+        files.len()
+    );
+    files
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub mllp: String,
+    pub http: String,
+    pub dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts `adt-router serve` in `dir` (SQLite under `dir/data` unless `env` says
+    /// otherwise) on free ports, and waits for the line that says where it listens.
+    pub fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut all: Vec<(String, String)> = vec![
+            ("ADT_ROUTER__MLLP__LISTEN".into(), "127.0.0.1:0".into()),
+            ("ADT_ROUTER__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .expect("server log");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .current_dir(dir)
+            .envs(all.iter().cloned())
+            .env("ADT_ROUTER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn adt-router");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(l)) = lines.next() {
+                let _ = tx.send(l);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not start; log:\n{}",
+                    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+                )
+            });
+        let addr = |tag: &str| {
+            let i = line
+                .find(tag)
+                .unwrap_or_else(|| panic!("no '{tag}' in {line:?}"))
+                + tag.len();
+            line[i..].split([',', ' ']).next().unwrap().to_string()
+        };
+        Server {
+            mllp: addr("MLLP on "),
+            http: addr("HTTP on "),
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            env: all,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `adt-router messages export` with the server's configuration.
+    pub fn export(&self, extra: &[&str]) -> Vec<serde_json::Value> {
+        let out = Command::new(BIN)
+            .args(["messages", "export", "--format", "jsonl"])
+            .args(extra)
+            .current_dir(&self.dir)
+            .envs(self.env.iter().cloned())
+            .output()
+            .expect("export");
+        assert!(
+            out.status.success(),
+            "export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.http, path)
+    }
+
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough for health and metrics.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("http connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("http read");
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("adt-router-test")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// The expected answer to a corpus message, derived from the standard, not from our
+/// parser: version 2.x, PID-3 present, and MSH-15/16 deciding the mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    /// None: no ACK is sent (enhanced mode, MSH-15 says so).
+    pub code: Option<&'static str>,
+    /// Stored in the event log (false: quarantined).
+    pub stored: bool,
+}
+
+pub fn expect_for(bytes: &[u8]) -> Expect {
+    let text = String::from_utf8_lossy(bytes);
+    let segs: Vec<&str> = text.split(['\r', '\n']).filter(|s| !s.is_empty()).collect();
+    let msh = segs[0];
+    let fs = msh.as_bytes()[3] as char;
+    let f: Vec<&str> = msh.split(fs).collect();
+    let field = |n: usize| f.get(n - 1).copied().unwrap_or("").trim();
+    // Rejected outright: not version 2.x, or no message type / control id (MSH-9, MSH-10).
+    let version_ok = field(12).starts_with("2.") && !field(9).is_empty() && !field(10).is_empty();
+    let pid3 = segs.iter().any(|s| {
+        s.starts_with("PID")
+            && s.as_bytes().get(3) == Some(&(fs as u8))
+            && s.split(fs).nth(3).is_some_and(|v| !v.trim().is_empty())
+    });
+    let (accept, app) = (field(15), field(16));
+    let original = accept.is_empty() && app.is_empty();
+    let code = match (original, version_ok, pid3) {
+        (true, false, _) => Some("AR"),
+        (true, true, false) => Some("AE"),
+        (true, true, true) => Some("AA"),
+        (false, false, _) => match accept {
+            "NE" | "SU" => None,
+            _ => Some("CR"),
+        },
+        (false, true, _) => match accept {
+            "NE" | "ER" => None,
+            _ => Some("CA"),
+        },
+    };
+    Expect {
+        code,
+        stored: version_ok,
+    }
+}
+
+/// MSH-10 as written in the file.
+pub fn control_id_of(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let msh = text.split(['\r', '\n']).next().unwrap();
+    let fs = msh.as_bytes()[3] as char;
+    msh.split(fs).nth(9).unwrap_or("").to_string()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,11 @@
+//! Scenario tests: the real binary, real clients, real databases.
+//! Each test starts its own server on free ports with its own database.
+
+mod helpers;
+
+mod corpus;
+mod crash;
+mod framing;
+mod postgres;
+mod shutdown;
+mod storage_failure;
