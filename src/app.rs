@@ -6,7 +6,7 @@
 use crate::config::Settings;
 use crate::http::{router, HttpState};
 use crate::ingest::Ingest;
-use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
+use crate::log::embedded::{EmbeddedLog, EmbeddedOptions, WriterHandle};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::mllp::listener::{self, ListenerOptions};
@@ -26,7 +26,7 @@ pub struct App {
     store: Store,
     metrics: Arc<Metrics>,
     ingest: Arc<Ingest>,
-    log_writer: tokio::task::JoinHandle<()>,
+    log_writer: WriterHandle,
     mllp_listener: TcpListener,
     http_listener: TcpListener,
     event_log: &'static str,
@@ -39,16 +39,18 @@ impl App {
             .await
             .with_context(|| format!("opening database {}", redact_url(&settings.database.url)))?;
         let (embedded, log_writer) = EmbeddedLog::start(
-            store.clone(),
+            &store,
             EmbeddedOptions {
                 max_batch: settings.event_log.max_batch,
                 commit_timeout: Duration::from_millis(settings.event_log.commit_timeout_ms),
                 duplicate_window: Duration::from_secs(
                     settings.event_log.duplicate_window_hours * 3600,
                 ),
+                busy_timeout: Duration::from_millis(settings.database.busy_timeout_ms),
             },
             metrics.clone(),
-        );
+        )
+        .context("starting the event log writer")?;
         let log = EventLog::Embedded(embedded);
         let event_log = log.name();
         let ingest = Arc::new(Ingest::new(
@@ -127,7 +129,7 @@ impl App {
         mllp.await.context("MLLP listener task")?;
         // The listener's connections held the only other handles to the log.
         drop(self.ingest);
-        self.log_writer.await.context("event log writer")?;
+        self.log_writer.join().await;
         http.await.context("HTTP task")?.context("HTTP server")?;
         self.store.close().await;
         tracing::info!("Shutdown complete.");

@@ -1,5 +1,8 @@
 //! The `adt-router` command line.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use adt_router::app::{shutdown_signal, App};
 use adt_router::config::Settings;
 use adt_router::mllp::client::{split_messages, summarize_ack, MllpClient};

@@ -490,7 +490,7 @@ mod tests {
             "Required field PID-3 is empty".into(),
         );
         let echo = AckEcho::recover("MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.5.1\r");
-        let ack = build_ack(&echo, AckCode::AE, &[err.clone()], "K", "T");
+        let ack = build_ack(&echo, AckCode::AE, std::slice::from_ref(&err), "K", "T");
         assert_eq!(
             seg(&ack, "ERR"),
             vec![

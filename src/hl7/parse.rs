@@ -13,7 +13,6 @@
 use super::ack::{ErrDetail, ErrLocation};
 use super::types::{AckMode, ControlId, MessageType, PatientId};
 use hl7_parser::message::{Field, Segment, Separators};
-use hl7_parser::Message;
 use std::borrow::Cow;
 
 /// What the operator configures about acceptable messages.
@@ -126,6 +125,11 @@ impl Rejection {
 }
 
 /// Parses decoded text. Never panics on input; every failure is a [`Rejection`].
+///
+/// Only MSH and the segments routing needs now (EVN, PID, PV1, and any named in
+/// `rules.required`) go through the full parser; the others are checked for a valid
+/// segment header and kept as they are. The ACK must not wait for a full parse: the
+/// router parses the whole message after it is durable.
 pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Rejection> {
     let normalized = normalize(text).ok_or_else(|| {
         Rejection::new(
@@ -135,7 +139,8 @@ pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Re
             "Message does not start with an MSH segment with field separator and encoding characters".into(),
         )
     })?;
-    let message = Message::parse(&normalized.text).map_err(|_| {
+    let segments: Vec<&str> = normalized.text.split('\r').collect();
+    let (seps, msh) = hl7_parser::parser::parse_msh(segments[0]).map_err(|_| {
         Rejection::new(
             "bad_msh",
             102,
@@ -143,55 +148,63 @@ pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Re
             "MSH segment could not be parsed".into(),
         )
     })?;
-    let seps = message.separators;
-    let msh = message
-        .segment("MSH")
-        .ok_or_else(|| Rejection::new("not_hl7", 100, None, "MSH segment missing".into()))?;
+    let fs = seps.field;
+    let find = |name: &str| -> Option<RawSegment<'_>> {
+        segments[1..]
+            .iter()
+            .find(|s| s.len() >= 3 && &s[..3] == name && s[3..].starts_with(fs))
+            .map(|s| RawSegment { text: s, seps })
+    };
+    let evn = find("EVN");
+    let pid = find("PID");
+    let pv1 = find("PV1");
 
-    let header = read_header(msh, &message, &seps, rules)?;
-    let routing = read_routing_fields(&message, &seps);
+    let header = read_header(&msh, evn.as_ref(), &seps, rules)?;
+    let routing = read_routing_fields(evn.as_ref(), pid.as_ref(), pv1.as_ref(), &seps);
 
     let mut problems = Vec::new();
-    // Everything the parser could not read: hl7-parser stops at the first bad segment.
-    let consumed = message.raw_value().len();
-    if consumed < normalized.text.len() {
-        let rest = &normalized.text[consumed..];
-        let bad = rest
-            .trim_start_matches('\r')
-            .split('\r')
-            .next()
-            .unwrap_or("");
-        let seg_no = message.segments.len() + 1;
-        let shown: String = bad
-            .chars()
-            .take(3)
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect();
-        problems.push(ErrDetail::error(
-            100,
-            Some(ErrLocation::segment(&shown, seg_no)),
-            format!(
-                "Segment {seg_no} ('{shown}...') is not a valid segment (a segment id is 3 letters or digits followed by the field separator); it and all later segments were not read"
-            ),
-        ));
+    for (i, seg) in segments.iter().enumerate().skip(1) {
+        let b = seg.as_bytes();
+        let valid = b.len() >= 4
+            && b[..3].iter().all(|c| c.is_ascii_alphanumeric())
+            && seg[3..].starts_with(fs);
+        if !valid {
+            let shown: String = seg
+                .chars()
+                .take(3)
+                .filter(|c| c.is_ascii_alphanumeric())
+                .collect();
+            problems.push(ErrDetail::error(
+                100,
+                Some(ErrLocation::segment(&shown, i + 1)),
+                format!(
+                    "Segment {} ('{shown}...') is not a valid segment (a segment id is 3 letters or digits followed by the field separator); it was not read",
+                    i + 1
+                ),
+            ));
+        }
     }
     for spec in &rules.required {
-        match message.segment(&spec.segment) {
-            None => problems.push(ErrDetail::error(
+        let segment = (spec.segment != "MSH").then(|| find(&spec.segment));
+        if matches!(segment, Some(None)) {
+            problems.push(ErrDetail::error(
                 100,
                 Some(ErrLocation::segment(&spec.segment, 1)),
                 format!("Required segment {} is missing", spec.segment),
-            )),
-            Some(seg) => {
-                if let Some(f) = spec.field {
-                    if seg.field(f).map(|v| v.is_empty()).unwrap_or(true) {
-                        problems.push(ErrDetail::error(
-                            101,
-                            Some(ErrLocation::field(&spec.segment, 1, f)),
-                            format!("Required field {}-{} is empty", spec.segment, f),
-                        ));
-                    }
-                }
+            ));
+            continue;
+        }
+        if let Some(f) = spec.field {
+            let valued = match segment {
+                None => msh.field(f).is_some_and(|v| !v.is_empty()),
+                Some(seg) => seg.and_then(|s| s.field(f)).is_some_and(|v| !v.is_empty()),
+            };
+            if !valued {
+                problems.push(ErrDetail::error(
+                    101,
+                    Some(ErrLocation::field(&spec.segment, 1, f)),
+                    format!("Required field {}-{} is empty", spec.segment, f),
+                ));
             }
         }
     }
@@ -200,8 +213,24 @@ pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Re
         header,
         routing,
         problems,
-        segment_count: message.segments.len(),
+        segment_count: segments.len(),
     })
+}
+
+/// A segment we have found but not parsed: fields are parsed (by hl7-parser) one at a
+/// time, when asked for. Parsing a whole PID or PV1 costs dozens of allocations per
+/// message for fields the ingest path never reads.
+struct RawSegment<'a> {
+    text: &'a str,
+    seps: Separators,
+}
+
+impl<'a> RawSegment<'a> {
+    /// Field `n` (1-based), `None` when absent or unparseable.
+    fn field(&self, n: usize) -> Option<Field<'a>> {
+        let raw = self.text.split(self.seps.field).nth(n)?;
+        hl7_parser::parser::parse_field_with_separators(raw, self.seps).ok()
+    }
 }
 
 struct Normalized<'a> {
@@ -279,7 +308,7 @@ fn component(field: Option<&Field<'_>>, n: usize, seps: &Separators) -> String {
 
 fn read_header(
     msh: &Segment<'_>,
-    message: &Message<'_>,
+    evn: Option<&RawSegment<'_>>,
     seps: &Separators,
     rules: &ParseRules,
 ) -> Result<Header, Rejection> {
@@ -316,7 +345,7 @@ fn read_header(
     let mut trigger = component(msh9, 2, seps).trim().to_string();
     if trigger.is_empty() {
         // HL7 2.1/2.2 and some 2.3 senders put the trigger only in EVN-1.
-        trigger = decoded(message.segment("EVN").and_then(|s| s.field(1)), seps)
+        trigger = decoded(evn.and_then(|s| s.field(1)).as_ref(), seps)
             .trim()
             .to_string();
     }
@@ -374,12 +403,17 @@ fn read_header(
     })
 }
 
-fn read_routing_fields(message: &Message<'_>, seps: &Separators) -> RoutingFields {
+fn read_routing_fields(
+    evn: Option<&RawSegment<'_>>,
+    pid: Option<&RawSegment<'_>>,
+    pv1: Option<&RawSegment<'_>>,
+    seps: &Separators,
+) -> RoutingFields {
     let mut out = RoutingFields::default();
-    if let Some(evn) = message.segment("EVN") {
-        out.event_time = Some(decoded(evn.field(2), seps)).filter(|s| !s.is_empty());
+    if let Some(evn) = evn {
+        out.event_time = Some(decoded(evn.field(2).as_ref(), seps)).filter(|s| !s.is_empty());
     }
-    if let Some(pid3) = message.segment("PID").and_then(|s| s.field(3)) {
+    if let Some(pid3) = pid.and_then(|s| s.field(3)) {
         for rep in pid3.repeats() {
             let c = |n: usize| {
                 rep.component(n)
@@ -397,9 +431,11 @@ fn read_routing_fields(message: &Message<'_>, seps: &Separators) -> RoutingField
             });
         }
     }
-    if let Some(pv1) = message.segment("PV1") {
-        out.patient_class = Some(component(pv1.field(2), 1, seps)).filter(|s| !s.is_empty());
-        out.visit_number = Some(component(pv1.field(19), 1, seps)).filter(|s| !s.is_empty());
+    if let Some(pv1) = pv1 {
+        out.patient_class =
+            Some(component(pv1.field(2).as_ref(), 1, seps)).filter(|s| !s.is_empty());
+        out.visit_number =
+            Some(component(pv1.field(19).as_ref(), 1, seps)).filter(|s| !s.is_empty());
     }
     out
 }
@@ -500,10 +536,12 @@ mod tests {
 
     #[test]
     fn content_problems_are_reported_not_rejected() {
-        let t = "MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.5\rPIDX|1||12345\rPV1|1|I";
+        let t = "MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.5\rPIDX|1||12345\rPV1|1|I\rZ|x";
         let m = parse_message(t, &ParseRules::default()).unwrap();
         let codes: Vec<u16> = m.problems.iter().map(|p| p.code).collect();
-        assert_eq!(codes, vec![100, 100], "{:?}", m.problems);
+        assert_eq!(codes, vec![100, 100, 100], "{:?}", m.problems);
+        // Segments after a bad one are still read.
+        assert_eq!(m.routing.patient_class.as_deref(), Some("I"));
         let t = "MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.5\rPID|1||\rPV1|1|I";
         let m = parse_message(t, &ParseRules::default()).unwrap();
         assert_eq!(m.problems[0].code, 101);

@@ -1,14 +1,19 @@
 //! The store: SQLite (default, one file) or PostgreSQL (production, several nodes), via
 //! sqlx, with migrations from `migrations/` applied at start.
 //!
-//! Both backends run the same SQL; [`QueryBuilder`] takes care of placeholders. The hot
-//! path is [`Store::append_messages`]: one multi-row INSERT per group commit, with the
-//! duplicate check inside the same statement, so a commit costs one round trip and one
-//! fsync however many messages it carries.
+//! Both backends run the same SQL ([`insert_sql`] writes either placeholder style). The
+//! hot path is the append: one multi-row INSERT per group commit, with the duplicate
+//! check inside the same statement, so a commit costs one round trip and one fsync
+//! however many messages it carries. On SQLite that statement runs on a dedicated
+//! thread through rusqlite ([`sqlite_writer`]): sqlx's SQLite worker hand-offs cost
+//! about 100 us per statement, 40% of a commit, measured with the probe described in
+//! docs/benchmarks.md. Everything else (migrations, reads, quarantine) is sqlx.
+
+pub mod sqlite_writer;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Database, Executor, PgPool, QueryBuilder, Row, SqlitePool};
+use sqlx::{Executor, PgPool, Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -23,6 +28,8 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -106,6 +113,7 @@ pub struct StoreOptions {
 
 #[derive(Clone, Debug)]
 pub enum Store {
+    /// The pool serves migrations, reads and quarantine; appends use [`sqlite_writer`].
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -141,6 +149,9 @@ impl Store {
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.max(2))
+                // A ping before every acquire doubles the cost of a group commit; a dead
+                // connection shows up as a failed statement anyway (and gets AR/CE).
+                .test_before_acquire(false)
                 .acquire_timeout(opts.acquire_timeout)
                 .connect_with(co)
                 .await?;
@@ -150,6 +161,7 @@ impl Store {
             let co = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections)
+                .test_before_acquire(false)
                 .acquire_timeout(opts.acquire_timeout)
                 .connect_with(co)
                 .await?;
@@ -157,6 +169,14 @@ impl Store {
             Ok(Store::Postgres(pool))
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// The SQLite file, for the writer thread to open.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Store::Sqlite(p) => Some(p.connect_options().get_filename().to_path_buf()),
+            Store::Postgres(_) => None,
         }
     }
 
@@ -176,45 +196,60 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a batch in one statement (one implicit transaction). `dup_since_us` is the
-    /// start of the duplicate window. Results come back in input order.
-    pub async fn append_messages(
-        &self,
+    /// Appends a batch on PostgreSQL in one statement (one implicit transaction).
+    /// SQLite appends go through [`sqlite_writer::SqliteWriter`] instead. Results come
+    /// back in input order.
+    pub async fn append_messages_pg(
+        pool: &PgPool,
         rows: &[NewMessage],
         dup_since_us: i64,
     ) -> Result<Vec<Appended>, StoreError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        // A later copy within the same batch is a duplicate of the earlier one; the
-        // statement cannot see rows it is itself inserting on every backend.
-        let mut forced = vec![false; rows.len()];
-        let mut seen = std::collections::HashSet::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            if !seen.insert((&r.sending_application, &r.sending_facility, &r.control_id)) {
-                forced[i] = true;
-            }
+        let forced = repeated_in_batch(rows);
+        let sql = insert_sql(rows.len(), Placeholders::Dollar);
+        let mut q = sqlx::query(&sql);
+        for (r, f) in rows.iter().zip(&forced) {
+            q = q
+                .bind(r.received_at_us)
+                .bind(&r.peer)
+                .bind(&r.sending_application)
+                .bind(&r.sending_facility)
+                .bind(&r.receiving_application)
+                .bind(&r.receiving_facility)
+                .bind(&r.control_id)
+                .bind(&r.message_type)
+                .bind(&r.trigger_event)
+                .bind(&r.version)
+                .bind(&r.processing_id)
+                .bind(&r.charset)
+                .bind(&r.ack_mode)
+                .bind(&r.ack_code)
+                .bind(r.status)
+                .bind(&r.error)
+                .bind(&r.patient_key)
+                .bind(&r.visit_number)
+                .bind(&r.patient_class)
+                .bind(&r.sha256)
+                .bind(&r.raw)
+                .bind(*f)
+                .bind(&r.control_id)
+                .bind(&r.sending_facility)
+                .bind(&r.sending_application)
+                .bind(dup_since_us);
         }
-        let mut out = match self {
-            Store::Sqlite(p) => {
-                let mut qb = insert_messages::<sqlx::Sqlite>(rows, &forced, dup_since_us);
-                collect_appended(qb.build().fetch_all(p).await?)?
-            }
-            Store::Postgres(p) => {
-                let mut qb = insert_messages::<sqlx::Postgres>(rows, &forced, dup_since_us);
-                collect_appended(qb.build().fetch_all(p).await?)?
-            }
-        };
-        // Ids are assigned in insertion order; RETURNING order is not guaranteed.
-        out.sort_by_key(|a| a.id);
-        if out.len() != rows.len() {
-            return Err(StoreError::Db(sqlx::Error::Protocol(format!(
-                "insert returned {} rows for {}",
-                out.len(),
-                rows.len()
-            ))));
-        }
-        Ok(out)
+        let rows_out = q.fetch_all(pool).await?;
+        let appended = rows_out
+            .iter()
+            .map(|r| {
+                Ok(Appended {
+                    id: r.try_get(0)?,
+                    duplicate: r.try_get(1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        in_input_order(appended, rows.len())
     }
 
     pub async fn quarantine(&self, q: &NewQuarantine) -> Result<i64, StoreError> {
@@ -295,80 +330,72 @@ impl Store {
     }
 }
 
-fn insert_messages<'a, DB>(
-    rows: &'a [NewMessage],
-    forced: &'a [bool],
-    dup_since_us: i64,
-) -> QueryBuilder<'a, DB>
-where
-    DB: Database,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut qb = QueryBuilder::<DB>::new(format!(
-        "INSERT INTO inbound_messages ({MESSAGE_COLUMNS}) VALUES "
-    ));
-    for (i, r) in rows.iter().enumerate() {
-        if i > 0 {
-            qb.push(", ");
-        }
-        qb.push("(");
-        let mut s = qb.separated(", ");
-        s.push_bind(r.received_at_us);
-        s.push_bind(r.peer.as_str());
-        s.push_bind(r.sending_application.as_str());
-        s.push_bind(r.sending_facility.as_str());
-        s.push_bind(r.receiving_application.as_str());
-        s.push_bind(r.receiving_facility.as_str());
-        s.push_bind(r.control_id.as_str());
-        s.push_bind(r.message_type.as_str());
-        s.push_bind(r.trigger_event.as_str());
-        s.push_bind(r.version.as_str());
-        s.push_bind(r.processing_id.as_str());
-        s.push_bind(r.charset.as_str());
-        s.push_bind(r.ack_mode.as_str());
-        s.push_bind(r.ack_code.as_deref());
-        s.push_bind(r.status);
-        s.push_bind(r.error.as_deref());
-        s.push_bind(r.patient_key.as_deref());
-        s.push_bind(r.visit_number.as_deref());
-        s.push_bind(r.patient_class.as_deref());
-        s.push_bind(r.sha256.as_str());
-        s.push_bind(r.raw.as_slice());
-        s.push("(");
-        s.push_bind_unseparated(forced[i]);
-        s.push_unseparated(" OR EXISTS (SELECT 1 FROM inbound_messages d WHERE d.control_id = ");
-        s.push_bind_unseparated(r.control_id.as_str());
-        s.push_unseparated(" AND d.sending_facility = ");
-        s.push_bind_unseparated(r.sending_facility.as_str());
-        s.push_unseparated(" AND d.sending_application = ");
-        s.push_bind_unseparated(r.sending_application.as_str());
-        s.push_unseparated(" AND NOT d.duplicate AND d.received_at_us >= ");
-        s.push_bind_unseparated(dup_since_us);
-        s.push_unseparated("))");
-        qb.push(")");
-    }
-    qb.push(" RETURNING id, duplicate");
-    qb
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placeholders {
+    Question,
+    Dollar,
 }
 
-fn collect_appended<R: Row>(rows: Vec<R>) -> Result<Vec<Appended>, StoreError>
-where
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    usize: sqlx::ColumnIndex<R>,
-{
+/// Parameters per row, in the order [`insert_sql`] expects them: the 21 columns of
+/// [`MESSAGE_COLUMNS`] up to `raw`, then the duplicate check's `forced`, control id,
+/// sending facility, sending application and window start.
+pub(crate) const PARAMS_PER_ROW: usize = 26;
+
+/// `INSERT ... VALUES (...), (...) RETURNING id, duplicate` for `n` rows. A row is a
+/// duplicate when it repeats an earlier row of the batch (`forced`) or a stored,
+/// non-duplicate message from the same sender within the window.
+pub(crate) fn insert_sql(n: usize, style: Placeholders) -> String {
+    let mut sql = format!("INSERT INTO inbound_messages ({MESSAGE_COLUMNS}) VALUES ");
+    let mut k = 0;
+    let mut p = || {
+        k += 1;
+        match style {
+            Placeholders::Question => "?".to_string(),
+            Placeholders::Dollar => format!("${k}"),
+        }
+    };
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for _ in 0..21 {
+            sql.push_str(&p());
+            sql.push_str(", ");
+        }
+        let (forced, ctrl, fac, app, since) = (p(), p(), p(), p(), p());
+        sql.push_str(&format!(
+            "({forced} OR EXISTS (SELECT 1 FROM inbound_messages d WHERE d.control_id = {ctrl} \
+             AND d.sending_facility = {fac} AND d.sending_application = {app} \
+             AND NOT d.duplicate AND d.received_at_us >= {since})))"
+        ));
+    }
+    sql.push_str(" RETURNING id, duplicate");
+    sql
+}
+
+/// Marks rows that repeat an earlier row of the same batch: the statement cannot see
+/// rows it is itself inserting on every backend.
+pub(crate) fn repeated_in_batch(rows: &[NewMessage]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
     rows.iter()
-        .map(|r| {
-            Ok(Appended {
-                id: r.try_get(0)?,
-                duplicate: r.try_get(1)?,
-            })
-        })
+        .map(|r| !seen.insert((&r.sending_application, &r.sending_facility, &r.control_id)))
         .collect()
+}
+
+/// Ids are assigned in insertion order; RETURNING order is not guaranteed.
+pub(crate) fn in_input_order(
+    mut out: Vec<Appended>,
+    expected: usize,
+) -> Result<Vec<Appended>, StoreError> {
+    out.sort_by_key(|a| a.id);
+    if out.len() != expected {
+        return Err(StoreError::Db(sqlx::Error::Protocol(format!(
+            "insert returned {} rows for {expected}",
+            out.len()
+        ))));
+    }
+    Ok(out)
 }
 
 fn stored_message<R: Row>(r: &R, with_body: bool) -> Result<StoredMessage, StoreError>
