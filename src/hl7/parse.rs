@@ -152,7 +152,10 @@ pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Re
     let find = |name: &str| -> Option<RawSegment<'_>> {
         segments[1..]
             .iter()
-            .find(|s| s.len() >= 3 && &s[..3] == name && s[3..].starts_with(fs))
+            .find(|s| {
+                s.as_bytes().get(..3) == Some(name.as_bytes())
+                    && s.get(3..).is_some_and(|r| r.starts_with(fs))
+            })
             .map(|s| RawSegment { text: s, seps })
     };
     let evn = find("EVN");
@@ -254,9 +257,14 @@ fn normalize(text: &str) -> Option<Normalized<'_>> {
     if !fs.is_ascii() || fs.is_ascii_alphanumeric() || fs.is_ascii_whitespace() {
         return None;
     }
-    // Encoding characters: 4 or 5 ASCII characters up to the next field separator.
-    let enc_end = text[4..].find(fs).map(|i| 4 + i).unwrap_or(text.len());
-    let enc = &text[4..enc_end];
+    // Encoding characters: 4 or 5 ASCII characters up to the next field separator,
+    // within the MSH segment itself.
+    let msh_line = text.split(['\r', '\n']).next().unwrap_or(text);
+    let enc_end = msh_line[4..]
+        .find(fs)
+        .map(|i| 4 + i)
+        .unwrap_or(msh_line.len());
+    let enc = &msh_line[4..enc_end];
     if enc.len() < 4 || enc.len() > 5 || !enc.is_ascii() {
         return None;
     }
@@ -558,6 +566,22 @@ mod tests {
         assert_eq!(m.header.sending_application, "A&B");
         assert_eq!(m.header.sending_facility, "FAC|1");
         assert_eq!(m.header.control_id.as_str(), "X^1");
+    }
+
+    #[test]
+    fn multibyte_characters_at_segment_boundaries_do_not_panic() {
+        // Found by the hl7_ack fuzz target: a 2-byte character straddling byte 3.
+        for t in [
+            "MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.5\rPIé|1",
+            "MSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.5\réé\r€",
+        ] {
+            let m = parse_message(t, &ParseRules::default()).unwrap();
+            assert!(!m.problems.is_empty());
+        }
+        // Also found by the fuzzer: MSH-2 must not be measured past the end of MSH.
+        assert!(
+            parse_message("MSH|6\rPID|||MR1^^^XYZ||N^E^~\\&|X", &ParseRules::default()).is_err()
+        );
     }
 
     #[test]

@@ -75,3 +75,56 @@ fn kill_9_under_load_loses_no_acked_message_sqlite() {
     let server = Server::start(dir.path(), &[]);
     assert_survived(&server, &acked);
 }
+
+/// The shared neutral load client (`mllp-bench`, built by scripts/test.sh) against the
+/// real server: every ACK is AA/CA for its own control id, and every id it saw
+/// accepted is in the export.
+#[test]
+fn neutral_load_client_sees_every_message_accepted() {
+    let bench = std::env::var("MLLP_BENCH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/mllp-bench/release/mllp-bench")
+        });
+    assert!(
+        bench.exists(),
+        "mllp-bench not built at {}: run scripts/test.sh",
+        bench.display()
+    );
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let acked_log = dir.path().join("acked.txt");
+    let out = std::process::Command::new(&bench)
+        .args([
+            "load",
+            "--addr",
+            &server.mllp,
+            "--conns",
+            "4",
+            "--n",
+            "4000",
+            "--max-seconds",
+            "120",
+            "--acked-log",
+        ])
+        .arg(&acked_log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], 4000, "{report}");
+    assert_eq!(report["nack"], 0);
+    assert_eq!(report["mismatch"], 0);
+    let acked: Vec<String> = std::fs::read_to_string(&acked_log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(acked.len(), 4000);
+    assert_survived(&server, &acked);
+}

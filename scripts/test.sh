@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a warm one. Sets up every peer the tests
+# need (idempotently; slow installs are cached under $ADT_ROUTER_CACHE), then runs the
+# format and lint checks, every test, and a short fuzz run.
+#
+#   scripts/test.sh            everything
+#   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${ADT_ROUTER_CACHE:-$HOME/.cache/adt-router}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+mkdir -p "$CACHE"
+export PATH="$CACHE/tansu/bin:$CACHE/cargo-fuzz/bin:$PATH"
+step() { printf '\n== %s\n' "$*"; }
+
+step "shared test data"
+SHARED="${ADT_ROUTER_SHARED:-$PWD/../shared}"
+if [ ! -d "$SHARED/corpus/hl7" ]; then
+  echo "error: the HL7 corpus is not at $SHARED/corpus/hl7 (set ADT_ROUTER_SHARED)" >&2
+  exit 1
+fi
+export ADT_ROUTER_SHARED="$SHARED"
+
+step "PostgreSQL (tests create and drop their own databases)"
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+pg_isready -h 127.0.0.1 -p 5432 || { echo "error: PostgreSQL is not running on 127.0.0.1:5432" >&2; exit 1; }
+
+step "Python peers: python-hl7 (mllp_send)"
+if ! command -v mllp_send >/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'hl7==0.4.5'
+  hash -r
+fi
+command -v mllp_send
+
+step "Kafka-protocol broker: tansu 0.6.0 (built once, cached in $CACHE/tansu)"
+if ! [ -x "$CACHE/tansu/bin/tansu" ]; then
+  cargo install tansu --locked --version 0.6.0 --features dynostore --root "$CACHE/tansu"
+fi
+tansu --version 2>/dev/null || "$CACHE/tansu/bin/tansu" --help >/dev/null
+
+step "neutral MLLP load client: shared/tools/mllp-bench"
+# shared/ is read-only and the tool ships no Cargo.lock, so build a copy under target/.
+mkdir -p target/mllp-bench-src
+cp -r "$SHARED/tools/mllp-bench/Cargo.toml" "$SHARED/tools/mllp-bench/src" target/mllp-bench-src/
+chmod -R u+w target/mllp-bench-src
+CARGO_TARGET_DIR=target/mllp-bench cargo build --quiet --release --manifest-path target/mllp-bench-src/Cargo.toml
+export MLLP_BENCH="$PWD/target/mllp-bench/release/mllp-bench"
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+step "tests (unit, property and scenario tests against the real binary)"
+cargo nextest run --no-fail-fast
+
+if [ "$FUZZ_SECONDS" != "0" ]; then
+  step "fuzz: ${FUZZ_SECONDS}s per target, seeded from the shared corpus"
+  if ! command -v cargo-fuzz >/dev/null; then
+    cargo install cargo-fuzz --locked --root "$CACHE/cargo-fuzz"
+  fi
+  # cargo-fuzz needs nightly flags; the machine has one stable toolchain.
+  export RUSTC_BOOTSTRAP=1
+  for target in mllp_decode hl7_ack; do
+    mkdir -p "fuzz/corpus/$target"
+    cargo fuzz run "$target" "fuzz/corpus/$target" "$SHARED/corpus/hl7" "$SHARED/corpus/hl7/invalid" -- \
+      -max_total_time="$FUZZ_SECONDS" -max_len=65536 -print_final_stats=1 2>&1 | tail -n 12
+  done
+fi
+
+step "done"
