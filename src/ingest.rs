@@ -98,7 +98,20 @@ impl Ingest {
             }
         };
         let echo = AckEcho::recover(&text);
-        let parsed = match crate::hl7::parse_message(&text, &self.rules) {
+        // The parser is pure; should it ever panic on some input, that frame is rejected
+        // and quarantined instead of killing the connection (the sender would resend the
+        // same poison message forever).
+        let parse = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::hl7::parse_message(&text, &self.rules)
+        }));
+        let parse = parse.unwrap_or_else(|_| {
+            tracing::error!(sha256, "The HL7 parser panicked on a frame; it is quarantined. Please report this with the quarantined bytes.");
+            Err(crate::hl7::Rejection {
+                reason: "parser_panic",
+                err: ErrDetail::error(207, None, "Internal error while parsing this message; it was quarantined".into()),
+            })
+        });
+        let parsed = match parse {
             Ok(p) => p,
             Err(rej) => {
                 self.quarantine(

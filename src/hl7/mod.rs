@@ -10,6 +10,7 @@
 
 pub mod ack;
 pub mod charset;
+pub mod escape;
 pub mod parse;
 pub mod types;
 

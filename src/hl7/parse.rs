@@ -11,6 +11,7 @@
 //! We parse by segment id and position, not by a rigid grammar: real feeds vary too much.
 
 use super::ack::{ErrDetail, ErrLocation};
+use super::escape::unescape;
 use super::types::{AckMode, ControlId, MessageType, PatientId};
 use hl7_parser::message::{Field, Segment, Separators};
 use std::borrow::Cow;
@@ -302,7 +303,7 @@ fn normalize(text: &str) -> Option<Normalized<'_>> {
 
 fn decoded(field: Option<&Field<'_>>, seps: &Separators) -> String {
     field
-        .map(|f| seps.decode(f.raw_value()).to_string())
+        .map(|f| unescape(f.raw_value(), seps).into_owned())
         .unwrap_or_default()
 }
 
@@ -310,7 +311,7 @@ fn component(field: Option<&Field<'_>>, n: usize, seps: &Separators) -> String {
     field
         .and_then(|f| f.repeat(1))
         .and_then(|r| r.component(n))
-        .map(|c| seps.decode(c.raw_value()).to_string())
+        .map(|c| unescape(c.raw_value(), seps).into_owned())
         .unwrap_or_default()
 }
 
@@ -425,7 +426,7 @@ fn read_routing_fields(
         for rep in pid3.repeats() {
             let c = |n: usize| {
                 rep.component(n)
-                    .map(|c| seps.decode(c.raw_value()).to_string())
+                    .map(|c| unescape(c.raw_value(), seps).into_owned())
                     .unwrap_or_default()
             };
             let id = c(1);
