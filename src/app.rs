@@ -7,9 +7,11 @@ use crate::config::Settings;
 use crate::http::{router, HttpState};
 use crate::ingest::Ingest;
 use crate::log::embedded::{EmbeddedLog, EmbeddedOptions, WriterHandle};
+use crate::log::kafka::KafkaLog;
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::mllp::listener::{self, ListenerOptions};
+use crate::router::RecordProcessor;
 use crate::store::{redact_url, Store};
 use anyhow::Context;
 use std::future::Future;
@@ -26,7 +28,8 @@ pub struct App {
     store: Store,
     metrics: Arc<Metrics>,
     ingest: Arc<Ingest>,
-    log_writer: WriterHandle,
+    log_writer: Option<WriterHandle>,
+    kafka: Option<KafkaLog>,
     mllp_listener: TcpListener,
     http_listener: TcpListener,
     event_log: &'static str,
@@ -38,20 +41,27 @@ impl App {
         let store = Store::connect(&settings.store_options())
             .await
             .with_context(|| format!("opening database {}", redact_url(&settings.database.url)))?;
-        let (embedded, log_writer) = EmbeddedLog::start(
-            &store,
-            EmbeddedOptions {
-                max_batch: settings.event_log.max_batch,
-                commit_timeout: Duration::from_millis(settings.event_log.commit_timeout_ms),
-                duplicate_window: Duration::from_secs(
-                    settings.event_log.duplicate_window_hours * 3600,
-                ),
-                busy_timeout: Duration::from_millis(settings.database.busy_timeout_ms),
-            },
-            metrics.clone(),
-        )
-        .context("starting the event log writer")?;
-        let log = EventLog::Embedded(embedded);
+        let (log, log_writer, kafka) = if settings.kafka.enabled() {
+            let k = KafkaLog::connect(&settings.kafka, metrics.clone())
+                .await
+                .with_context(|| format!("connecting to Kafka at {}", settings.kafka.brokers))?;
+            (EventLog::Kafka(k.clone()), None, Some(k))
+        } else {
+            let (embedded, writer) = EmbeddedLog::start(
+                &store,
+                EmbeddedOptions {
+                    max_batch: settings.event_log.max_batch,
+                    commit_timeout: Duration::from_millis(settings.event_log.commit_timeout_ms),
+                    duplicate_window: Duration::from_secs(
+                        settings.event_log.duplicate_window_hours * 3600,
+                    ),
+                    busy_timeout: Duration::from_millis(settings.database.busy_timeout_ms),
+                },
+                metrics.clone(),
+            )
+            .context("starting the event log writer")?;
+            (EventLog::Embedded(embedded), Some(writer), None)
+        };
         let event_log = log.name();
         let ingest = Arc::new(Ingest::new(
             log,
@@ -74,6 +84,7 @@ impl App {
             metrics,
             ingest,
             log_writer,
+            kafka,
             mllp_listener,
             http_listener,
             event_log,
@@ -81,12 +92,25 @@ impl App {
     }
 
     pub fn describe(&self) -> String {
+        let log = match &self.kafka {
+            Some(_) => format!(
+                "kafka {} topic {}{}",
+                self.settings.kafka.brokers,
+                self.settings.kafka.topic,
+                if self.settings.kafka.consume {
+                    format!(", router in group {}", self.settings.kafka.group)
+                } else {
+                    String::new()
+                }
+            ),
+            None => self.event_log.to_string(),
+        };
         format!(
             "adt-router listening: MLLP on {}, HTTP on {} (database {}, event log {})",
             self.mllp_addr,
             self.http_addr,
             redact_url(&self.settings.database.url),
-            self.event_log
+            log
         )
     }
 
@@ -107,10 +131,27 @@ impl App {
             opts,
             rx.clone(),
         ));
+        let router_task = match (&self.kafka, self.settings.kafka.consume) {
+            (Some(_), true) => Some(tokio::spawn(crate::router::kafka_source::run(
+                self.settings.kafka.clone(),
+                RecordProcessor {
+                    store: self.store.clone(),
+                    rules: self.settings.parse_rules(),
+                    fallback: self.settings.fallback_charset(),
+                    duplicate_window: Duration::from_secs(
+                        self.settings.event_log.duplicate_window_hours * 3600,
+                    ),
+                },
+                self.metrics.clone(),
+                rx.clone(),
+            ))),
+            _ => None,
+        };
         let state = HttpState {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             event_log: self.event_log,
+            kafka: self.kafka.clone(),
         };
         let mut http_rx = rx.clone();
         let http = tokio::spawn(async move {
@@ -129,7 +170,15 @@ impl App {
         mllp.await.context("MLLP listener task")?;
         // The listener's connections held the only other handles to the log.
         drop(self.ingest);
-        self.log_writer.join().await;
+        if let Some(w) = self.log_writer {
+            w.join().await;
+        }
+        if let Some(k) = &self.kafka {
+            k.flush();
+        }
+        if let Some(r) = router_task {
+            r.await.context("router task")?.context("router")?;
+        }
         http.await.context("HTTP task")?.context("HTTP server")?;
         self.store.close().await;
         tracing::info!("Shutdown complete.");

@@ -15,6 +15,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub event_log: EventLogSettings,
     pub hl7: Hl7Settings,
+    pub kafka: KafkaSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -131,6 +132,55 @@ impl Default for Hl7Settings {
     }
 }
 
+/// Scale-out mode. Setting `brokers` replaces the embedded event log with Kafka.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port]`. Empty: the embedded log.
+    pub brokers: String,
+    /// Topic for inbound messages; created at start when missing.
+    pub topic: String,
+    /// Partitions when the topic is created. Per-patient order holds within a partition.
+    pub partitions: i32,
+    /// Replication factor when the topic is created (3 in production).
+    pub replication_factor: i32,
+    /// Consumer group of the routers.
+    pub group: String,
+    /// The sender gets AR/CE when the broker has not confirmed a write by then.
+    pub produce_timeout_ms: u64,
+    /// How long the producer may wait to fill a batch. Every ACK waits for it.
+    pub linger_ms: u64,
+    /// none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// Run the router (the consumer group member) in this process.
+    pub consume: bool,
+    /// How soon the group notices a dead router and hands its partitions over.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: String::new(),
+            topic: "adt.inbound".into(),
+            partitions: 12,
+            replication_factor: 1,
+            group: "adt-router".into(),
+            produce_timeout_ms: 5000,
+            linger_ms: 1,
+            compression: "lz4".into(),
+            consume: true,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl KafkaSettings {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0}")]
@@ -204,6 +254,27 @@ impl Settings {
         for f in &self.hl7.required_fields {
             if let Err(reason) = FieldSpec::parse(f) {
                 return bad("hl7.required_fields", reason);
+            }
+        }
+        if self.kafka.enabled() {
+            if self.kafka.topic.is_empty() || self.kafka.group.is_empty() {
+                return bad("kafka.topic", "topic and group must not be empty".into());
+            }
+            if self.kafka.partitions < 1 {
+                return bad("kafka.partitions", "must be at least 1".into());
+            }
+            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.kafka.compression.as_str())
+            {
+                return bad(
+                    "kafka.compression",
+                    format!(
+                        "'{}' is not none, gzip, snappy, lz4 or zstd",
+                        self.kafka.compression
+                    ),
+                );
+            }
+            if self.kafka.produce_timeout_ms == 0 {
+                return bad("kafka.produce_timeout_ms", "must be above 0".into());
             }
         }
         let url = &self.database.url;

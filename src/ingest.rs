@@ -98,19 +98,7 @@ impl Ingest {
             }
         };
         let echo = AckEcho::recover(&text);
-        // The parser is pure; should it ever panic on some input, that frame is rejected
-        // and quarantined instead of killing the connection (the sender would resend the
-        // same poison message forever).
-        let parse = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::hl7::parse_message(&text, &self.rules)
-        }));
-        let parse = parse.unwrap_or_else(|_| {
-            tracing::error!(sha256, "The HL7 parser panicked on a frame; it is quarantined. Please report this with the quarantined bytes.");
-            Err(crate::hl7::Rejection {
-                reason: "parser_panic",
-                err: ErrDetail::error(207, None, "Internal error while parsing this message; it was quarantined".into()),
-            })
-        });
+        let parse = parse_guarded(&text, &self.rules, &sha256);
         let parsed = match parse {
             Ok(p) => p,
             Err(rej) => {
@@ -200,7 +188,7 @@ impl Ingest {
             sha256: sha256.to_string(),
             raw: raw.to_vec(),
         };
-        if let Err(e) = self.store.quarantine(&q).await {
+        if let Err(e) = self.store.quarantine(&q, None).await {
             tracing::error!(sha256, error = %e, "Could not write a rejected frame to quarantine; it exists only in the sender now.");
         }
     }
@@ -241,7 +229,26 @@ impl Ingest {
     }
 }
 
-fn new_message(
+/// Parses with a guard: the parser is pure, and should it ever panic on some input, that
+/// message is rejected and quarantined instead of killing the connection (the sender
+/// would resend the same poison message forever) or the router.
+pub(crate) fn parse_guarded(
+    text: &str,
+    rules: &ParseRules,
+    sha256: &str,
+) -> Result<ParsedMessage, crate::hl7::Rejection> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::hl7::parse_message(text, rules))).unwrap_or_else(|_| {
+        tracing::error!(sha256, "The HL7 parser panicked on a message; it is quarantined. Please report this with the quarantined bytes.");
+        Err(crate::hl7::Rejection {
+            reason: "parser_panic",
+            err: ErrDetail::error(207, None, "Internal error while parsing this message; it was quarantined".into()),
+        })
+    })
+}
+
+/// The stored row for a parsed message. Shared with the Kafka router, which rebuilds
+/// it from the record it consumes.
+pub(crate) fn new_message(
     p: &ParsedMessage,
     raw: &[u8],
     peer: &str,

@@ -5,7 +5,8 @@
 //! - [`mllp`]: framing (pure) and the TCP listener; writes ACKs in order per connection.
 //! - [`hl7`]: charset decoding, parsing, ACK building (pure, no I/O).
 //! - [`ingest`]: one frame to one ACK, with the message made durable in between.
-//! - [`log`]: the durable event log (embedded table with group commit; Kafka in step 2).
+//! - [`log`]: the durable event log (embedded table with group commit, or Kafka).
+//! - [`router`]: in Kafka mode, the consumer-group member that stores what it consumes.
 //! - [`store`]: sqlx over SQLite or PostgreSQL, migrations.
 //! - [`http`]: health, readiness, metrics.
 //! - [`config`], [`app`]: settings and wiring; `main.rs` is the CLI.
@@ -25,5 +26,7 @@ pub mod ingest;
 pub mod log;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod router;
 #[cfg(feature = "server")]
 pub mod store;

@@ -2,8 +2,8 @@
 //! values are few and never carry PHI (facility names are truncated to bound cardinality).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +24,14 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Appends that failed (storage down, timeout): each one was answered AR/CE.
     pub append_errors: IntCounterVec,
+    /// Kafka mode: from send to the broker's confirmation.
+    pub produce_latency: Histogram,
+    pub produce_errors: IntCounterVec,
+    /// Kafka mode: high watermark minus the router's position, per partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Kafka mode: records the router handled, by outcome.
+    pub records_processed: IntCounterVec,
+    pub rebalances: IntCounterVec,
 }
 
 const FACILITY_LABEL_MAX: usize = 64;
@@ -37,6 +45,31 @@ impl Metrics {
         ];
         let m = Metrics {
             registry,
+            produce_latency: Histogram::with_opts(
+                HistogramOpts::new("kafka_produce_latency_seconds", "Kafka mode: time from send to the broker's confirmation.")
+                    .buckets(latency_buckets.clone()),
+            )
+            .expect("metric"),
+            produce_errors: IntCounterVec::new(
+                Opts::new("kafka_produce_errors_total", "Kafka mode: writes the broker did not confirm (answered AR/CE), by kind."),
+                &["kind"],
+            )
+            .expect("metric"),
+            consumer_lag: IntGaugeVec::new(
+                Opts::new("kafka_consumer_lag", "Kafka mode: records not yet processed by this router, per partition."),
+                &["partition"],
+            )
+            .expect("metric"),
+            records_processed: IntCounterVec::new(
+                Opts::new("kafka_records_processed_total", "Kafka mode: records the router handled, by outcome."),
+                &["outcome"],
+            )
+            .expect("metric"),
+            rebalances: IntCounterVec::new(
+                Opts::new("kafka_rebalances_total", "Kafka mode: consumer group rebalances seen by this router, by kind."),
+                &["kind"],
+            )
+            .expect("metric"),
             messages_received: IntCounterVec::new(
                 Opts::new("messages_received_total", "Inbound messages answered, by sending facility, trigger event and ACK code."),
                 &["sending_facility", "trigger_event", "ack_code"],
@@ -97,6 +130,11 @@ impl Metrics {
             Box::new(m.commit_batch_size.clone()),
             Box::new(m.commit_latency.clone()),
             Box::new(m.append_errors.clone()),
+            Box::new(m.produce_latency.clone()),
+            Box::new(m.produce_errors.clone()),
+            Box::new(m.consumer_lag.clone()),
+            Box::new(m.records_processed.clone()),
+            Box::new(m.rebalances.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

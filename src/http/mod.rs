@@ -15,6 +15,7 @@ pub struct HttpState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub event_log: &'static str,
+    pub kafka: Option<crate::log::kafka::KafkaLog>,
 }
 
 pub fn router(state: HttpState) -> Router {

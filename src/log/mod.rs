@@ -1,11 +1,13 @@
 //! The durable event log: where a message must be before it is acknowledged.
 //!
 //! One interface, two backends (design.md): [`embedded`] (default: a table in the local
-//! database with group commit) and Kafka (step 2). The listener only ever calls
+//! database with group commit) and [`kafka`] (scale-out: an idempotent producer, and a
+//! consumer group of routers that store what they consume, see [`crate::router`]). The listener only ever calls
 //! [`EventLog::append`]; an `Ok` means the message is durable, and only then may the
 //! sender hear AA/CA.
 
 pub mod embedded;
+pub mod kafka;
 
 use crate::store::{Appended, NewMessage};
 
@@ -33,6 +35,7 @@ impl LogError {
 #[derive(Clone)]
 pub enum EventLog {
     Embedded(embedded::EmbeddedLog),
+    Kafka(kafka::KafkaLog),
 }
 
 impl EventLog {
@@ -40,12 +43,14 @@ impl EventLog {
     pub async fn append(&self, msg: NewMessage) -> Result<Appended, LogError> {
         match self {
             EventLog::Embedded(l) => l.append(msg).await,
+            EventLog::Kafka(l) => l.append(msg).await,
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             EventLog::Embedded(_) => "embedded",
+            EventLog::Kafka(_) => "kafka",
         }
     }
 }

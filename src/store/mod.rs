@@ -101,6 +101,47 @@ pub struct StoredMessage {
     pub raw: Option<Vec<u8>>,
 }
 
+/// Where a row came from in a partitioned log (Kafka mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// `kafka:<topic>`.
+    pub source: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Binds one row's parameters in [`insert_sql`] order.
+macro_rules! bind_message {
+    ($q:expr, $r:expr, $forced:expr, $since:expr) => {
+        $q.bind($r.received_at_us)
+            .bind(&$r.peer)
+            .bind(&$r.sending_application)
+            .bind(&$r.sending_facility)
+            .bind(&$r.receiving_application)
+            .bind(&$r.receiving_facility)
+            .bind(&$r.control_id)
+            .bind(&$r.message_type)
+            .bind(&$r.trigger_event)
+            .bind(&$r.version)
+            .bind(&$r.processing_id)
+            .bind(&$r.charset)
+            .bind(&$r.ack_mode)
+            .bind(&$r.ack_code)
+            .bind($r.status)
+            .bind(&$r.error)
+            .bind(&$r.patient_key)
+            .bind(&$r.visit_number)
+            .bind(&$r.patient_class)
+            .bind(&$r.sha256)
+            .bind(&$r.raw)
+            .bind($forced)
+            .bind(&$r.control_id)
+            .bind(&$r.sending_facility)
+            .bind(&$r.sending_application)
+            .bind($since)
+    };
+}
+
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub url: String,
@@ -211,33 +252,7 @@ impl Store {
         let sql = insert_sql(rows.len(), Placeholders::Dollar);
         let mut q = sqlx::query(&sql);
         for (r, f) in rows.iter().zip(&forced) {
-            q = q
-                .bind(r.received_at_us)
-                .bind(&r.peer)
-                .bind(&r.sending_application)
-                .bind(&r.sending_facility)
-                .bind(&r.receiving_application)
-                .bind(&r.receiving_facility)
-                .bind(&r.control_id)
-                .bind(&r.message_type)
-                .bind(&r.trigger_event)
-                .bind(&r.version)
-                .bind(&r.processing_id)
-                .bind(&r.charset)
-                .bind(&r.ack_mode)
-                .bind(&r.ack_code)
-                .bind(r.status)
-                .bind(&r.error)
-                .bind(&r.patient_key)
-                .bind(&r.visit_number)
-                .bind(&r.patient_class)
-                .bind(&r.sha256)
-                .bind(&r.raw)
-                .bind(*f)
-                .bind(&r.control_id)
-                .bind(&r.sending_facility)
-                .bind(&r.sending_application)
-                .bind(dup_since_us);
+            q = bind_message!(q, r, *f, dup_since_us);
         }
         let rows_out = q.fetch_all(pool).await?;
         let appended = rows_out
@@ -252,12 +267,47 @@ impl Store {
         in_input_order(appended, rows.len())
     }
 
-    pub async fn quarantine(&self, q: &NewQuarantine) -> Result<i64, StoreError> {
-        const SQL_SQLITE: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id";
-        const SQL_PG: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+    /// Stores one record consumed from a partitioned log. `None`: that record (same
+    /// origin) was stored before, so nothing changed.
+    pub async fn record_consumed(
+        &self,
+        row: &NewMessage,
+        origin: &Origin,
+        dup_since_us: i64,
+    ) -> Result<Option<Appended>, StoreError> {
+        macro_rules! run {
+            ($pool:expr, $style:expr) => {{
+                let sql = insert_sql_from(1, $style, true);
+                let q = bind_message!(sqlx::query(&sql), row, false, dup_since_us)
+                    .bind(&origin.source)
+                    .bind(origin.partition)
+                    .bind(origin.offset);
+                match q.fetch_optional($pool).await? {
+                    Some(r) => Some(Appended {
+                        id: r.try_get(0)?,
+                        duplicate: r.try_get(1)?,
+                    }),
+                    None => None,
+                }
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(p, Placeholders::Question),
+            Store::Postgres(p) => run!(p, Placeholders::Dollar),
+        })
+    }
+
+    /// Keeps a rejected frame or record. With an origin, a replayed record is kept once.
+    pub async fn quarantine(
+        &self,
+        q: &NewQuarantine,
+        origin: Option<&Origin>,
+    ) -> Result<(), StoreError> {
+        const SQL_SQLITE: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw, log_source, log_partition, log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING";
+        const SQL_PG: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw, log_source, log_partition, log_offset) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING";
         macro_rules! run {
             ($pool:expr, $sql:expr) => {
-                sqlx::query_scalar::<_, i64>($sql)
+                sqlx::query($sql)
                     .bind(q.received_at_us)
                     .bind(&q.peer)
                     .bind(&q.reason)
@@ -265,14 +315,19 @@ impl Store {
                     .bind(&q.control_id)
                     .bind(&q.sha256)
                     .bind(&q.raw)
-                    .fetch_one($pool)
-                    .await?
+                    .bind(origin.map(|o| o.source.as_str()))
+                    .bind(origin.map(|o| o.partition))
+                    .bind(origin.map(|o| o.offset))
+                    .execute($pool)
+                    .await
+                    .map(|_| ())?
             };
         }
-        Ok(match self {
+        match self {
             Store::Sqlite(p) => run!(p, SQL_SQLITE),
             Store::Postgres(p) => run!(p, SQL_PG),
-        })
+        }
+        Ok(())
     }
 
     /// Messages received at or after `since_us`, oldest first, in pages of `limit` after `after_id`.
@@ -345,7 +400,19 @@ pub(crate) const PARAMS_PER_ROW: usize = 26;
 /// duplicate when it repeats an earlier row of the batch (`forced`) or a stored,
 /// non-duplicate message from the same sender within the window.
 pub(crate) fn insert_sql(n: usize, style: Placeholders) -> String {
-    let mut sql = format!("INSERT INTO inbound_messages ({MESSAGE_COLUMNS}) VALUES ");
+    insert_sql_from(n, style, false)
+}
+
+/// With `origin`, each row carries three more parameters after the duplicate check
+/// (log source, partition, offset), and a row whose origin is already stored is skipped:
+/// that is what makes a replayed Kafka record change nothing.
+pub(crate) fn insert_sql_from(n: usize, style: Placeholders, origin: bool) -> String {
+    let cols = if origin {
+        format!("{MESSAGE_COLUMNS}, log_source, log_partition, log_offset")
+    } else {
+        MESSAGE_COLUMNS.to_string()
+    };
+    let mut sql = format!("INSERT INTO inbound_messages ({cols}) VALUES ");
     let mut k = 0;
     let mut p = || {
         k += 1;
@@ -367,8 +434,16 @@ pub(crate) fn insert_sql(n: usize, style: Placeholders) -> String {
         sql.push_str(&format!(
             "({forced} OR EXISTS (SELECT 1 FROM inbound_messages d WHERE d.control_id = {ctrl} \
              AND d.sending_facility = {fac} AND d.sending_application = {app} \
-             AND NOT d.duplicate AND d.received_at_us >= {since})))"
+             AND NOT d.duplicate AND d.received_at_us >= {since}))"
         ));
+        if origin {
+            let (src, part, off) = (p(), p(), p());
+            sql.push_str(&format!(", {src}, {part}, {off}"));
+        }
+        sql.push(')');
+    }
+    if origin {
+        sql.push_str(" ON CONFLICT DO NOTHING");
     }
     sql.push_str(" RETURNING id, duplicate");
     sql

@@ -6,6 +6,7 @@ mod helpers;
 mod corpus;
 mod crash;
 mod framing;
+mod kafka;
 mod postgres;
 mod shutdown;
 mod storage_failure;

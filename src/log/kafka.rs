@@ -1,0 +1,292 @@
+//! The Kafka event log (scale-out mode): the listener's side.
+//!
+//! An idempotent producer with `acks=all`: `append` returns only when the broker has
+//! confirmed the write to all in-sync replicas, and fails after `kafka.produce_timeout_ms`
+//! (the sender then hears AR/CE and resends). librdkafka reconnects by itself, so the
+//! listener recovers when the broker returns.
+//!
+//! Records: key = sending facility + the patient's primary identifier with its assigning
+//! authority (PID-3), falling back to the control id, so one patient's events share a
+//! partition and keep their order. Value = the raw bytes. Headers carry what ingest knew
+//! (see [`headers`]); the router re-parses the bytes itself.
+
+use super::LogError;
+use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
+use crate::store::{Appended, NewMessage};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Header names. The router reads them back; other producers may omit them.
+pub mod headers {
+    pub const CONTROL_ID: &str = "adt-control-id";
+    pub const MESSAGE_TYPE: &str = "adt-message-type";
+    pub const CHARSET: &str = "adt-charset";
+    pub const SHA256: &str = "adt-sha256";
+    pub const RECEIVED_AT_US: &str = "adt-received-at-us";
+    pub const PEER: &str = "adt-peer";
+    pub const ACK_CODE: &str = "adt-ack-code";
+}
+
+#[derive(Clone)]
+pub struct KafkaLog {
+    producer: Arc<ProducerSlot>,
+    topic: String,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// The producer, replaceable. An idempotent producer that hits a fatal error (seen here:
+/// after writes time out while the broker is stopped, librdkafka bumps the producer
+/// epoch and the broker answers `ProducerFenced`) refuses every later write. Writes it
+/// failed were answered AR/CE and will be resent; the resends are recognised as
+/// duplicates downstream, so replacing it loses nothing.
+struct ProducerSlot {
+    config: ClientConfig,
+    current: std::sync::RwLock<(u64, FutureProducer)>,
+}
+
+impl ProducerSlot {
+    fn get(&self) -> (u64, FutureProducer) {
+        let g = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (g.0, g.1.clone())
+    }
+
+    /// Replaces generation `gen` (once, however many writers saw it fail).
+    fn replace(&self, gen: u64, why: &str) {
+        let mut g = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if g.0 != gen {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(p) => {
+                tracing::warn!(
+                    reason = why,
+                    generation = gen + 1,
+                    "Kafka producer hit a fatal error; replaced it."
+                );
+                *g = (gen + 1, p);
+            }
+            Err(e) => tracing::error!(error = %e, "Could not recreate the Kafka producer."),
+        }
+    }
+}
+
+/// The record key: `facility|patient-id^authority`, or `facility|#control-id`.
+pub fn record_key(m: &NewMessage) -> String {
+    match &m.patient_key {
+        Some(p) => format!("{}|{}", m.sending_facility, p),
+        None => format!("{}|#{}", m.sending_facility, m.control_id),
+    }
+}
+
+pub fn client_config(s: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &s.brokers)
+        .set("client.id", "adt-router")
+        // Keep librdkafka's own logs quiet unless asked; errors surface as results.
+        .set("log_level", "3");
+    c
+}
+
+impl KafkaLog {
+    /// Builds the producer and makes sure the topic exists.
+    pub async fn connect(s: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Self, LogError> {
+        let mut config = client_config(s);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &s.compression)
+            .set("linger.ms", s.linger_ms.to_string())
+            .set("message.timeout.ms", s.produce_timeout_ms.to_string())
+            .set("max.in.flight.requests.per.connection", "5");
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|e| LogError::Unavailable(format!("creating the Kafka producer: {e}")))?;
+        ensure_topic(s).await?;
+        Ok(KafkaLog {
+            producer: Arc::new(ProducerSlot {
+                config,
+                current: std::sync::RwLock::new((0, producer)),
+            }),
+            topic: s.topic.clone(),
+            timeout: Duration::from_millis(s.produce_timeout_ms),
+            metrics,
+        })
+    }
+
+    pub async fn append(&self, m: NewMessage) -> Result<Appended, LogError> {
+        let key = record_key(&m);
+        let received = m.received_at_us.to_string();
+        let message_type = format!("{}^{}", m.message_type, m.trigger_event);
+        let mut h = OwnedHeaders::new_with_capacity(7);
+        for (k, v) in [
+            (headers::CONTROL_ID, m.control_id.as_str()),
+            (headers::MESSAGE_TYPE, message_type.as_str()),
+            (headers::CHARSET, m.charset.as_str()),
+            (headers::SHA256, m.sha256.as_str()),
+            (headers::RECEIVED_AT_US, received.as_str()),
+            (headers::PEER, m.peer.as_str()),
+            (headers::ACK_CODE, m.ack_code.as_deref().unwrap_or("")),
+        ] {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let record = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&m.raw)
+            .headers(h);
+        let (gen, producer) = self.producer.get();
+        let started = Instant::now();
+        let sent = tokio::time::timeout(
+            self.timeout,
+            producer.send(record, Timeout::After(self.timeout)),
+        )
+        .await;
+        if let Some((_, reason)) = producer.client().fatal_error() {
+            self.producer.replace(gen, &reason);
+        } else if let Ok(Err((e, _))) = &sent {
+            if e.rdkafka_error_code().is_some_and(breaks_producer_identity) {
+                self.producer.replace(gen, &e.to_string());
+            }
+        }
+        self.metrics
+            .produce_latency
+            .observe(started.elapsed().as_secs_f64());
+        match sent {
+            Ok(Ok(d)) => Ok(Appended {
+                id: d.offset,
+                duplicate: false,
+            }),
+            Ok(Err((e, _))) => {
+                self.metrics
+                    .produce_errors
+                    .with_label_values(&["broker"])
+                    .inc();
+                Err(LogError::Unavailable(format!(
+                    "Kafka did not confirm the write: {e}"
+                )))
+            }
+            Err(_) => {
+                self.metrics
+                    .produce_errors
+                    .with_label_values(&["timeout"])
+                    .inc();
+                Err(LogError::Timeout(self.timeout.as_millis() as u64))
+            }
+        }
+    }
+
+    /// Readiness: the broker answers a metadata request for our topic.
+    pub async fn ping(&self) -> Result<(), String> {
+        let producer = self.producer.get().1;
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(2)))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Waits (bounded) for queued writes on shutdown.
+    pub fn flush(&self) {
+        let _ = self
+            .producer
+            .get()
+            .1
+            .flush(Timeout::After(Duration::from_secs(5)));
+    }
+}
+
+/// Errors after which this producer's id/epoch is no good to the broker again.
+fn breaks_producer_identity(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+            | RDKafkaErrorCode::Fatal
+    )
+}
+
+async fn ensure_topic(s: &KafkaSettings) -> Result<(), LogError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(s)
+        .create()
+        .map_err(|e| LogError::Unavailable(format!("creating the Kafka admin client: {e}")))?;
+    let topic = NewTopic::new(
+        &s.topic,
+        s.partitions,
+        TopicReplication::Fixed(s.replication_factor),
+    );
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .map_err(|e| LogError::Unavailable(format!("reaching Kafka at {}: {e}", s.brokers)))?;
+    for r in results {
+        match r {
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = s.partitions, replication = s.replication_factor, "Created Kafka topic.")
+            }
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::info!(topic = %name, "Kafka topic exists.")
+            }
+            Err((name, code)) => {
+                return Err(LogError::Unavailable(format!(
+                    "creating Kafka topic {name}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_a_patient_together_and_fall_back_to_the_control_id() {
+        let mut m = NewMessage {
+            received_at_us: 0,
+            peer: String::new(),
+            sending_application: "EPIC".into(),
+            sending_facility: "GENHOSP".into(),
+            receiving_application: String::new(),
+            receiving_facility: String::new(),
+            control_id: "C1".into(),
+            message_type: "ADT".into(),
+            trigger_event: "A01".into(),
+            version: "2.5".into(),
+            processing_id: "P".into(),
+            charset: "UTF-8".into(),
+            ack_mode: "original".into(),
+            ack_code: None,
+            status: "pending",
+            error: None,
+            patient_key: Some("MRN1^GENHOSP".into()),
+            visit_number: None,
+            patient_class: None,
+            sha256: String::new(),
+            raw: Vec::new(),
+        };
+        assert_eq!(record_key(&m), "GENHOSP|MRN1^GENHOSP");
+        m.patient_key = None;
+        assert_eq!(record_key(&m), "GENHOSP|#C1");
+    }
+}

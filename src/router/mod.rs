@@ -1,0 +1,118 @@
+//! The router. In scale-out mode it is a Kafka consumer-group member ([`kafka_source`])
+//! that turns each record into a row of the inbound index on the database, idempotently,
+//! and only then lets its offset be committed. Attribution and routing rules (steps 3
+//! and 4) will hang off [`RecordProcessor::process`].
+
+pub mod kafka_source;
+
+use crate::hl7::charset;
+use crate::hl7::ParseRules;
+use crate::ingest::{new_message, parse_guarded};
+use crate::log::embedded::now_us;
+use crate::store::{NewQuarantine, Origin, Store, StoreError};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// What ingest knew about a record, from its headers. Records written by other
+/// producers may have none of it.
+#[derive(Clone, Debug, Default)]
+pub struct RecordMeta {
+    pub received_at_us: Option<i64>,
+    pub peer: Option<String>,
+    pub ack_code: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Processed {
+    /// A new row; `duplicate` when the sender had already sent this control id.
+    Stored { duplicate: bool },
+    /// This very record (same partition and offset) was stored before: nothing changed.
+    AlreadyStored,
+    /// Not a usable HL7 message: kept in quarantine, never blocks the partition.
+    Quarantined,
+}
+
+impl Processed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Processed::Stored { duplicate: false } => "stored",
+            Processed::Stored { duplicate: true } => "duplicate",
+            Processed::AlreadyStored => "already_stored",
+            Processed::Quarantined => "quarantined",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RecordProcessor {
+    pub store: Store,
+    pub rules: ParseRules,
+    pub fallback: &'static encoding_rs::Encoding,
+    pub duplicate_window: Duration,
+}
+
+impl RecordProcessor {
+    /// Processes one record. Idempotent: the same origin twice changes nothing.
+    ///
+    /// # Errors
+    /// Only when the database fails; the caller retries the same record (at-least-once).
+    pub async fn process(
+        &self,
+        raw: &[u8],
+        meta: &RecordMeta,
+        origin: &Origin,
+    ) -> Result<Processed, StoreError> {
+        let sha256 = hex::encode(Sha256::digest(raw));
+        let received_at_us = meta.received_at_us.unwrap_or_else(now_us);
+        let peer = meta.peer.clone().unwrap_or_else(|| origin.source.clone());
+        let reject = |reason: &str, diagnostic: String| NewQuarantine {
+            received_at_us,
+            peer: peer.clone(),
+            reason: reason.to_string(),
+            diagnostic,
+            control_id: None,
+            sha256: sha256.clone(),
+            raw: raw.to_vec(),
+        };
+        let (text, cs) = match charset::decode(raw, self.fallback) {
+            Ok(v) => v,
+            Err(e) => {
+                self.store
+                    .quarantine(&reject("bad_charset", e.to_string()), Some(origin))
+                    .await?;
+                return Ok(Processed::Quarantined);
+            }
+        };
+        let parsed = match parse_guarded(&text, &self.rules, &sha256) {
+            Ok(p) => p,
+            Err(rej) => {
+                tracing::warn!(
+                    reason = rej.reason,
+                    partition = origin.partition,
+                    offset = origin.offset,
+                    sha256,
+                    "Record is not a usable HL7 message; quarantined."
+                );
+                self.store
+                    .quarantine(&reject(rej.reason, rej.err.diagnostic), Some(origin))
+                    .await?;
+                return Ok(Processed::Quarantined);
+            }
+        };
+        let ack_code = meta
+            .ack_code
+            .clone()
+            .filter(|c| !c.is_empty())
+            .and_then(|c| crate::hl7::AckCode::parse(&c));
+        let row = new_message(&parsed, raw, &peer, received_at_us, sha256, cs, ack_code);
+        let since = now_us() - self.duplicate_window.as_micros() as i64;
+        Ok(
+            match self.store.record_consumed(&row, origin, since).await? {
+                Some(a) => Processed::Stored {
+                    duplicate: a.duplicate,
+                },
+                None => Processed::AlreadyStored,
+            },
+        )
+    }
+}

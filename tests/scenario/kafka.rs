@@ -1,0 +1,396 @@
+//! Scale-out mode against a real Kafka-protocol broker (tansu, started per test by the
+//! test itself; `scripts/test.sh` installs it) and a real PostgreSQL.
+
+use crate::helpers::*;
+use crate::postgres::TestDb;
+use adt_router::mllp::client::{summarize_ack, MllpClient};
+use adt_router::mllp::codec::frame;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let bin = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{addr}"),
+                "--advertised-listener-url",
+                &format!("tcp://{addr}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start tansu ({bin}): {e}; scripts/test.sh installs it")
+            });
+        wait_for(Duration::from_secs(30), "broker to listen", || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        Broker { child, addr }
+    }
+
+    /// SIGSTOP: the broker stops answering, keeping its data; `resume` continues it.
+    pub fn pause(&self) {
+        assert!(Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    pub fn resume(&self) {
+        assert!(Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn kafka_env<'a>(
+    broker: &'a Broker,
+    db: &'a TestDb,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("ADT_ROUTER__KAFKA__BROKERS", broker.addr.as_str()),
+        ("ADT_ROUTER__DATABASE__URL", db.url.as_str()),
+        ("ADT_ROUTER__KAFKA__PARTITIONS", "4"),
+        ("ADT_ROUTER__KAFKA__SESSION_TIMEOUT_MS", "6000"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+/// Every record on the topic: (partition, key, headers, payload).
+type TopicRecord = (i32, String, HashMap<String, String>, Vec<u8>);
+
+fn read_topic(broker: &Broker, topic: &str, partitions: i32, expect: usize) -> Vec<TopicRecord> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while out.len() < expect && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.partition(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
+                headers,
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+fn non_duplicate_counts(server: &Server) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in server.export(&[]) {
+        if !r["duplicate"].as_bool().unwrap() {
+            *counts
+                .entry(r["control_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test]
+async fn corpus_goes_to_the_topic_with_keys_and_headers_and_into_postgres() {
+    let broker = Broker::start();
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &kafka_env(&broker, &db, &[]));
+    assert!(
+        server.log().contains("Created Kafka topic."),
+        "topic creation is announced"
+    );
+    // Same check as the embedded mode: every accepted file's bytes end up stored.
+    crate::corpus::corpus_bytes_are_stored_unchanged(&server).await;
+    let stored = server.export(&[]).len();
+    let records = read_topic(&broker, "adt.inbound", 4, stored);
+    assert_eq!(records.len(), stored, "one record per accepted message");
+    for (partition, key, headers, payload) in &records {
+        assert!((0..4).contains(partition));
+        assert_eq!(headers["adt-sha256"], sha256_hex(payload));
+        assert_eq!(headers["adt-control-id"], control_id_of(payload));
+        assert!(headers["adt-message-type"].starts_with("ADT^"));
+        assert!(!headers["adt-charset"].is_empty());
+        // facility|patient-id^authority, or facility|#control-id without PID-3.
+        assert!(key.contains('|'), "{key}");
+    }
+    assert_eq!(server.get("/readyz").0, 200);
+    assert!(server.metric("adt_router_kafka_produce_latency_seconds_count") >= stored as f64);
+    assert!(server.metric("adt_router_kafka_records_processed_total{outcome=\"stored\"}") >= 1.0);
+}
+
+#[tokio::test]
+async fn one_patients_events_reach_the_router_in_the_order_they_were_acked() {
+    let broker = Broker::start();
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &kafka_env(&broker, &db, &[]));
+    let conns: Vec<Arc<Mutex<MllpClient>>> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(Arc::new(Mutex::new(
+                MllpClient::connect(&server.mllp).await.unwrap(),
+            )));
+        }
+        v
+    };
+    const PATIENTS: usize = 100;
+    const PER_PATIENT: usize = 100;
+    let mut tasks = Vec::new();
+    for p in 0..PATIENTS {
+        let conns = conns.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..PER_PATIENT {
+                // Each event of a patient goes out on another connection, only after the
+                // previous one was ACKed: the ACK order is the sequence number k.
+                let c = &conns[(p + k) % conns.len()];
+                let m = format!("MSH|^~\\&|EPIC|GENHOSP|R|R|20260101||ADT^A08|P{p}-{k}|P|2.5.1\rPID|1||MRN{p}^^^GENHOSP^MR\rPV1|1|I\r");
+                let ack = c.lock().await.send(m.as_bytes(), Duration::from_secs(30)).await.unwrap();
+                assert_eq!(summarize_ack(&ack).code, "AA");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = PATIENTS * PER_PATIENT;
+    wait_for(
+        Duration::from_secs(180),
+        "router to store everything",
+        || server.export(&[]).len() >= total,
+    );
+    let rows = server.export(&[]);
+    assert_eq!(rows.len(), total);
+    let mut last: HashMap<usize, usize> = HashMap::new();
+    for r in &rows {
+        // Export is in stored (id) order: the order the router processed them.
+        let id = r["control_id"].as_str().unwrap();
+        let (p, k) = id[1..].split_once('-').unwrap();
+        let (p, k): (usize, usize) = (p.parse().unwrap(), k.parse().unwrap());
+        if let Some(prev) = last.insert(p, k) {
+            assert!(
+                k == prev + 1,
+                "patient {p}: event {k} processed after {prev}"
+            );
+        } else {
+            assert_eq!(k, 0, "patient {p} started at {k}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_broker_gets_ar_ce_never_aa_and_nothing_acked_is_lost() {
+    let broker = Broker::start();
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let server = Server::start(
+        dir.path(),
+        &kafka_env(
+            &broker,
+            &db,
+            &[("ADT_ROUTER__KAFKA__PRODUCE_TIMEOUT_MS", "1500")],
+        ),
+    );
+    let mut c = MllpClient::connect(&server.mllp).await.unwrap();
+    let msg = |id: &str, enhanced: bool| {
+        let mode = if enhanced { "|||AL|NE" } else { "" };
+        format!("MSH|^~\\&|EPIC|GENHOSP|R|R|20260101||ADT^A01|{id}|P|2.5.1{mode}\rPID|1||MRN-{id}^^^GENHOSP^MR\rPV1|1|I\r").into_bytes()
+    };
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let id = format!("B-before-{i}");
+        assert_eq!(
+            summarize_ack(
+                &c.send(&msg(&id, false), Duration::from_secs(10))
+                    .await
+                    .unwrap()
+            )
+            .code,
+            "AA"
+        );
+        acked.push(id);
+    }
+    broker.pause();
+    let s = summarize_ack(
+        &c.send(&msg("B-down-1", false), Duration::from_secs(10))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(s.code, "AR", "{s:?}");
+    let s = summarize_ack(
+        &c.send(&msg("B-down-2", true), Duration::from_secs(10))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(s.code, "CE", "{s:?}");
+    assert!(
+        server.metric("adt_router_kafka_produce_errors_total{kind=\"broker\"}")
+            + server.metric("adt_router_kafka_produce_errors_total{kind=\"timeout\"}")
+            >= 2.0
+    );
+    broker.resume();
+    // The listener recovers by itself; the sender resends what was refused.
+    let mut recovered = false;
+    for i in 0..60 {
+        let id = format!("B-down-{}", 1 + i % 2);
+        let s = summarize_ack(
+            &c.send(&msg(&id, i % 2 == 1), Duration::from_secs(10))
+                .await
+                .unwrap(),
+        );
+        if s.code == "AA" || s.code == "CA" {
+            acked.push(id);
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(recovered, "no AA after the broker came back");
+    for i in 0..50 {
+        let id = format!("B-after-{i}");
+        assert_eq!(
+            summarize_ack(
+                &c.send(&msg(&id, false), Duration::from_secs(10))
+                    .await
+                    .unwrap()
+            )
+            .code,
+            "AA"
+        );
+        acked.push(id);
+    }
+    wait_for(Duration::from_secs(120), "router to catch up", || {
+        let counts = non_duplicate_counts(&server);
+        acked.iter().all(|id| counts.contains_key(id))
+    });
+    let counts = non_duplicate_counts(&server);
+    for id in &acked {
+        assert_eq!(counts[id], 1, "{id} stored {} times", counts[id]);
+    }
+}
+
+/// Two routers in one group; one is killed with SIGKILL mid-stream.
+///
+/// Against tansu 0.6.0 the survivor alone never gets the dead member's partitions: when
+/// the member's session expires the coordinator re-forms the group without bumping the
+/// generation, and SyncGroup hands the leader back its stale generation-1 assignment
+/// (seen in the broker's debug log). Apache Kafka bumps the generation. So, as an
+/// orchestrator would, a replacement router joins; the new generation splits the
+/// partitions again, the dead router's unacknowledged records are replayed, and the
+/// store must still hold every record exactly once.
+#[tokio::test]
+async fn two_routers_share_the_partitions_and_survive_kill_9_without_loss_or_double_processing() {
+    let broker = Broker::start();
+    let db = TestDb::create().await;
+    let (dir_a, dir_b, dir_c) = (tempdir(), tempdir(), tempdir());
+    let a = Server::start(dir_a.path(), &kafka_env(&broker, &db, &[]));
+    let mut b = Server::start(dir_b.path(), &kafka_env(&broker, &db, &[]));
+    wait_for(
+        Duration::from_secs(120),
+        "both routers to get partitions",
+        || {
+            a.metric("adt_router_kafka_rebalances_total{kind=\"assign\"}") >= 1.0
+                && b.metric("adt_router_kafka_rebalances_total{kind=\"assign\"}") >= 1.0
+        },
+    );
+    let mut c = MllpClient::connect(&a.mllp).await.unwrap();
+    let total = 3000;
+    let mut replacement = None;
+    for i in 0..total {
+        let m = format!("MSH|^~\\&|EPIC|GENHOSP|R|R|20260101||ADT^A08|R-{i}|P|2.5.1\rPID|1||MRN{}^^^GENHOSP^MR\rPV1|1|I\r", i % 97);
+        c.send_raw(&frame(m.as_bytes())).await.unwrap();
+        assert_eq!(
+            summarize_ack(&c.recv(Duration::from_secs(10)).await.unwrap()).code,
+            "AA"
+        );
+        if i == total / 3 {
+            wait_for(
+                Duration::from_secs(60),
+                "both routers to have processed records",
+                || {
+                    a.metric("adt_router_kafka_records_processed_total{outcome=\"stored\"}") > 0.0
+                        && b.metric("adt_router_kafka_records_processed_total{outcome=\"stored\"}")
+                            > 0.0
+                },
+            );
+            b.kill9();
+            replacement = Some(Server::start(dir_c.path(), &kafka_env(&broker, &db, &[])));
+        }
+    }
+    wait_for(Duration::from_secs(180), "the routers to finish", || {
+        a.export(&[]).len() >= total
+    });
+    let rows = a.export(&[]);
+    assert_eq!(
+        rows.len(),
+        total,
+        "no record processed twice into the store"
+    );
+    let ids: HashSet<&str> = rows
+        .iter()
+        .map(|r| r["control_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), total, "no record lost");
+    assert!(rows.iter().all(|r| r["duplicate"] == false));
+    let c = replacement.unwrap();
+    assert!(c.metric("adt_router_kafka_rebalances_total{kind=\"assign\"}") >= 1.0);
+}
