@@ -4,6 +4,7 @@
 //! and 4) will hang off [`RecordProcessor::process`].
 
 pub mod kafka_source;
+pub mod replay;
 
 use crate::hl7::charset;
 use crate::hl7::ParseRules;

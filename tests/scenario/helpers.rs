@@ -155,6 +155,16 @@ impl Server {
             .collect()
     }
 
+    /// Runs another subcommand with the server's configuration.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(&self.dir)
+            .envs(self.env.iter().cloned())
+            .output()
+            .expect("run adt-router")
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(&self.http, path)
     }
