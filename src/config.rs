@@ -148,7 +148,8 @@ pub struct KafkaSettings {
     pub group: String,
     /// The sender gets AR/CE when the broker has not confirmed a write by then.
     pub produce_timeout_ms: u64,
-    /// How long the producer may wait to fill a batch. Every ACK waits for it.
+    /// How long the producer may wait to fill a batch. Every ACK waits for it, so 0:
+    /// librdkafka still batches whatever queues up while a request is in flight.
     pub linger_ms: u64,
     /// none, gzip, snappy, lz4 or zstd.
     pub compression: String,
@@ -167,7 +168,7 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             group: "adt-router".into(),
             produce_timeout_ms: 5000,
-            linger_ms: 1,
+            linger_ms: 0,
             compression: "lz4".into(),
             consume: true,
             session_timeout_ms: 10_000,

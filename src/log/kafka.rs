@@ -15,8 +15,9 @@ use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
 use crate::store::{Appended, NewMessage};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -35,6 +36,31 @@ pub mod headers {
     pub const ACK_CODE: &str = "adt-ack-code";
 }
 
+/// librdkafka reports connection trouble as "global errors", several times a second
+/// while a broker is down. Log each kind at most every 30 s, at WARN: the
+/// produce-error metric and the AR/CE answers already say that writes are failing.
+#[derive(Default)]
+pub struct QuietContext {
+    last: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+impl ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = format!("{:?}", error.rdkafka_error_code());
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last
+            .get(&kind)
+            .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(30))
+        {
+            last.insert(kind, now);
+            tracing::warn!(error = %error, reason, "Kafka client error (repeats are suppressed for 30 s).");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
 #[derive(Clone)]
 pub struct KafkaLog {
     producer: Arc<ProducerSlot>,
@@ -50,11 +76,11 @@ pub struct KafkaLog {
 /// duplicates downstream, so replacing it loses nothing.
 struct ProducerSlot {
     config: ClientConfig,
-    current: std::sync::RwLock<(u64, FutureProducer)>,
+    current: std::sync::RwLock<(u64, FutureProducer<QuietContext>)>,
 }
 
 impl ProducerSlot {
-    fn get(&self) -> (u64, FutureProducer) {
+    fn get(&self) -> (u64, FutureProducer<QuietContext>) {
         let g = self.current.read().unwrap_or_else(|e| e.into_inner());
         (g.0, g.1.clone())
     }
@@ -65,7 +91,10 @@ impl ProducerSlot {
         if g.0 != gen {
             return;
         }
-        match self.config.create::<FutureProducer>() {
+        match self
+            .config
+            .create_with_context::<_, FutureProducer<QuietContext>>(QuietContext::default())
+        {
             Ok(p) => {
                 tracing::warn!(
                     reason = why,
@@ -107,8 +136,8 @@ impl KafkaLog {
             .set("linger.ms", s.linger_ms.to_string())
             .set("message.timeout.ms", s.produce_timeout_ms.to_string())
             .set("max.in.flight.requests.per.connection", "5");
-        let producer: FutureProducer = config
-            .create()
+        let producer: FutureProducer<QuietContext> = config
+            .create_with_context(QuietContext::default())
             .map_err(|e| LogError::Unavailable(format!("creating the Kafka producer: {e}")))?;
         ensure_topic(s).await?;
         Ok(KafkaLog {

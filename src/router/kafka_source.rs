@@ -23,9 +23,14 @@ use tokio::sync::watch;
 
 pub struct RouterContext {
     metrics: Arc<Metrics>,
+    quiet: crate::log::kafka::QuietContext,
 }
 
-impl ClientContext for RouterContext {}
+impl ClientContext for RouterContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+}
 
 impl ConsumerContext for RouterContext {
     fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -141,6 +146,7 @@ pub async fn run(
         .set("enable.partition.eof", "false")
         .create_with_context(RouterContext {
             metrics: metrics.clone(),
+            quiet: Default::default(),
         })?;
     consumer.subscribe(&[&settings.topic])?;
     let consumer = Arc::new(consumer);

@@ -42,14 +42,14 @@ pub async fn replay_kafka(
     processor: RecordProcessor,
     from: From,
 ) -> anyhow::Result<Summary> {
-    let consumer: StreamConsumer = client_config(settings)
+    let consumer: StreamConsumer<crate::log::kafka::QuietContext> = client_config(settings)
         .set(
             "group.id",
             format!("{}-replay-{}", settings.group, std::process::id()),
         )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .create()
+        .create_with_context(Default::default())
         .context("creating the replay consumer")?;
     let topic = settings.topic.clone();
     let c = &consumer;
