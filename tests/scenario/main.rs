@@ -7,6 +7,7 @@ mod corpus;
 mod crash;
 mod framing;
 mod kafka;
+mod outbox;
 mod postgres;
 mod shutdown;
 mod storage_failure;

@@ -1,0 +1,152 @@
+//! The outbox: notifications to deliver, claimed by workers on any number of nodes.
+//!
+//! Design (the deliverers of step 5 build on it):
+//! - Enqueue is idempotent on `notification_key` (encounter transition + recipient).
+//! - A claim takes due rows and leases them to one worker (`status = 'sending'`,
+//!   `lease_until_us`), in one statement. On PostgreSQL the candidate rows are locked with
+//!   `FOR UPDATE SKIP LOCKED`, so concurrent claimers on several nodes never take the same
+//!   row and never wait on each other; SQLite has a single writer, so the same statement
+//!   without the lock clause is already exclusive.
+//! - Order per `ordering_key` (encounter + recipient): a row is claimable only when no
+//!   earlier row with the same key is still pending or sending, so a discharge never
+//!   overtakes its admission even with many workers.
+//! - A lease that runs out (a worker died mid-send) makes the row claimable again; the
+//!   attempt count says how often it was taken.
+
+use super::{Store, StoreError};
+use sqlx::Row;
+
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    pub notification_key: String,
+    pub ordering_key: String,
+    pub channel: String,
+    pub endpoint: String,
+    pub payload: Vec<u8>,
+    pub due_at_us: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: i64,
+    pub ordering_key: String,
+    pub attempts: i32,
+}
+
+const CLAIMABLE: &str = "((o.status = 'pending' AND o.due_at_us <= {now}) \
+     OR (o.status = 'sending' AND o.lease_until_us < {now})) \
+     AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
+                     AND e.status IN ('pending', 'sending'))";
+
+impl Store {
+    /// Adds a notification; `false` when its key was already enqueued.
+    pub async fn enqueue(&self, n: &NewNotification, now_us: i64) -> Result<bool, StoreError> {
+        let sql = |p: &dyn Fn(usize) -> String| {
+            format!(
+                "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, created_at_us) \
+                 VALUES ({}, {}, {}, {}, {}, 'pending', {}, {}) ON CONFLICT (notification_key) DO NOTHING",
+                p(1), p(2), p(3), p(4), p(5), p(6), p(7)
+            )
+        };
+        macro_rules! run {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query(&$sql)
+                    .bind(&n.notification_key)
+                    .bind(&n.ordering_key)
+                    .bind(&n.channel)
+                    .bind(&n.endpoint)
+                    .bind(&n.payload)
+                    .bind(n.due_at_us)
+                    .bind(now_us)
+                    .execute($pool)
+                    .await?
+                    .rows_affected()
+            };
+        }
+        let affected = match self {
+            Store::Sqlite(p) => run!(p, sql(&|_| "?".to_string())),
+            Store::Postgres(p) => run!(p, sql(&|i| format!("${i}"))),
+        };
+        Ok(affected == 1)
+    }
+
+    /// Leases up to `limit` due rows to `owner` until `lease_until_us`.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now_us: i64,
+        lease_until_us: i64,
+        limit: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let rows = match self {
+            Store::Postgres(p) => {
+                let sql = format!(
+                    "UPDATE outbox SET status = 'sending', lease_owner = $1, lease_until_us = $2, attempts = attempts + 1 \
+                     WHERE id IN (SELECT o.id FROM outbox o WHERE {} ORDER BY o.due_at_us, o.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id, ordering_key, attempts",
+                    CLAIMABLE.replace("{now}", "$3")
+                );
+                sqlx::query(&sql)
+                    .bind(owner)
+                    .bind(lease_until_us)
+                    .bind(now_us)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(Claimed {
+                            id: r.try_get(0)?,
+                            ordering_key: r.try_get(1)?,
+                            attempts: r.try_get(2)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Store::Sqlite(p) => {
+                let sql = format!(
+                    "UPDATE outbox SET status = 'sending', lease_owner = ?1, lease_until_us = ?2, attempts = attempts + 1 \
+                     WHERE id IN (SELECT o.id FROM outbox o WHERE {} ORDER BY o.due_at_us, o.id LIMIT ?4) \
+                     RETURNING id, ordering_key, attempts",
+                    CLAIMABLE.replace("{now}", "?3")
+                );
+                sqlx::query(&sql)
+                    .bind(owner)
+                    .bind(lease_until_us)
+                    .bind(now_us)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(Claimed {
+                            id: r.try_get(0)?,
+                            ordering_key: r.try_get(1)?,
+                            attempts: r.try_get(2)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// Ends `owner`'s lease on a row with a final or retry status. `false` when the
+    /// lease was lost (expired and taken by another worker): that worker now decides.
+    pub async fn finish_claim(
+        &self,
+        id: i64,
+        owner: &str,
+        status: &str,
+        due_at_us: i64,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let affected = match self {
+            Store::Postgres(p) => sqlx::query("UPDATE outbox SET status = $1, due_at_us = $2, last_error = $3, lease_owner = NULL, lease_until_us = NULL WHERE id = $4 AND lease_owner = $5 AND status = 'sending'")
+                .bind(status).bind(due_at_us).bind(error).bind(id).bind(owner).execute(p).await?.rows_affected(),
+            Store::Sqlite(p) => sqlx::query("UPDATE outbox SET status = ?, due_at_us = ?, last_error = ?, lease_owner = NULL, lease_until_us = NULL WHERE id = ? AND lease_owner = ? AND status = 'sending'")
+                .bind(status).bind(due_at_us).bind(error).bind(id).bind(owner).execute(p).await?.rows_affected(),
+        };
+        Ok(affected == 1)
+    }
+}
