@@ -79,34 +79,44 @@ pub fn origin_of(topic: &str, m: &OwnedMessage) -> Origin {
     }
 }
 
-/// Processes one record until it is stored or quarantined (retrying database errors),
-/// or `shutdown` turns true. Returns `None` on shutdown.
+/// Processes records until they are stored or quarantined (retrying database errors),
+/// or `shutdown` turns true. Returns `None` on shutdown: then none of them count as done.
 pub async fn process_until_done(
     processor: &RecordProcessor,
     topic: &str,
-    m: &OwnedMessage,
+    batch: &[OwnedMessage],
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<Processed> {
-    let meta = meta_of(m);
-    let origin = origin_of(topic, m);
-    let payload = m.payload().unwrap_or_default();
+) -> Option<Vec<Processed>> {
+    let records: Vec<(&[u8], RecordMeta, Origin)> = batch
+        .iter()
+        .map(|m| {
+            (
+                m.payload().unwrap_or_default(),
+                meta_of(m),
+                origin_of(topic, m),
+            )
+        })
+        .collect();
     let mut backoff = Duration::from_millis(200);
     loop {
-        match processor.process(payload, &meta, &origin).await {
-            Ok(p) => {
-                metrics
-                    .records_processed
-                    .with_label_values(&[p.label()])
-                    .inc();
-                return Some(p);
+        match processor.process_batch(&records).await {
+            Ok(done) => {
+                for p in &done {
+                    metrics
+                        .records_processed
+                        .with_label_values(&[p.label()])
+                        .inc();
+                }
+                return Some(done);
             }
             Err(e) => {
                 metrics
                     .records_processed
                     .with_label_values(&["store_error"])
                     .inc();
-                tracing::error!(partition = origin.partition, offset = origin.offset, error = %e, "Could not store a Kafka record; retrying it (the partition waits).");
+                let (partition, offset) = (records[0].2.partition, records[0].2.offset);
+                tracing::error!(partition, offset, records = records.len(), error = %e, "Could not store Kafka records; retrying them (the partitions wait).");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return None,
@@ -116,6 +126,9 @@ pub async fn process_until_done(
         }
     }
 }
+
+/// Most records stored in one statement.
+const MAX_BATCH: usize = 256;
 
 /// Runs the consumer-group member until `shutdown` turns true.
 pub async fn run(
@@ -163,23 +176,32 @@ pub async fn run(
             m = consumer.recv() => m,
             _ = shutdown.changed() => break,
         };
-        let m = match m {
-            Ok(m) => m.detach(),
+        let mut batch = match m {
+            Ok(m) => vec![m.detach()],
             Err(e) => {
                 tracing::warn!(error = %e, "Kafka consume error.");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        let Some(_) =
-            process_until_done(&processor, &settings.topic, &m, &metrics, &mut shutdown).await
-        else {
+        // Whatever is already fetched joins the same database statement.
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                _ => break,
+            }
+        }
+        let done =
+            process_until_done(&processor, &settings.topic, &batch, &metrics, &mut shutdown).await;
+        if done.is_none() {
             break;
-        };
-        if let Err(e) = consumer.store_offset(&settings.topic, m.partition(), m.offset()) {
-            // Happens when the partition was just revoked: the new owner replays it, and
-            // the store ignores what it already has.
-            tracing::debug!(error = %e, "Could not store the offset.");
+        }
+        for m in &batch {
+            if let Err(e) = consumer.store_offset(&settings.topic, m.partition(), m.offset()) {
+                // Happens when the partition was just revoked: the new owner replays it,
+                // and the store ignores what it already has.
+                tracing::debug!(error = %e, "Could not store the offset.");
+            }
         }
     }
     lag.abort();

@@ -63,6 +63,51 @@ impl RecordProcessor {
         meta: &RecordMeta,
         origin: &Origin,
     ) -> Result<Processed, StoreError> {
+        Ok(self
+            .process_batch(&[(raw, meta.clone(), origin.clone())])
+            .await?[0])
+    }
+
+    /// Processes records in one database statement (plus a quarantine insert for each
+    /// unusable one); results in input order. Idempotent like [`Self::process`].
+    ///
+    /// # Errors
+    /// Only when the database fails; nothing of the batch may be considered done.
+    pub async fn process_batch(
+        &self,
+        records: &[(&[u8], RecordMeta, Origin)],
+    ) -> Result<Vec<Processed>, StoreError> {
+        let mut out = vec![Processed::Quarantined; records.len()];
+        let mut rows = Vec::with_capacity(records.len());
+        let mut slots = Vec::with_capacity(records.len());
+        for (i, (raw, meta, origin)) in records.iter().enumerate() {
+            if let Some(row) = self.prepare(raw, meta, origin).await? {
+                rows.push((row, origin.clone()));
+                slots.push(i);
+            }
+        }
+        let since = now_us() - self.duplicate_window.as_micros() as i64;
+        for (slot, stored) in slots
+            .into_iter()
+            .zip(self.store.record_consumed(&rows, since).await?)
+        {
+            out[slot] = match stored {
+                Some(a) => Processed::Stored {
+                    duplicate: a.duplicate,
+                },
+                None => Processed::AlreadyStored,
+            };
+        }
+        Ok(out)
+    }
+
+    /// The row to store, or `None` after quarantining a record that is no usable HL7.
+    async fn prepare(
+        &self,
+        raw: &[u8],
+        meta: &RecordMeta,
+        origin: &Origin,
+    ) -> Result<Option<crate::store::NewMessage>, StoreError> {
         let sha256 = hex::encode(Sha256::digest(raw));
         let received_at_us = meta.received_at_us.unwrap_or_else(now_us);
         let peer = meta.peer.clone().unwrap_or_else(|| origin.source.clone());
@@ -81,7 +126,7 @@ impl RecordProcessor {
                 self.store
                     .quarantine(&reject("bad_charset", e.to_string()), Some(origin))
                     .await?;
-                return Ok(Processed::Quarantined);
+                return Ok(None);
             }
         };
         let parsed = match parse_guarded(&text, &self.rules, &sha256) {
@@ -97,7 +142,7 @@ impl RecordProcessor {
                 self.store
                     .quarantine(&reject(rej.reason, rej.err.diagnostic), Some(origin))
                     .await?;
-                return Ok(Processed::Quarantined);
+                return Ok(None);
             }
         };
         let ack_code = meta
@@ -105,15 +150,14 @@ impl RecordProcessor {
             .clone()
             .filter(|c| !c.is_empty())
             .and_then(|c| crate::hl7::AckCode::parse(&c));
-        let row = new_message(&parsed, raw, &peer, received_at_us, sha256, cs, ack_code);
-        let since = now_us() - self.duplicate_window.as_micros() as i64;
-        Ok(
-            match self.store.record_consumed(&row, origin, since).await? {
-                Some(a) => Processed::Stored {
-                    duplicate: a.duplicate,
-                },
-                None => Processed::AlreadyStored,
-            },
-        )
+        Ok(Some(new_message(
+            &parsed,
+            raw,
+            &peer,
+            received_at_us,
+            sha256,
+            cs,
+            ack_code,
+        )))
     }
 }

@@ -112,9 +112,15 @@ pub async fn replay_kafka(
             .detach();
         let (p, o) = (m.partition(), m.offset());
         if end.get(&p).is_some_and(|&high| o < high) {
-            let outcome = process_until_done(&processor, &topic, &m, &metrics, &mut never)
-                .await
-                .context("replay interrupted")?;
+            let outcome = process_until_done(
+                &processor,
+                &topic,
+                std::slice::from_ref(&m),
+                &metrics,
+                &mut never,
+            )
+            .await
+            .context("replay interrupted")?[0];
             summary.records += 1;
             match outcome.label() {
                 "stored" => summary.stored += 1,

@@ -249,7 +249,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let forced = repeated_in_batch(rows);
+        let forced = repeated_in_batch(rows.iter());
         let sql = insert_sql(rows.len(), Placeholders::Dollar);
         let mut q = sqlx::query(&sql);
         for (r, f) in rows.iter().zip(&forced) {
@@ -268,34 +268,50 @@ impl Store {
         in_input_order(appended, rows.len())
     }
 
-    /// Stores one record consumed from a partitioned log. `None`: that record (same
-    /// origin) was stored before, so nothing changed.
+    /// Stores records consumed from a partitioned log, in one statement. For each input,
+    /// `None` means that record (same origin) was stored before, so nothing changed.
     pub async fn record_consumed(
         &self,
-        row: &NewMessage,
-        origin: &Origin,
+        rows: &[(NewMessage, Origin)],
         dup_since_us: i64,
-    ) -> Result<Option<Appended>, StoreError> {
+    ) -> Result<Vec<Option<Appended>>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let forced = repeated_in_batch(rows.iter().map(|(r, _)| r));
         macro_rules! run {
             ($pool:expr, $style:expr) => {{
-                let sql = insert_sql_from(1, $style, true);
-                let q = bind_message!(sqlx::query(&sql), row, false, dup_since_us)
-                    .bind(&origin.source)
-                    .bind(origin.partition)
-                    .bind(origin.offset);
-                match q.fetch_optional($pool).await? {
-                    Some(r) => Some(Appended {
-                        id: r.try_get(0)?,
-                        duplicate: r.try_get(1)?,
-                    }),
-                    None => None,
+                let sql = insert_sql_from(rows.len(), $style, true);
+                let mut q = sqlx::query(&sql);
+                for ((r, o), f) in rows.iter().zip(&forced) {
+                    q = bind_message!(q, r, *f, dup_since_us)
+                        .bind(&o.source)
+                        .bind(o.partition)
+                        .bind(o.offset);
                 }
+                q.fetch_all($pool)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            (r.try_get::<i32, _>(2)?, r.try_get::<i64, _>(3)?),
+                            Appended {
+                                id: r.try_get(0)?,
+                                duplicate: r.try_get(1)?,
+                            },
+                        ))
+                    })
+                    .collect::<Result<std::collections::HashMap<_, _>, sqlx::Error>>()?
             }};
         }
-        Ok(match self {
+        let inserted = match self {
             Store::Sqlite(p) => run!(p, Placeholders::Question),
             Store::Postgres(p) => run!(p, Placeholders::Dollar),
-        })
+        };
+        Ok(rows
+            .iter()
+            .map(|(_, o)| inserted.get(&(o.partition, o.offset)).copied())
+            .collect())
     }
 
     /// Keeps a rejected frame or record. With an origin, a replayed record is kept once.
@@ -444,18 +460,18 @@ pub(crate) fn insert_sql_from(n: usize, style: Placeholders, origin: bool) -> St
         sql.push(')');
     }
     if origin {
-        sql.push_str(" ON CONFLICT DO NOTHING");
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id, duplicate, log_partition, log_offset");
+    } else {
+        sql.push_str(" RETURNING id, duplicate");
     }
-    sql.push_str(" RETURNING id, duplicate");
     sql
 }
 
 /// Marks rows that repeat an earlier row of the same batch: the statement cannot see
 /// rows it is itself inserting on every backend.
-pub(crate) fn repeated_in_batch(rows: &[NewMessage]) -> Vec<bool> {
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
-    rows.iter()
-        .map(|r| !seen.insert((&r.sending_application, &r.sending_facility, &r.control_id)))
+pub(crate) fn repeated_in_batch<'a>(rows: impl Iterator<Item = &'a NewMessage>) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    rows.map(|r| !seen.insert((&r.sending_application, &r.sending_facility, &r.control_id)))
         .collect()
 }
 

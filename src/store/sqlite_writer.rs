@@ -39,7 +39,7 @@ impl SqliteWriter {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let forced = repeated_in_batch(rows);
+        let forced = repeated_in_batch(rows.iter());
         let mut stmt = self
             .conn
             .prepare_cached(&insert_sql(rows.len(), Placeholders::Question))?;

@@ -20,34 +20,55 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Starts a broker on a free port. Tests run in parallel, so two of them can draw
+    /// the same port: a broker whose process exits (it lost the race for the port) is
+    /// retried on another, so a test never ends up talking to another test's broker.
     pub fn start() -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
         let bin = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://{addr}"),
-                "--advertised-listener-url",
-                &format!("tcp://{addr}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start tansu ({bin}): {e}; scripts/test.sh installs it")
-            });
-        wait_for(Duration::from_secs(30), "broker to listen", || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        });
-        Broker { child, addr }
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut child = Command::new(&bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &format!("tcp://{addr}"),
+                    "--advertised-listener-url",
+                    &format!("tcp://{addr}"),
+                    "--storage-engine",
+                    "memory://tansu/",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start tansu ({bin}): {e}; scripts/test.sh installs it")
+                });
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break; // lost the port; try another
+                }
+                if std::net::TcpStream::connect(&addr).is_ok() {
+                    // Still ours a moment later (not a neighbour's broker on the port)?
+                    std::thread::sleep(Duration::from_millis(200));
+                    if child.try_wait().unwrap().is_none() {
+                        return Broker { child, addr };
+                    }
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "tansu did not listen on {addr}"
+                );
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        panic!("could not start tansu on a free port");
     }
 
     /// SIGSTOP: the broker stops answering, keeping its data; `resume` continues it.
