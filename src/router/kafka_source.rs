@@ -157,6 +157,9 @@ pub async fn run(
             (settings.session_timeout_ms * 2).max(10_000).to_string(),
         )
         .set("enable.partition.eof", "false")
+        // librdkafka prefetches up to 64 MB per consumer by default; a few MB keeps a
+        // router busy and its memory small.
+        .set("queued.max.messages.kbytes", "8192")
         .create_with_context(RouterContext {
             metrics: metrics.clone(),
             quiet: Default::default(),
