@@ -452,3 +452,78 @@ async fn two_routers_share_the_partitions_and_survive_kill_9_without_loss_or_dou
     assert_eq!(again["stored"], 0, "{again}");
     assert_eq!(a.export(&[]).len(), total);
 }
+
+/// Records written by someone else that are not HL7 go to quarantine with their origin,
+/// and the partition keeps moving; a replay does not quarantine them twice.
+#[tokio::test]
+async fn bad_records_are_quarantined_and_never_block_the_partition() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let broker = Broker::start();
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    // One partition, so the good message queues behind the bad ones.
+    let server = Server::start(
+        dir.path(),
+        &kafka_env(&broker, &db, &[("ADT_ROUTER__KAFKA__PARTITIONS", "1")]),
+    );
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    for (i, junk) in [
+        &b"not hl7 at all"[..],
+        b"MSH|^~\\&|A|F|R|R|2026||ADT^A01||P|2.5\rPID|||1",
+        b"",
+    ]
+    .iter()
+    .enumerate()
+    {
+        producer
+            .send(
+                FutureRecord::to("adt.inbound")
+                    .key(&format!("junk-{i}"))
+                    .payload(*junk),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let mut c = MllpClient::connect(&server.mllp).await.unwrap();
+    let m = b"MSH|^~\\&|EPIC|GENHOSP|R|R|2026||ADT^A04|GOOD-1|P|2.5.1\rPID|1||M1^^^GENHOSP^MR\rPV1|1|E\r";
+    assert_eq!(
+        summarize_ack(&c.send(m, Duration::from_secs(10)).await.unwrap()).code,
+        "AA"
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the good message behind the bad records",
+        || server.export(&[]).len() == 1,
+    );
+    assert_eq!(
+        server.metric("adt_router_kafka_records_processed_total{outcome=\"quarantined\"}"),
+        3.0
+    );
+    let count = || async {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+            .await
+            .unwrap();
+        sqlx::query_as::<_, (i64, i64)>("SELECT COUNT(*), COUNT(log_offset) FROM quarantine")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        count().await,
+        (3, 3),
+        "three quarantined records, each with its origin"
+    );
+    let out = server.run(&["replay", "--from-offset", "0:0"]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["records"], 4, "{summary}");
+    assert_eq!(
+        count().await,
+        (3, 3),
+        "a replay does not quarantine them twice"
+    );
+    assert_eq!(server.export(&[]).len(), 1);
+}
