@@ -23,20 +23,24 @@ MB="$PWD/target/mllp-bench/release/mllp-bench"
 BIN="$PWD/target/release/adt-router"
 
 work=$(mktemp -d /tmp/adt-router-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
 echo "== ceiling: mllp-bench ACK echo, no storage"
 "$MB" ceiling --addr "127.0.0.1:$((MLLP_PORT + 24))" --max-seconds 120 &
+pids+=($!)
 sleep 0.5
 "$MB" load --addr "127.0.0.1:$((MLLP_PORT + 24))" --conns 1 --n "$N1"
 "$MB" load --addr "127.0.0.1:$((MLLP_PORT + 24))" --conns 8 --n "$N8"
 
 echo "== adt-router serve, embedded log on SQLite ($work/data)"
 (cd "$work" && ADT_ROUTER__MLLP__LISTEN="127.0.0.1:$MLLP_PORT" ADT_ROUTER__HTTP__LISTEN="127.0.0.1:$HTTP_PORT" \
-  "$BIN" serve >"$work/serve.out" 2>"$work/serve.log") &
+  exec "$BIN" serve >"$work/serve.out" 2>"$work/serve.log") &
+pid=$!
+pids+=("$pid")
 for _ in $(seq 1 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
-pid=$(pgrep -f "$BIN serve" | head -n1)
+grep -q listening "$work/serve.out" || { echo "error: adt-router did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
 "$MB" load --addr "127.0.0.1:$MLLP_PORT" --conns 1 --n "$N1"
 "$MB" load --addr "127.0.0.1:$MLLP_PORT" --conns 8 --n "$N8"
 echo "server peak RSS: $(awk '/VmHWM/{print $2, $3}' /proc/"$pid"/status)"
