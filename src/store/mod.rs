@@ -1,7 +1,8 @@
 //! The store: SQLite (default, one file) or PostgreSQL (production, several nodes), via
 //! sqlx, with migrations from `migrations/` applied at start.
 //!
-//! Both backends run the same SQL ([`insert_sql`] writes either placeholder style). The
+//! Both backends run the same SQL, written with `$1` placeholders ([`on_pool`] hands
+//! SQLite its `?1` form). The
 //! hot path is the append: one multi-row INSERT per group commit, with the duplicate
 //! check inside the same statement, so a commit costs one round trip and one fsync
 //! however many messages it carries. On SQLite that statement runs on a dedicated
@@ -110,6 +111,24 @@ pub struct Origin {
     pub partition: i32,
     pub offset: i64,
 }
+
+/// Runs the same query code on whichever pool the store has. Write SQL with `$1`-style
+/// placeholders and pass it through `$sql!(...)`, which gives SQLite its `?1` form.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident, $sql:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => {
+                let $sql = |q: &str| q.replace('$', "?");
+                $body
+            }
+            Store::Postgres($pool) => {
+                let $sql = |q: &str| q.to_string();
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
 
 /// Binds one row's parameters in [`insert_sql`] order.
 macro_rules! bind_message {
@@ -250,7 +269,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let forced = repeated_in_batch(rows.iter());
-        let sql = insert_sql(rows.len(), Placeholders::Dollar);
+        let sql = insert_sql(rows.len());
         let mut q = sqlx::query(&sql);
         for (r, f) in rows.iter().zip(&forced) {
             q = bind_message!(q, r, *f, dup_since_us);
@@ -279,35 +298,30 @@ impl Store {
             return Ok(Vec::new());
         }
         let forced = repeated_in_batch(rows.iter().map(|(r, _)| r));
-        macro_rules! run {
-            ($pool:expr, $style:expr) => {{
-                let sql = insert_sql_from(rows.len(), $style, true);
-                let mut q = sqlx::query(&sql);
-                for ((r, o), f) in rows.iter().zip(&forced) {
-                    q = bind_message!(q, r, *f, dup_since_us)
-                        .bind(&o.source)
-                        .bind(o.partition)
-                        .bind(o.offset);
-                }
-                q.fetch_all($pool)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        Ok((
-                            (r.try_get::<i32, _>(2)?, r.try_get::<i64, _>(3)?),
-                            Appended {
-                                id: r.try_get(0)?,
-                                duplicate: r.try_get(1)?,
-                            },
-                        ))
-                    })
-                    .collect::<Result<std::collections::HashMap<_, _>, sqlx::Error>>()?
-            }};
-        }
-        let inserted = match self {
-            Store::Sqlite(p) => run!(p, Placeholders::Question),
-            Store::Postgres(p) => run!(p, Placeholders::Dollar),
-        };
+        let query = insert_sql_from(rows.len(), true);
+        let inserted = on_pool!(self, |pool, sql| {
+            let sql = sql(&query);
+            let mut q = sqlx::query(&sql);
+            for ((r, o), f) in rows.iter().zip(&forced) {
+                q = bind_message!(q, r, *f, dup_since_us)
+                    .bind(&o.source)
+                    .bind(o.partition)
+                    .bind(o.offset);
+            }
+            q.fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        (r.try_get::<i32, _>(2)?, r.try_get::<i64, _>(3)?),
+                        Appended {
+                            id: r.try_get(0)?,
+                            duplicate: r.try_get(1)?,
+                        },
+                    ))
+                })
+                .collect::<Result<std::collections::HashMap<_, _>, sqlx::Error>>()?
+        });
         Ok(rows
             .iter()
             .map(|(_, o)| inserted.get(&(o.partition, o.offset)).copied())
@@ -320,30 +334,23 @@ impl Store {
         q: &NewQuarantine,
         origin: Option<&Origin>,
     ) -> Result<(), StoreError> {
-        const SQL_SQLITE: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw, log_source, log_partition, log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING";
-        const SQL_PG: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw, log_source, log_partition, log_offset) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING";
-        macro_rules! run {
-            ($pool:expr, $sql:expr) => {
-                sqlx::query($sql)
-                    .bind(q.received_at_us)
-                    .bind(&q.peer)
-                    .bind(&q.reason)
-                    .bind(&q.diagnostic)
-                    .bind(&q.control_id)
-                    .bind(&q.sha256)
-                    .bind(&q.raw)
-                    .bind(origin.map(|o| o.source.as_str()))
-                    .bind(origin.map(|o| o.partition))
-                    .bind(origin.map(|o| o.offset))
-                    .execute($pool)
-                    .await
-                    .map(|_| ())?
-            };
-        }
-        match self {
-            Store::Sqlite(p) => run!(p, SQL_SQLITE),
-            Store::Postgres(p) => run!(p, SQL_PG),
-        }
+        const SQL: &str = "INSERT INTO quarantine (received_at_us, peer, reason, diagnostic, control_id, sha256, raw, log_source, log_partition, log_offset) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING";
+        on_pool!(self, |p, sql| {
+            sqlx::query(&sql(SQL))
+                .bind(q.received_at_us)
+                .bind(&q.peer)
+                .bind(&q.reason)
+                .bind(&q.diagnostic)
+                .bind(&q.control_id)
+                .bind(&q.sha256)
+                .bind(&q.raw)
+                .bind(origin.map(|o| o.source.as_str()))
+                .bind(origin.map(|o| o.partition))
+                .bind(origin.map(|o| o.offset))
+                .execute(p)
+                .await
+                .map(|_| ())?
+        });
         Ok(())
     }
 
@@ -360,28 +367,16 @@ impl Store {
         } else {
             EXPORT_COLUMNS.to_string()
         };
-        match self {
-            Store::Sqlite(p) => {
-                let sql = format!("SELECT {cols} FROM inbound_messages WHERE received_at_us >= ? AND id > ? ORDER BY id LIMIT ?");
-                let rows = sqlx::query(&sql)
-                    .bind(since_us)
-                    .bind(after_id)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?;
-                rows.iter().map(|r| stored_message(r, with_body)).collect()
-            }
-            Store::Postgres(p) => {
-                let sql = format!("SELECT {cols} FROM inbound_messages WHERE received_at_us >= $1 AND id > $2 ORDER BY id LIMIT $3");
-                let rows = sqlx::query(&sql)
-                    .bind(since_us)
-                    .bind(after_id)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?;
-                rows.iter().map(|r| stored_message(r, with_body)).collect()
-            }
-        }
+        let query = format!("SELECT {cols} FROM inbound_messages WHERE received_at_us >= $1 AND id > $2 ORDER BY id LIMIT $3");
+        on_pool!(self, |p, sql| {
+            let rows = sqlx::query(&sql(&query))
+                .bind(since_us)
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(p)
+                .await?;
+            rows.iter().map(|r| stored_message(r, with_body)).collect()
+        })
     }
 
     /// Counts used by tests and the audit side: (messages, quarantined).
@@ -402,12 +397,6 @@ impl Store {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Placeholders {
-    Question,
-    Dollar,
-}
-
 /// Parameters per row, in the order [`insert_sql`] expects them: the 21 columns of
 /// [`MESSAGE_COLUMNS`] up to `raw`, then the duplicate check's `forced`, control id,
 /// sending facility, sending application and window start.
@@ -416,14 +405,14 @@ pub(crate) const PARAMS_PER_ROW: usize = 26;
 /// `INSERT ... VALUES (...), (...) RETURNING id, duplicate` for `n` rows. A row is a
 /// duplicate when it repeats an earlier row of the batch (`forced`) or a stored,
 /// non-duplicate message from the same sender within the window.
-pub(crate) fn insert_sql(n: usize, style: Placeholders) -> String {
-    insert_sql_from(n, style, false)
+pub(crate) fn insert_sql(n: usize) -> String {
+    insert_sql_from(n, false)
 }
 
 /// With `origin`, each row carries three more parameters after the duplicate check
 /// (log source, partition, offset), and a row whose origin is already stored is skipped:
 /// that is what makes a replayed Kafka record change nothing.
-pub(crate) fn insert_sql_from(n: usize, style: Placeholders, origin: bool) -> String {
+pub(crate) fn insert_sql_from(n: usize, origin: bool) -> String {
     let cols = if origin {
         format!("{MESSAGE_COLUMNS}, log_source, log_partition, log_offset")
     } else {
@@ -433,10 +422,7 @@ pub(crate) fn insert_sql_from(n: usize, style: Placeholders, origin: bool) -> St
     let mut k = 0;
     let mut p = || {
         k += 1;
-        match style {
-            Placeholders::Question => "?".to_string(),
-            Placeholders::Dollar => format!("${k}"),
-        }
+        format!("${k}")
     };
     for i in 0..n {
         if i > 0 {

@@ -13,7 +13,7 @@
 //! - A lease that runs out (a worker died mid-send) makes the row claimable again; the
 //!   attempt count says how often it was taken.
 
-use super::{Store, StoreError};
+use super::{on_pool, Store, StoreError};
 use sqlx::Row;
 
 #[derive(Clone, Debug)]
@@ -41,32 +41,19 @@ const CLAIMABLE: &str = "((o.status = 'pending' AND o.due_at_us <= {now}) \
 impl Store {
     /// Adds a notification; `false` when its key was already enqueued.
     pub async fn enqueue(&self, n: &NewNotification, now_us: i64) -> Result<bool, StoreError> {
-        let sql = |p: &dyn Fn(usize) -> String| {
-            format!(
-                "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, created_at_us) \
-                 VALUES ({}, {}, {}, {}, {}, 'pending', {}, {}) ON CONFLICT (notification_key) DO NOTHING",
-                p(1), p(2), p(3), p(4), p(5), p(6), p(7)
-            )
-        };
-        macro_rules! run {
-            ($pool:expr, $sql:expr) => {
-                sqlx::query(&$sql)
-                    .bind(&n.notification_key)
-                    .bind(&n.ordering_key)
-                    .bind(&n.channel)
-                    .bind(&n.endpoint)
-                    .bind(&n.payload)
-                    .bind(n.due_at_us)
-                    .bind(now_us)
-                    .execute($pool)
-                    .await?
-                    .rows_affected()
-            };
-        }
-        let affected = match self {
-            Store::Sqlite(p) => run!(p, sql(&|_| "?".to_string())),
-            Store::Postgres(p) => run!(p, sql(&|i| format!("${i}"))),
-        };
+        const SQL: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7) ON CONFLICT (notification_key) DO NOTHING";
+        let affected = on_pool!(self, |p, sql| sqlx::query(&sql(SQL))
+            .bind(&n.notification_key)
+            .bind(&n.ordering_key)
+            .bind(&n.channel)
+            .bind(&n.endpoint)
+            .bind(&n.payload)
+            .bind(n.due_at_us)
+            .bind(now_us)
+            .execute(p)
+            .await?
+            .rows_affected());
         Ok(affected == 1)
     }
 
@@ -78,56 +65,31 @@ impl Store {
         lease_until_us: i64,
         limit: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let rows = match self {
-            Store::Postgres(p) => {
-                let sql = format!(
-                    "UPDATE outbox SET status = 'sending', lease_owner = $1, lease_until_us = $2, attempts = attempts + 1 \
-                     WHERE id IN (SELECT o.id FROM outbox o WHERE {} ORDER BY o.due_at_us, o.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                     RETURNING id, ordering_key, attempts",
-                    CLAIMABLE.replace("{now}", "$3")
-                );
-                sqlx::query(&sql)
-                    .bind(owner)
-                    .bind(lease_until_us)
-                    .bind(now_us)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        Ok(Claimed {
-                            id: r.try_get(0)?,
-                            ordering_key: r.try_get(1)?,
-                            attempts: r.try_get(2)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-            Store::Sqlite(p) => {
-                let sql = format!(
-                    "UPDATE outbox SET status = 'sending', lease_owner = ?1, lease_until_us = ?2, attempts = attempts + 1 \
-                     WHERE id IN (SELECT o.id FROM outbox o WHERE {} ORDER BY o.due_at_us, o.id LIMIT ?4) \
-                     RETURNING id, ordering_key, attempts",
-                    CLAIMABLE.replace("{now}", "?3")
-                );
-                sqlx::query(&sql)
-                    .bind(owner)
-                    .bind(lease_until_us)
-                    .bind(now_us)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        Ok(Claimed {
-                            id: r.try_get(0)?,
-                            ordering_key: r.try_get(1)?,
-                            attempts: r.try_get(2)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
+        // SQLite has one writer, so the statement is already exclusive there.
+        let lock = match self {
+            Store::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+            Store::Sqlite(_) => "",
         };
+        let query = format!(
+            "UPDATE outbox SET status = 'sending', lease_owner = $1, lease_until_us = $2, attempts = attempts + 1 \
+             WHERE id IN (SELECT o.id FROM outbox o WHERE {CLAIMABLE} ORDER BY o.due_at_us, o.id LIMIT $4 {lock}) \
+             RETURNING id, ordering_key, attempts"
+        )
+        .replace("{now}", "$3");
+        let rows = on_pool!(self, |p, sql| sqlx::query(&sql(&query))
+            .bind(owner)
+            .bind(lease_until_us)
+            .bind(now_us)
+            .bind(limit)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| Ok(Claimed {
+                id: r.try_get(0)?,
+                ordering_key: r.try_get(1)?,
+                attempts: r.try_get(2)?
+            }))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?);
         Ok(rows)
     }
 
@@ -141,12 +103,17 @@ impl Store {
         due_at_us: i64,
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let affected = match self {
-            Store::Postgres(p) => sqlx::query("UPDATE outbox SET status = $1, due_at_us = $2, last_error = $3, lease_owner = NULL, lease_until_us = NULL WHERE id = $4 AND lease_owner = $5 AND status = 'sending'")
-                .bind(status).bind(due_at_us).bind(error).bind(id).bind(owner).execute(p).await?.rows_affected(),
-            Store::Sqlite(p) => sqlx::query("UPDATE outbox SET status = ?, due_at_us = ?, last_error = ?, lease_owner = NULL, lease_until_us = NULL WHERE id = ? AND lease_owner = ? AND status = 'sending'")
-                .bind(status).bind(due_at_us).bind(error).bind(id).bind(owner).execute(p).await?.rows_affected(),
-        };
+        const SQL: &str = "UPDATE outbox SET status = $1, due_at_us = $2, last_error = $3, lease_owner = NULL, lease_until_us = NULL \
+             WHERE id = $4 AND lease_owner = $5 AND status = 'sending'";
+        let affected = on_pool!(self, |p, sql| sqlx::query(&sql(SQL))
+            .bind(status)
+            .bind(due_at_us)
+            .bind(error)
+            .bind(id)
+            .bind(owner)
+            .execute(p)
+            .await?
+            .rows_affected());
         Ok(affected == 1)
     }
 }

@@ -4,9 +4,7 @@
 //! connection is both the simplest and the fastest shape for it. It opens the file sqlx
 //! created and migrated; the pragmas match the pool's (WAL, synchronous=FULL).
 
-use super::{
-    in_input_order, insert_sql, repeated_in_batch, Appended, NewMessage, Placeholders, StoreError,
-};
+use super::{in_input_order, insert_sql, repeated_in_batch, Appended, NewMessage, StoreError};
 use rusqlite::{params_from_iter, types::ToSql, Connection, OpenFlags};
 use std::path::Path;
 use std::time::Duration;
@@ -42,7 +40,7 @@ impl SqliteWriter {
         let forced = repeated_in_batch(rows.iter());
         let mut stmt = self
             .conn
-            .prepare_cached(&insert_sql(rows.len(), Placeholders::Question))?;
+            .prepare_cached(&insert_sql(rows.len()).replace('$', "?"))?;
         let mut params: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * super::PARAMS_PER_ROW);
         for (r, f) in rows.iter().zip(&forced) {
             params.extend_from_slice(&[

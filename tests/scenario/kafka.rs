@@ -258,6 +258,24 @@ async fn one_patients_events_reach_the_router_in_the_order_they_were_acked() {
     }
 }
 
+/// Sends `n` messages `{prefix}-{i}` and checks each is answered AA; returns their ids.
+async fn send_all_accepted(c: &mut MllpClient, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let ack = c
+            .send(
+                &crate::storage_failure::msg(&id, false),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(summarize_ack(&ack).code, "AA", "{id}");
+        ids.push(id);
+    }
+    ids
+}
+
 #[tokio::test]
 async fn a_stopped_broker_gets_ar_ce_never_aa_and_nothing_acked_is_lost() {
     let broker = Broker::start();
@@ -272,24 +290,8 @@ async fn a_stopped_broker_gets_ar_ce_never_aa_and_nothing_acked_is_lost() {
         ),
     );
     let mut c = MllpClient::connect(&server.mllp).await.unwrap();
-    let msg = |id: &str, enhanced: bool| {
-        let mode = if enhanced { "|||AL|NE" } else { "" };
-        format!("MSH|^~\\&|EPIC|GENHOSP|R|R|20260101||ADT^A01|{id}|P|2.5.1{mode}\rPID|1||MRN-{id}^^^GENHOSP^MR\rPV1|1|I\r").into_bytes()
-    };
-    let mut acked = Vec::new();
-    for i in 0..50 {
-        let id = format!("B-before-{i}");
-        assert_eq!(
-            summarize_ack(
-                &c.send(&msg(&id, false), Duration::from_secs(10))
-                    .await
-                    .unwrap()
-            )
-            .code,
-            "AA"
-        );
-        acked.push(id);
-    }
+    let msg = crate::storage_failure::msg;
+    let mut acked = send_all_accepted(&mut c, "B-before", 50).await;
     broker.pause();
     let s = summarize_ack(
         &c.send(&msg("B-down-1", false), Duration::from_secs(10))
@@ -326,19 +328,7 @@ async fn a_stopped_broker_gets_ar_ce_never_aa_and_nothing_acked_is_lost() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(recovered, "no AA after the broker came back");
-    for i in 0..50 {
-        let id = format!("B-after-{i}");
-        assert_eq!(
-            summarize_ack(
-                &c.send(&msg(&id, false), Duration::from_secs(10))
-                    .await
-                    .unwrap()
-            )
-            .code,
-            "AA"
-        );
-        acked.push(id);
-    }
+    acked.extend(send_all_accepted(&mut c, "B-after", 50).await);
     wait_for(Duration::from_secs(120), "router to catch up", || {
         let counts = non_duplicate_counts(&server);
         acked.iter().all(|id| counts.contains_key(id))
