@@ -34,6 +34,8 @@ pg_isready -h 127.0.0.1 -p 5432 || { echo "error: PostgreSQL is not running on 1
 step "Python peers: python-hl7 (mllp_send)"
 if ! command -v mllp_send >/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'hl7==0.4.5'
+  # pyenv installs put console scripts behind shims that need a rehash.
+  if command -v pyenv >/dev/null; then pyenv rehash || true; fi
   hash -r
 fi
 command -v mllp_send

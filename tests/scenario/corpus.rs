@@ -192,6 +192,27 @@ async fn duplicates_are_acked_again_and_recorded() {
     );
     assert_eq!(s.code, "AA");
     assert_eq!(server.export(&[]).last().unwrap()["duplicate"], false);
+
+    // Embedded mode: replay reports what is there and re-drives nothing (the log is the
+    // store); --from-offset needs Kafka and says so.
+    let out = server.run(&["replay", "--since", "2000-01-01T00:00:00Z"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            v["mode"].as_str(),
+            v["messages_since"].as_u64(),
+            v["redriven"].as_u64()
+        ),
+        (Some("embedded"), Some(4), Some(0))
+    );
+    let out = server.run(&["replay", "--from-offset", "0:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Kafka"));
 }
 
 #[tokio::test]
