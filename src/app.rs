@@ -31,6 +31,7 @@ pub struct App {
     log_writer: Option<WriterHandle>,
     kafka: Option<KafkaLog>,
     mllp_listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     http_listener: TcpListener,
     event_log: &'static str,
 }
@@ -70,6 +71,19 @@ impl App {
             settings.fallback_charset(),
             metrics.clone(),
         ));
+        let m = &settings.mllp;
+        let tls = if m.tls_cert.is_empty() {
+            None
+        } else {
+            Some(
+                crate::mllp::tls::acceptor(
+                    &m.tls_cert,
+                    &m.tls_key,
+                    Some(m.tls_client_ca.as_str()).filter(|c| !c.is_empty()),
+                )
+                .context("setting up MLLP TLS")?,
+            )
+        };
         let mllp_listener = TcpListener::bind(&settings.mllp.listen)
             .await
             .with_context(|| format!("binding MLLP listener on {}", settings.mllp.listen))?;
@@ -87,6 +101,7 @@ impl App {
             kafka,
             mllp_listener,
             http_listener,
+            tls,
             event_log,
         })
     }
@@ -105,8 +120,13 @@ impl App {
             ),
             None => self.event_log.to_string(),
         };
+        let mllp = match (&self.tls, self.settings.mllp.tls_client_ca.is_empty()) {
+            (None, _) => "MLLP",
+            (Some(_), true) => "MLLP over TLS",
+            (Some(_), false) => "MLLP over mutual TLS",
+        };
         format!(
-            "adt-router listening: MLLP on {}, HTTP on {} (database {}, event log {})",
+            "adt-router listening: {mllp} on {}, HTTP on {} (database {}, event log {})",
             self.mllp_addr,
             self.http_addr,
             redact_url(&self.settings.database.url),
@@ -118,6 +138,7 @@ impl App {
         let (tx, rx) = watch::channel(false);
         let m = &self.settings.mllp;
         let opts = ListenerOptions {
+            tls: self.tls.clone(),
             max_frame_bytes: m.max_frame_bytes,
             max_connections: m.max_connections,
             idle_timeout: Duration::from_secs(m.idle_timeout_secs),

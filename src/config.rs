@@ -34,6 +34,12 @@ pub struct MllpSettings {
     pub tcp_keepalive_secs: u64,
     /// On shutdown, how long connections get to finish frames already received.
     pub drain_timeout_secs: u64,
+    /// PEM certificate chain. With `tls_key`, the listener speaks MLLP over TLS only.
+    pub tls_cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: String,
+    /// PEM CA bundle. When set, clients must present a certificate it signed (mutual TLS).
+    pub tls_client_ca: String,
 }
 
 impl Default for MllpSettings {
@@ -45,6 +51,9 @@ impl Default for MllpSettings {
             idle_timeout_secs: 3600,
             tcp_keepalive_secs: 60,
             drain_timeout_secs: 10,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
         }
     }
 }
@@ -233,6 +242,12 @@ impl Settings {
         }
         if self.mllp.max_frame_bytes < 1024 {
             return bad("mllp.max_frame_bytes", "must be at least 1024".into());
+        }
+        if self.mllp.tls_cert.is_empty() != self.mllp.tls_key.is_empty() {
+            return bad("mllp.tls_cert", "tls_cert and tls_key go together".into());
+        }
+        if !self.mllp.tls_client_ca.is_empty() && self.mllp.tls_cert.is_empty() {
+            return bad("mllp.tls_client_ca", "needs tls_cert and tls_key".into());
         }
         if self.mllp.max_connections == 0 {
             return bad("mllp.max_connections", "must be at least 1".into());

@@ -15,13 +15,15 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ListenerOptions {
+    /// TLS on every connection of this listener (plain TCP when `None`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
@@ -62,8 +64,23 @@ pub async fn run(
                 let (ingest, metrics, opts, shutdown) = (ingest.clone(), metrics.clone(), opts.clone(), shutdown.clone());
                 conns.spawn(async move {
                     metrics.open_connections.inc();
-                    tracing::info!(%peer, "MLLP connection opened.");
-                    let why = serve(stream, peer, &ingest, &metrics, &opts, shutdown).await;
+                    tracing::info!(%peer, tls = opts.tls.is_some(), "MLLP connection opened.");
+                    let why = match &opts.tls {
+                        None => serve(stream, peer, &ingest, &metrics, &opts, shutdown).await,
+                        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => serve(tls, peer, &ingest, &metrics, &opts, shutdown).await,
+                            Ok(Err(e)) => {
+                                metrics.frame_errors.with_label_values(&["tls_handshake"]).inc();
+                                tracing::warn!(%peer, error = %e, "MLLP TLS handshake failed.");
+                                "tls_handshake_failed"
+                            }
+                            Err(_) => {
+                                metrics.frame_errors.with_label_values(&["tls_handshake"]).inc();
+                                tracing::warn!(%peer, "MLLP TLS handshake timed out.");
+                                "tls_handshake_timeout"
+                            }
+                        },
+                    };
                     metrics.open_connections.dec();
                     tracing::info!(%peer, reason = why, "MLLP connection closed.");
                     drop(permit);
@@ -102,9 +119,12 @@ fn configure(stream: &TcpStream, opts: &ListenerOptions) {
     }
 }
 
-/// Serves one connection; returns why it ended.
-async fn serve(
-    mut stream: TcpStream,
+/// A peer that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection (plain or TLS); returns why it ended.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     ingest: &Ingest,
     metrics: &Metrics,
@@ -139,8 +159,10 @@ async fn serve(
         }
         count_quirks(metrics, dec.take_quirks());
         if *shutdown.borrow() {
-            // Take what the kernel already holds, answer complete frames, then close.
-            while let Ok(n) = stream.try_read_buf(&mut buf) {
+            // Take what has already arrived, answer complete frames, then close.
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(20), stream.read_buf(&mut buf)).await
+            {
                 if n == 0 {
                     break;
                 }

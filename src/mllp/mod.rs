@@ -7,3 +7,5 @@ pub mod client;
 pub mod codec;
 #[cfg(feature = "server")]
 pub mod listener;
+#[cfg(feature = "server")]
+pub mod tls;

@@ -96,8 +96,14 @@ impl Server {
                 + tag.len();
             line[i..].split([',', ' ']).next().unwrap().to_string()
         };
+        // "adt-router listening: MLLP[ over (mutual) TLS] on ADDR, HTTP on ADDR (...)"
+        let mllp = {
+            let rest = &line[line.find("listening: ").expect("startup line")..];
+            let i = rest.find(" on ").unwrap() + 4;
+            rest[i..].split([',', ' ']).next().unwrap().to_string()
+        };
         Server {
-            mllp: addr("MLLP on "),
+            mllp,
             http: addr("HTTP on "),
             child: Some(child),
             dir: dir.to_path_buf(),

@@ -11,3 +11,4 @@ mod outbox;
 mod postgres;
 mod shutdown;
 mod storage_failure;
+mod tls;
