@@ -157,6 +157,11 @@ pub async fn run(
             (settings.session_timeout_ms * 2).max(10_000).to_string(),
         )
         .set("enable.partition.eof", "false")
+        // Incremental rebalancing: a joining or dying router moves only the partitions
+        // that must move, and the others keep working. (Also the protocol under which
+        // tansu hands a dead member's partitions to the survivors; with the eager one it
+        // re-forms the group without a new generation and keeps the stale assignment.)
+        .set("partition.assignment.strategy", "cooperative-sticky")
         // librdkafka prefetches up to 64 MB per consumer by default; a few MB keeps a
         // router busy and its memory small.
         .set("queued.max.messages.kbytes", "8192")
