@@ -379,6 +379,17 @@ impl Store {
         })
     }
 
+    /// Messages received at or after `since_us`.
+    pub async fn count_since(&self, since_us: i64) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM inbound_messages WHERE received_at_us >= $1";
+        Ok(on_pool!(self, |p, sql| sqlx::query_scalar::<_, i64>(&sql(
+            SQL
+        ))
+        .bind(since_us)
+        .fetch_one(p)
+        .await?))
+    }
+
     /// Counts used by tests and the audit side: (messages, quarantined).
     pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
         const SQL: &str =
