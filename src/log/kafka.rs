@@ -120,6 +120,8 @@ pub fn client_config(s: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &s.brokers)
         .set("client.id", "adt-router")
+        // Small requests, one at a time: Nagle would hold each one back.
+        .set("socket.nagle.disable", "true")
         // Keep librdkafka's own logs quiet unless asked; errors surface as results.
         .set("log_level", "3");
     c
