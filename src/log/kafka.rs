@@ -186,10 +186,11 @@ impl KafkaLog {
             producer.send(record, Timeout::After(self.timeout)),
         )
         .await;
-        if let Some((_, reason)) = producer.client().fatal_error() {
-            self.producer.replace(gen, &reason);
-        } else if let Ok(Err((e, _))) = &sent {
-            if e.rdkafka_error_code().is_some_and(breaks_producer_identity) {
+        // A fatal producer error always shows up as a failed write; look only then.
+        if let Ok(Err((e, _))) = &sent {
+            if let Some((_, reason)) = producer.client().fatal_error() {
+                self.producer.replace(gen, &reason);
+            } else if e.rdkafka_error_code().is_some_and(breaks_producer_identity) {
                 self.producer.replace(gen, &e.to_string());
             }
         }
