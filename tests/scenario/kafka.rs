@@ -241,6 +241,19 @@ async fn one_patients_events_reach_the_router_in_the_order_they_were_acked() {
     );
     let rows = server.export(&[]);
     assert_eq!(rows.len(), total);
+    // Lag is reported per partition (every 5 s) and is zero once everything is stored.
+    wait_for(
+        Duration::from_secs(30),
+        "consumer lag to be reported as zero",
+        || {
+            let (_, body) = server.get("/metrics");
+            let lags: Vec<&str> = body
+                .lines()
+                .filter(|l| l.starts_with("adt_router_kafka_consumer_lag{partition="))
+                .collect();
+            lags.len() == 4 && lags.iter().all(|l| l.ends_with(" 0"))
+        },
+    );
     let mut last: HashMap<usize, usize> = HashMap::new();
     for r in &rows {
         // Export is in stored (id) order: the order the router processed them.
