@@ -27,13 +27,6 @@ pub struct Ingest {
     ack_seq: AtomicU64,
 }
 
-/// What happened to one frame; the listener writes `ack` (already MLLP-framed) if any.
-#[derive(Debug)]
-pub struct Handled {
-    pub ack: Option<Vec<u8>>,
-    pub code: Option<AckCode>,
-}
-
 impl Ingest {
     pub fn new(
         log: EventLog,
@@ -55,17 +48,15 @@ impl Ingest {
         }
     }
 
-    /// Handles one frame payload from `peer`. Empty frames get no answer.
-    pub async fn handle(&self, raw: &[u8], peer: &str) -> Handled {
+    /// Handles one frame payload from `peer`; returns the ACK, already MLLP-framed, or
+    /// `None` when none is due (an empty frame, or MSH-15 asked for none).
+    pub async fn handle(&self, raw: &[u8], peer: &str) -> Option<Vec<u8>> {
         if raw.iter().all(|b| b.is_ascii_whitespace()) {
             self.metrics
                 .frame_errors
                 .with_label_values(&["empty_frame"])
                 .inc();
-            return Handled {
-                ack: None,
-                code: None,
-            };
+            return None;
         }
         let received_at_us = now_us();
         let sha256 = hex::encode(Sha256::digest(raw));
@@ -201,19 +192,14 @@ impl Ingest {
         errors: Vec<ErrDetail>,
         facility: &str,
         trigger: &str,
-    ) -> Handled {
+    ) -> Option<Vec<u8>> {
         let code = ack_code_for(echo.mode, disposition);
         self.metrics.message(
             facility,
             trigger,
             code.map(AckCode::as_str).unwrap_or("none"),
         );
-        let Some(code) = code else {
-            return Handled {
-                ack: None,
-                code: None,
-            };
-        };
+        let code = code?;
         let id = format!(
             "{}-{}",
             self.ack_prefix,
@@ -222,10 +208,7 @@ impl Ingest {
         let text = build_ack(echo, code, &errors, &id, &hl7_timestamp());
         let mut framed = Vec::with_capacity(text.len() + 3);
         crate::mllp::codec::encode_frame(&charset::encode(&text, charset), &mut framed);
-        Handled {
-            ack: Some(framed),
-            code: Some(code),
-        }
+        Some(framed)
     }
 }
 

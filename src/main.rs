@@ -185,7 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => {
             let settings =
                 Settings::load(cli.config.as_deref()).context("loading configuration")?;
-            println!("{}", toml_dump(&settings));
+            println!("{}", settings_json(&settings));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -245,8 +245,8 @@ async fn replay(
     Ok(ExitCode::SUCCESS)
 }
 
-fn toml_dump(s: &Settings) -> String {
-    // serde_json keeps the section structure readable without another dependency.
+fn settings_json(s: &Settings) -> String {
+    // JSON keeps the section structure readable without a TOML serializer dependency.
     serde_json::to_string_pretty(s).unwrap_or_default()
 }
 

@@ -140,8 +140,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             match dec.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     let t0 = Instant::now();
-                    let handled = ingest.handle(&frame, &peer_s).await;
-                    if let Some(ack) = handled.ack {
+                    if let Some(ack) = ingest.handle(&frame, &peer_s).await {
                         if let Err(e) = stream.write_all(&ack).await {
                             tracing::info!(%peer, error = %e, "Could not write ACK; the sender will resend.");
                             return "write_error";
@@ -168,7 +167,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             while let Ok(Some(frame)) = dec.decode(&mut buf) {
-                if let Some(ack) = ingest.handle(&frame, &peer_s).await.ack {
+                if let Some(ack) = ingest.handle(&frame, &peer_s).await {
                     if stream.write_all(&ack).await.is_err() {
                         break;
                     }

@@ -83,7 +83,7 @@ pub struct Appended {
 }
 
 /// One stored message, as exported.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct StoredMessage {
     pub id: i64,
     pub received_at_us: i64,

@@ -195,13 +195,7 @@ async fn duplicates_are_acked_again_and_recorded() {
 
     // Embedded mode: replay reports what is there and re-drives nothing (the log is the
     // store); --from-offset needs Kafka and says so.
-    let out = server.run(&["replay", "--since", "2000-01-01T00:00:00Z"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = server.run_json(&["replay", "--since", "2000-01-01T00:00:00Z"]);
     assert_eq!(
         (
             v["mode"].as_str(),

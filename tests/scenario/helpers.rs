@@ -171,6 +171,18 @@ impl Server {
             .expect("run adt-router")
     }
 
+    /// Runs a subcommand that prints one JSON object; it must succeed.
+    pub fn run_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(&self.http, path)
     }

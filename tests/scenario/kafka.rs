@@ -413,13 +413,7 @@ async fn two_routers_share_the_partitions_and_survive_kill_9_without_loss_or_dou
     assert!(rows.iter().all(|r| r["duplicate"] == false));
 
     // Replaying the whole topic changes nothing.
-    let out = a.run(&["replay", "--since", "2000-01-01T00:00:00Z"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = a.run_json(&["replay", "--since", "2000-01-01T00:00:00Z"]);
     assert_eq!(summary["records"], total, "{summary}");
     assert_eq!(summary["already_stored"], total, "{summary}");
     assert_eq!(summary["stored"], 0, "{summary}");
@@ -490,8 +484,7 @@ async fn bad_records_are_quarantined_and_never_block_the_partition() {
         (3, 3),
         "three quarantined records, each with its origin"
     );
-    let out = server.run(&["replay", "--from-offset", "0:0"]);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = server.run_json(&["replay", "--from-offset", "0:0"]);
     assert_eq!(summary["records"], 4, "{summary}");
     assert_eq!(
         count().await,
