@@ -173,6 +173,7 @@ impl App {
             metrics: self.metrics.clone(),
             event_log: self.event_log,
             kafka: self.kafka.clone(),
+            tokens: Arc::new(crate::http::auth::Tokens::new(&self.settings.auth.tokens)),
         };
         let mut http_rx = rx.clone();
         let http = tokio::spawn(async move {

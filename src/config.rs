@@ -16,6 +16,10 @@ pub struct Settings {
     pub event_log: EventLogSettings,
     pub hl7: Hl7Settings,
     pub kafka: KafkaSettings,
+    pub directory: DirectorySettings,
+    pub delivery: DeliverySettings,
+    pub attribution: AttributionSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -192,6 +196,95 @@ impl KafkaSettings {
     }
 }
 
+/// The provider directory (NPPES imports).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectorySettings {
+    /// More bad rows than this in one NPPES file fail the import.
+    pub max_bad_rows: u64,
+}
+
+impl Default for DirectorySettings {
+    fn default() -> Self {
+        DirectorySettings { max_bad_rows: 1000 }
+    }
+}
+
+/// Where notifications may go.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// Allow endpoints on loopback, link-local and private addresses (tests, on-premises).
+    pub allow_private_networks: bool,
+    /// FHIR and REST endpoints must be https.
+    pub require_https: bool,
+    /// Endpoint types in order of preference; types not listed are never used.
+    pub channel_order: Vec<String>,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            allow_private_networks: false,
+            require_https: true,
+            channel_order: vec!["DIRECT".into(), "FHIR".into(), "REST".into()],
+        }
+    }
+}
+
+/// Patient matching and attribution from the message.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributionSettings {
+    /// Lowest demographic score accepted (see docs/attribution.md for the weights).
+    pub match_threshold: f64,
+    /// The best candidate must beat the next by this much, or nobody is chosen.
+    pub ambiguity_margin: f64,
+    /// ROL-3 role codes that attribute a provider, and the relationship each means.
+    pub rol_roles: std::collections::BTreeMap<String, String>,
+    /// Use a 10-digit id that passes the NPI check even when the XCN does not say NPI.
+    pub accept_unlabelled_npi: bool,
+}
+
+impl Default for AttributionSettings {
+    fn default() -> Self {
+        AttributionSettings {
+            match_threshold: 10.0,
+            ambiguity_margin: 2.0,
+            rol_roles: [("PP".to_string(), "pcp".to_string())].into(),
+            accept_unlabelled_npi: false,
+        }
+    }
+}
+
+/// Bearer tokens for the HTTP API (roster upload now; subscriptions later).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub tokens: Vec<TokenSettings>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// The secret itself. Printed configurations show only its SHA-256.
+    #[serde(serialize_with = "hash_secret")]
+    pub token: String,
+    /// admin, auditor, ops or practice.
+    pub role: String,
+    /// For a practice: the NPIs it speaks for.
+    #[serde(default)]
+    pub npis: Vec<String>,
+}
+
+fn hash_secret<S: serde::Serializer>(t: &str, s: S) -> Result<S::Ok, S::Error> {
+    use sha2::Digest;
+    s.serialize_str(&format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(t.as_bytes()))
+    ))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0}")]
@@ -219,7 +312,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("hl7.message_codes")
                 .with_list_parse_key("hl7.processing_ids")
-                .with_list_parse_key("hl7.required_fields"),
+                .with_list_parse_key("hl7.required_fields")
+                .with_list_parse_key("delivery.channel_order"),
         );
         let s: Settings = b.build()?.try_deserialize()?;
         s.validate()?;
@@ -297,6 +391,53 @@ impl Settings {
                 return bad("kafka.produce_timeout_ms", "must be above 0".into());
             }
         }
+        for c in &self.delivery.channel_order {
+            match crate::directory::endpoint::EndpointKind::parse(c) {
+                Some(k) if k.deliverable() => {}
+                _ => {
+                    return bad(
+                        "delivery.channel_order",
+                        format!("'{c}' is not DIRECT, FHIR or REST"),
+                    )
+                }
+            }
+        }
+        if self.attribution.ambiguity_margin < 0.0 {
+            return bad(
+                "attribution.ambiguity_margin",
+                "must not be negative".into(),
+            );
+        }
+        for r in self.attribution.rol_roles.values() {
+            if !crate::attribution::roster::RELATIONSHIPS.contains(&r.as_str()) {
+                return bad(
+                    "attribution.rol_roles",
+                    format!(
+                        "'{r}' is not a relationship ({})",
+                        crate::attribution::roster::RELATIONSHIPS.join(", ")
+                    ),
+                );
+            }
+        }
+        for t in &self.auth.tokens {
+            if t.token.len() < 16 {
+                return bad(
+                    "auth.tokens",
+                    "a token must be at least 16 characters".into(),
+                );
+            }
+            if !["admin", "auditor", "ops", "practice"].contains(&t.role.as_str()) {
+                return bad(
+                    "auth.tokens",
+                    format!("role '{}' is not admin, auditor, ops or practice", t.role),
+                );
+            }
+            for n in &t.npis {
+                if let Err(e) = crate::directory::npi::Npi::parse(n) {
+                    return bad("auth.tokens", format!("npi '{n}': {e}"));
+                }
+            }
+        }
         let url = &self.database.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres:")
@@ -326,6 +467,39 @@ impl Settings {
     pub fn fallback_charset(&self) -> &'static encoding_rs::Encoding {
         encoding_rs::Encoding::for_label(self.hl7.fallback_charset.as_bytes())
             .unwrap_or(encoding_rs::WINDOWS_1252)
+    }
+
+    pub fn resolve_policy(&self) -> crate::directory::ResolvePolicy {
+        use crate::directory::endpoint::{EndpointKind, EndpointPolicy};
+        crate::directory::ResolvePolicy {
+            endpoints: EndpointPolicy {
+                allow_private_networks: self.delivery.allow_private_networks,
+                require_https: self.delivery.require_https,
+            },
+            channel_order: self
+                .delivery
+                .channel_order
+                .iter()
+                .filter_map(|c| EndpointKind::parse(c))
+                .collect(),
+        }
+    }
+
+    pub fn attribution_policy(&self) -> crate::attribution::AttributionPolicy {
+        crate::attribution::AttributionPolicy {
+            matching: crate::attribution::matching::MatchPolicy {
+                threshold: self.attribution.match_threshold,
+                ambiguity_margin: self.attribution.ambiguity_margin,
+            },
+            rol_roles: self
+                .attribution
+                .rol_roles
+                .iter()
+                .map(|(k, v)| (k.to_ascii_uppercase(), v.clone()))
+                .collect(),
+            accept_unlabelled_npi: self.attribution.accept_unlabelled_npi,
+            resolve: self.resolve_policy(),
+        }
     }
 
     pub fn store_options(&self) -> crate::store::StoreOptions {

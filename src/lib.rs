@@ -7,6 +7,9 @@
 //! - [`ingest`]: one frame to one ACK, with the message made durable in between.
 //! - [`log`]: the durable event log (embedded table with group commit, or Kafka).
 //! - [`router`]: in Kafka mode, the consumer-group member that stores what it consumes.
+//! - [`directory`]: providers and their endpoints (NPPES files, local overrides).
+//! - [`attribution`]: which providers a patient's event goes to (rosters, PD1/ROL,
+//!   patient matching), with provenance.
 //! - [`store`]: sqlx over SQLite or PostgreSQL, migrations.
 //! - [`http`]: health, readiness, metrics.
 //! - [`config`], [`app`]: settings and wiring; `main.rs` is the CLI.
@@ -17,7 +20,11 @@ pub mod mllp;
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
+pub mod attribution;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod directory;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]

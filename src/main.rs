@@ -3,6 +3,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cli;
+
 use adt_router::app::{shutdown_signal, App};
 use adt_router::config::Settings;
 use adt_router::mllp::client::{split_messages, summarize_ack, MllpClient};
@@ -79,6 +81,141 @@ enum Command {
     },
     /// Load and validate the configuration, print it, and exit.
     CheckConfig,
+    /// NPPES provider files: import them, or generate synthetic ones for benchmarks.
+    Nppes {
+        #[command(subcommand)]
+        command: NppesCommand,
+    },
+    /// The provider directory: look a provider up, correct its endpoints.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
+    /// Patient rosters from practices, ACOs and payers.
+    Roster {
+        #[command(subcommand)]
+        command: RosterCommand,
+    },
+    /// Which providers a message's patient is attributed to, and why.
+    Attribution {
+        #[command(subcommand)]
+        command: AttributionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NppesCommand {
+    /// Import CMS NPPES files (npidata_pfile, endpoint_pfile). Atomic: a failed import
+    /// leaves the directory as it was. `-` reads standard input.
+    Import {
+        #[arg(long, required_unless_present = "endpoints")]
+        npidata: Option<PathBuf>,
+        #[arg(long)]
+        endpoints: Option<PathBuf>,
+        /// A weekly file: upsert, apply deactivations, and replace the endpoint sets of
+        /// the NPIs it lists. Without it the files replace the directory (monthly).
+        #[arg(long)]
+        incremental: bool,
+        /// Fail when a file has more bad rows than this (default: directory.max_bad_rows).
+        #[arg(long)]
+        max_bad_rows: Option<u64>,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write realistic synthetic NPPES files (real layout, valid NPIs, no real people).
+    Synth {
+        #[arg(long, default_value_t = 100_000)]
+        providers: u64,
+        #[arg(long, default_value_t = 10_000)]
+        endpoints: u64,
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// A provider, every endpoint with its source and date, and which one would be used.
+    Show {
+        npi: String,
+        #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+        format: ShowFormat,
+    },
+    /// Add (or with --remove, delete) a local endpoint override; overrides win over NPPES.
+    /// `--file F` loads many: CSV with npi,type,endpoint[,secret][,preferred].
+    Override {
+        #[arg(long, required_unless_present = "file")]
+        npi: Option<String>,
+        /// DIRECT, FHIR or REST.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Per-endpoint secret (webhook signing).
+        #[arg(long)]
+        secret: Option<String>,
+        /// Use this endpoint before any other for this NPI.
+        #[arg(long)]
+        preferred: bool,
+        /// Remove this NPI's overrides (only the one with --endpoint, if given).
+        #[arg(long, conflicts_with_all = ["kind", "secret", "preferred", "file"])]
+        remove: bool,
+        #[arg(long, conflicts_with_all = ["npi", "kind", "endpoint", "secret", "preferred"])]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RosterCommand {
+    /// Load a roster CSV. Every row is checked first; a bad file changes nothing.
+    Import {
+        file: PathBuf,
+        /// Who the roster comes from (a practice, ACO or payer).
+        #[arg(long)]
+        source: String,
+        /// Replace this source's previous roster instead of upserting into it.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Write a synthetic roster for benchmarks (no real people).
+    Synth {
+        #[arg(long, default_value_t = 100_000)]
+        patients: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AttributionCommand {
+    /// For one HL7 message file: candidate patients, attributed providers with
+    /// provenance and match scores, and the endpoint each would get.
+    Explain {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = JsonFormat::Json)]
+        format: JsonFormat,
+    },
+    /// Attribution lookup latency over patients taken from the loaded rosters.
+    Bench {
+        #[arg(long, default_value_t = 10_000)]
+        samples: usize,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ShowFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum JsonFormat {
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -182,6 +319,78 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Settings::load(cli.config.as_deref()).context("loading configuration")?;
             replay(&settings, since.as_deref(), from_offset.as_deref()).await
         }
+        Command::Nppes { command } => match command {
+            NppesCommand::Import {
+                npidata,
+                endpoints,
+                incremental,
+                max_bad_rows,
+                quiet,
+            } => {
+                let settings = load(&cli.config)?;
+                cli::nppes_import(
+                    &settings,
+                    npidata,
+                    endpoints,
+                    incremental,
+                    max_bad_rows,
+                    quiet,
+                )
+                .await
+            }
+            NppesCommand::Synth {
+                providers,
+                endpoints,
+                out_dir,
+                seed,
+            } => cli::nppes_synth(providers, endpoints, &out_dir, seed),
+        },
+        Command::Directory { command } => {
+            let settings = load(&cli.config)?;
+            match command {
+                DirectoryCommand::Show { npi, format } => {
+                    cli::directory_show(&settings, &npi, format == ShowFormat::Json).await
+                }
+                DirectoryCommand::Override {
+                    npi,
+                    kind,
+                    endpoint,
+                    secret,
+                    preferred,
+                    remove,
+                    file,
+                } => {
+                    cli::directory_override(
+                        &settings, npi, kind, endpoint, secret, preferred, remove, file,
+                    )
+                    .await
+                }
+            }
+        }
+        Command::Roster { command } => match command {
+            RosterCommand::Import {
+                file,
+                source,
+                replace,
+            } => cli::roster_import(&load(&cli.config)?, file, source, replace).await,
+            RosterCommand::Synth {
+                patients,
+                out,
+                seed,
+            } => cli::roster_synth(patients, &out, seed),
+        },
+        Command::Attribution { command } => {
+            let settings = load(&cli.config)?;
+            match command {
+                AttributionCommand::Explain {
+                    file,
+                    format: JsonFormat::Json,
+                } => cli::attribution_explain(&settings, &file).await,
+                AttributionCommand::Bench { samples } => {
+                    cli::attribution_bench(&settings, samples).await
+                }
+            }
+        }
         Command::CheckConfig => {
             let settings =
                 Settings::load(cli.config.as_deref()).context("loading configuration")?;
@@ -189,6 +398,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn load(config: &Option<PathBuf>) -> anyhow::Result<Settings> {
+    Settings::load(config.as_deref()).context("loading configuration")
 }
 
 async fn replay(

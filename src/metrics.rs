@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Kafka mode: records the router handled, by outcome.
     pub records_processed: IntCounterVec,
     pub rebalances: IntCounterVec,
+    /// Roster uploads over HTTP, by outcome (loaded, rejected, forbidden, error).
+    pub roster_uploads: IntCounterVec,
 }
 
 const FACILITY_LABEL_MAX: usize = 64;
@@ -68,6 +70,11 @@ impl Metrics {
             rebalances: IntCounterVec::new(
                 Opts::new("kafka_rebalances_total", "Kafka mode: consumer group rebalances seen by this router, by kind."),
                 &["kind"],
+            )
+            .expect("metric"),
+            roster_uploads: IntCounterVec::new(
+                Opts::new("roster_uploads_total", "Roster uploads over HTTP, by outcome."),
+                &["outcome"],
             )
             .expect("metric"),
             messages_received: IntCounterVec::new(
@@ -135,6 +142,7 @@ impl Metrics {
             Box::new(m.consumer_lag.clone()),
             Box::new(m.records_processed.clone()),
             Box::new(m.rebalances.clone()),
+            Box::new(m.roster_uploads.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

@@ -12,6 +12,7 @@ pub mod ack;
 pub mod charset;
 pub mod escape;
 pub mod parse;
+pub mod patient;
 pub mod types;
 
 pub use ack::{ack_code as ack_code_for, AckCode, Disposition, ErrDetail, ErrLocation};

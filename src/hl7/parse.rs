@@ -237,8 +237,8 @@ impl<'a> RawSegment<'a> {
     }
 }
 
-struct Normalized<'a> {
-    text: Cow<'a, str>,
+pub(crate) struct Normalized<'a> {
+    pub(crate) text: Cow<'a, str>,
 }
 
 /// Makes the text acceptable to hl7-parser without changing any field:
@@ -248,7 +248,7 @@ struct Normalized<'a> {
 /// - a bare segment id with no fields gets its field separator.
 ///
 /// Returns `None` when the text does not start with `MSH` and a field separator.
-fn normalize(text: &str) -> Option<Normalized<'_>> {
+pub(crate) fn normalize(text: &str) -> Option<Normalized<'_>> {
     let text = text.trim_start_matches(['\r', '\n', ' ', '\t', '\u{feff}']);
     let b = text.as_bytes();
     if b.len() < 8 || !text.starts_with("MSH") {

@@ -1,12 +1,16 @@
 //! HTTP: `/healthz` (the process answers), `/readyz` (database and event log reachable),
-//! `/metrics` (Prometheus text format). Later steps add the audit and FHIR APIs here.
+//! `/metrics` (Prometheus text format), `POST /rosters/{source}` (roster upload, bearer
+//! token). Later steps add the audit and FHIR APIs here.
+
+pub mod auth;
+pub mod rosters;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 
@@ -16,6 +20,7 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub event_log: &'static str,
     pub kafka: Option<crate::log::kafka::KafkaLog>,
+    pub tokens: Arc<auth::Tokens>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -23,6 +28,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/rosters/{source}",
+            post(rosters::upload).layer(axum::extract::DefaultBodyLimit::max(512 * 1024 * 1024)),
+        )
         .with_state(state)
 }
 

@@ -10,6 +10,7 @@
 //! about 100 us per statement, 40% of a commit, measured with the probe described in
 //! docs/benchmarks.md. Everything else (migrations, reads, quarantine) is sqlx.
 
+pub mod bulk;
 pub mod outbox;
 pub mod sqlite_writer;
 

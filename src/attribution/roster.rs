@@ -1,0 +1,372 @@
+//! Roster import: the patient lists practices, ACOs and payers send (CSV). Checked in
+//! full before anything is written; then loaded in one transaction, so a bad file
+//! changes nothing and a good one replaces (`--replace`) or upserts its source's rows.
+
+use super::matching::{normalize_name, normalize_sex};
+use crate::directory::csvfile::{check_iso_date, describe_csv_error, optional, Field, HeaderMap};
+use crate::directory::npi::Npi;
+use crate::store::bulk::{BulkConn, Columns, Param};
+use crate::store::StoreError;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::Read;
+
+pub const RELATIONSHIPS: [&str; 5] = ["pcp", "care_manager", "post_acute", "specialist", "other"];
+
+const FIELDS: &[Field] = &[
+    optional("patient_id", &["patient_id"]),
+    optional("assigning_authority", &["assigning_authority"]),
+    optional("family", &["family"]),
+    optional("given", &["given"]),
+    optional("birth_date", &["birth_date"]),
+    optional("sex", &["sex"]),
+    optional("postal_code", &["postal_code"]),
+    optional("provider_npi", &["provider_npi"]),
+    optional("relationship", &["relationship"]),
+    optional("effective_from", &["effective_from"]),
+    optional("effective_to", &["effective_to"]),
+];
+// Text columns written: the fields, then the normalised names.
+const TEXT_COLUMNS: [&str; 13] = [
+    "patient_id",
+    "assigning_authority",
+    "family",
+    "given",
+    "birth_date",
+    "sex",
+    "postal_code",
+    "provider_npi",
+    "relationship",
+    "effective_from",
+    "effective_to",
+    "norm_family",
+    "norm_given",
+];
+const INT_COLUMNS: [&str; 3] = ["import_id", "line", "loaded_at_us"];
+const SOURCE_COLUMN: usize = 13;
+const CHUNK: usize = 20_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RosterError {
+    #[error("{file}: line {line}: {reason}")]
+    Malformed {
+        file: String,
+        line: u64,
+        reason: String,
+    },
+    #[error("{file}: {} bad row(s); nothing was loaded:\n{}", .errors.len(), .errors.iter().map(|e| format!("  line {}: {}", e.line, e.reason)).collect::<Vec<_>>().join("\n"))]
+    BadRows { file: String, errors: Vec<RowError> },
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {file}: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RowError {
+    pub line: u64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RosterReport {
+    pub source: String,
+    pub file: String,
+    pub import_id: i64,
+    pub mode: &'static str,
+    pub rows: u64,
+    /// Rows of this source before a `--replace`.
+    pub replaced_rows: u64,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Bad rows listed before giving up on listing (all are counted).
+const MAX_LISTED: usize = 50;
+
+/// Imports one roster. `open` is called twice (check, then load), so the source must be
+/// re-readable: a file, or bytes already in memory.
+pub fn import(
+    conn: &mut BulkConn,
+    source: &str,
+    file: &str,
+    open: &dyn Fn() -> std::io::Result<Box<dyn Read>>,
+    replace: bool,
+) -> Result<RosterReport, RosterError> {
+    let source = source.trim();
+    if source.is_empty() || source.len() > 100 {
+        return Err(RosterError::Usage(
+            "--source must be 1 to 100 characters".into(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let io = |source| RosterError::Io {
+        file: file.to_string(),
+        source,
+    };
+    // Pass 1: check every row.
+    let (map, warnings, rows) = {
+        let mut rdr = reader(open().map_err(io)?);
+        let map = headers(&mut rdr, file)?;
+        let mut warnings: Vec<String> = map
+            .unknown
+            .iter()
+            .map(|h| format!("unknown column '{h}' ignored"))
+            .collect();
+        if map.index[8].is_none() {
+            warnings.push("no relationship column: every row is taken as pcp".into());
+        }
+        let mut errors = Vec::new();
+        let mut rows = 0u64;
+        let mut rec = csv::ByteRecord::new();
+        let mut count = 0usize;
+        loop {
+            match rdr.read_byte_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    let (line, reason) = describe_csv_error(&e);
+                    return Err(RosterError::Malformed {
+                        file: file.to_string(),
+                        line,
+                        reason,
+                    });
+                }
+            }
+            let line = rec.position().map(|p| p.line()).unwrap_or(0);
+            match check_row(&map, &rec) {
+                Ok(_) => rows += 1,
+                Err(reason) => {
+                    count += 1;
+                    if errors.len() < MAX_LISTED {
+                        errors.push(RowError { line, reason });
+                    }
+                }
+            }
+        }
+        if count > 0 {
+            if count > errors.len() {
+                errors.push(RowError {
+                    line: 0,
+                    reason: format!("... and {} more", count - errors.len()),
+                });
+            }
+            return Err(RosterError::BadRows {
+                file: file.to_string(),
+                errors,
+            });
+        }
+        (map, warnings, rows)
+    };
+    // Pass 2: load in one transaction.
+    conn.begin()?;
+    let result = (|| -> Result<(i64, u64), RosterError> {
+        let now = now_us();
+        let import_id = conn
+            .query_i64(
+                "INSERT INTO roster_import (source, file_name, mode, loaded_at_us, rows_loaded) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    Param::Text(source),
+                    Param::Text(file),
+                    Param::Text(if replace { "replace" } else { "upsert" }),
+                    Param::Int(now),
+                    Param::Int(rows as i64),
+                ],
+            )?
+            .expect("RETURNING id");
+        let replaced = if replace {
+            conn.exec(
+                "DELETE FROM roster_entry WHERE source = $1",
+                &[Param::Text(source)],
+            )?
+        } else {
+            0
+        };
+        let mut rdr = reader(open().map_err(io)?);
+        headers(&mut rdr, file)?;
+        let mut cols = Columns::new(TEXT_COLUMNS.len() + 1, INT_COLUMNS.len());
+        // The same key twice in one statement is an error on PostgreSQL: the later row
+        // replaces the earlier one in the chunk, as it would across chunks.
+        let mut in_chunk: HashMap<Vec<String>, usize> = HashMap::new();
+        let mut rec = csv::ByteRecord::new();
+        while rdr.read_byte_record(&mut rec).map_err(|e| {
+            let (line, reason) = describe_csv_error(&e);
+            RosterError::Malformed {
+                file: file.to_string(),
+                line,
+                reason,
+            }
+        })? {
+            let line = rec.position().map(|p| p.line()).unwrap_or(0) as i64;
+            let mut values = check_row(&map, &rec).map_err(|reason| RosterError::Malformed {
+                file: file.to_string(),
+                line: line as u64,
+                reason: format!("{reason} (the file changed while loading?)"),
+            })?;
+            values.push(source.to_string());
+            let key: Vec<String> = [0, 1, 4, 11, 12, 7, 8]
+                .iter()
+                .map(|&i| values[i].clone())
+                .collect();
+            match in_chunk.get(&key) {
+                Some(&at) => {
+                    for (c, v) in values.into_iter().enumerate() {
+                        cols.text[c][at] = v;
+                    }
+                    cols.ints[1][at] = line;
+                }
+                None => {
+                    in_chunk.insert(key, cols.len());
+                    for (c, v) in values.into_iter().enumerate() {
+                        cols.text[c].push(v);
+                    }
+                    cols.ints[0].push(import_id);
+                    cols.ints[1].push(line);
+                    cols.ints[2].push(now);
+                }
+            }
+            if cols.len() >= CHUNK {
+                write(conn, &cols)?;
+                cols.clear();
+                in_chunk.clear();
+            }
+        }
+        write(conn, &cols)?;
+        Ok((import_id, replaced))
+    })();
+    match result {
+        Ok((import_id, replaced_rows)) => {
+            conn.commit()?;
+            Ok(RosterReport {
+                source: source.to_string(),
+                file: file.to_string(),
+                import_id,
+                mode: if replace { "replace" } else { "upsert" },
+                rows,
+                replaced_rows,
+                warnings,
+                seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            })
+        }
+        Err(e) => {
+            conn.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn write(conn: &mut BulkConn, cols: &Columns) -> Result<(), StoreError> {
+    let mut names: Vec<&str> = TEXT_COLUMNS.to_vec();
+    names.push("source");
+    debug_assert_eq!(names.len(), SOURCE_COLUMN + 1);
+    conn.insert(
+        "roster_entry",
+        &names,
+        &INT_COLUMNS,
+        cols,
+        "ON CONFLICT (source, patient_id, assigning_authority, birth_date, norm_family, norm_given, provider_npi, relationship) DO UPDATE SET family = excluded.family, given = excluded.given, sex = excluded.sex, postal_code = excluded.postal_code, effective_from = excluded.effective_from, effective_to = excluded.effective_to, import_id = excluded.import_id, line = excluded.line, loaded_at_us = excluded.loaded_at_us",
+    )
+}
+
+fn reader(input: Box<dyn Read>) -> csv::Reader<Box<dyn Read>> {
+    csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(input)
+}
+
+fn headers(rdr: &mut csv::Reader<Box<dyn Read>>, file: &str) -> Result<HeaderMap, RosterError> {
+    let malformed = |reason: String| RosterError::Malformed {
+        file: file.to_string(),
+        line: 1,
+        reason,
+    };
+    let h = rdr
+        .byte_headers()
+        .map_err(|e| malformed(describe_csv_error(&e).1))?
+        .clone();
+    let map = HeaderMap::resolve(&h, FIELDS).map_err(malformed)?;
+    if map.index[7].is_none() {
+        return Err(malformed("header has no provider_npi column".into()));
+    }
+    if map.index[0].is_none() && (map.index[2].is_none() || map.index[4].is_none()) {
+        return Err(malformed(
+            "header needs patient_id, or family and birth_date, to identify patients".into(),
+        ));
+    }
+    Ok(map)
+}
+
+/// Checks one row; returns the text column values in [`TEXT_COLUMNS`] order.
+fn check_row(map: &HeaderMap, rec: &csv::ByteRecord) -> Result<Vec<String>, String> {
+    let g = |i: usize| map.get(rec, i).into_owned();
+    let (patient_id, authority) = (g(0), g(1).to_ascii_uppercase());
+    let (family, given, birth_date) = (g(2), g(3), g(4));
+    let npi = g(7);
+    Npi::parse(&npi).map_err(|e| format!("provider_npi '{npi}': {e}"))?;
+    let relationship = match g(8).to_ascii_lowercase() {
+        r if r.is_empty() && map.index[8].is_none() => "pcp".to_string(),
+        r if RELATIONSHIPS.contains(&r.as_str()) => r,
+        r => {
+            return Err(format!(
+                "relationship '{r}' is not one of {}",
+                RELATIONSHIPS.join(", ")
+            ))
+        }
+    };
+    if patient_id.is_empty() && (family.is_empty() || birth_date.is_empty()) {
+        return Err("needs patient_id, or family and birth_date".into());
+    }
+    if !patient_id.is_empty() && authority.is_empty() {
+        return Err("patient_id without assigning_authority (identifiers are only unique within an authority)".into());
+    }
+    if !birth_date.is_empty() {
+        check_iso_date(&birth_date)?;
+    }
+    let sex_raw = g(5);
+    let sex = normalize_sex(&sex_raw);
+    if sex.is_empty()
+        && !matches!(
+            sex_raw.to_ascii_uppercase().as_str(),
+            "" | "U" | "O" | "X" | "UNKNOWN" | "OTHER"
+        )
+    {
+        return Err(format!("sex '{sex_raw}' is not M, F, U, O or X"));
+    }
+    let (from, to) = (g(9), g(10));
+    for d in [&from, &to] {
+        if !d.is_empty() {
+            check_iso_date(d)?;
+        }
+    }
+    if !from.is_empty() && !to.is_empty() && to < from {
+        return Err(format!("effective_to {to} is before effective_from {from}"));
+    }
+    let norm_family = normalize_name(&family);
+    let norm_given = normalize_name(&given);
+    Ok(vec![
+        patient_id,
+        authority,
+        family,
+        given,
+        birth_date,
+        sex.to_string(),
+        g(6),
+        npi,
+        relationship,
+        from,
+        to,
+        norm_family,
+        norm_given,
+    ])
+}
+
+fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}

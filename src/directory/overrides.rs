@@ -1,0 +1,189 @@
+//! Local endpoint overrides: how a practice fixes stale NPPES data. They win over NPPES
+//! and are shown as overrides wherever an endpoint is explained.
+
+use super::csvfile::{optional, required, Field, HeaderMap};
+use super::endpoint::{self, EndpointKind, EndpointPolicy};
+use super::npi::Npi;
+use crate::store::{on_pool, Store, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct Override {
+    pub npi: Npi,
+    pub kind: EndpointKind,
+    /// Checked and normalised.
+    pub endpoint: String,
+    /// Per-endpoint secret (webhook signing); never printed.
+    pub secret: Option<String>,
+    pub preferred: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{file}: {errors} bad row(s); nothing was loaded:\n{detail}")]
+    File {
+        file: String,
+        errors: usize,
+        detail: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Override {
+    /// Checks what an operator typed. Overrides are trusted more than NPPES, but they
+    /// still name hosts, so they pass the same endpoint checks.
+    pub fn new(
+        npi: &str,
+        kind: &str,
+        value: &str,
+        secret: Option<String>,
+        preferred: bool,
+        policy: EndpointPolicy,
+    ) -> Result<Override, String> {
+        let npi = Npi::parse(npi).map_err(|e| format!("NPI '{npi}': {e}"))?;
+        let kind = match EndpointKind::parse(kind) {
+            Some(k) if k.deliverable() => k,
+            _ => return Err(format!("type '{kind}' must be DIRECT, FHIR or REST")),
+        };
+        let endpoint = endpoint::check(kind, value, policy)?;
+        Ok(Override {
+            npi,
+            kind,
+            endpoint,
+            secret: secret.filter(|s| !s.is_empty()),
+            preferred,
+        })
+    }
+}
+
+const UPSERT: &str = "INSERT INTO directory_override (npi, endpoint_type, endpoint, secret, preferred, source, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (npi, endpoint_type, endpoint) DO UPDATE SET secret = excluded.secret, preferred = excluded.preferred, source = excluded.source, updated_at_us = excluded.updated_at_us";
+/// One preferred endpoint per NPI: setting one clears the others.
+const CLEAR_PREFERRED: &str =
+    "UPDATE directory_override SET preferred = FALSE WHERE npi = $1 AND NOT (endpoint_type = $2 AND endpoint = $3)";
+
+fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+/// Stores overrides in one transaction: all or none.
+pub async fn save(store: &Store, items: &[Override], source: &str) -> Result<(), StoreError> {
+    let now = now_us();
+    on_pool!(store, |p, sql| {
+        let mut tx = p.begin().await?;
+        for o in items {
+            sqlx::query(&sql(UPSERT))
+                .bind(o.npi.as_str())
+                .bind(o.kind.as_str())
+                .bind(&o.endpoint)
+                .bind(&o.secret)
+                .bind(o.preferred)
+                .bind(source)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if o.preferred {
+                sqlx::query(&sql(CLEAR_PREFERRED))
+                    .bind(o.npi.as_str())
+                    .bind(o.kind.as_str())
+                    .bind(&o.endpoint)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+/// Removes one NPI's overrides (or just the one with this endpoint value).
+pub async fn remove(store: &Store, npi: Npi, endpoint: Option<&str>) -> Result<u64, StoreError> {
+    Ok(on_pool!(store, |p, sql| {
+        match endpoint {
+            Some(e) => sqlx::query(&sql(
+                "DELETE FROM directory_override WHERE npi = $1 AND lower(endpoint) = lower($2)",
+            ))
+            .bind(npi.as_str())
+            .bind(e.trim())
+            .execute(p)
+            .await?
+            .rows_affected(),
+            None => sqlx::query(&sql("DELETE FROM directory_override WHERE npi = $1"))
+                .bind(npi.as_str())
+                .execute(p)
+                .await?
+                .rows_affected(),
+        }
+    }))
+}
+
+const FILE_FIELDS: &[Field] = &[
+    required("npi", &["npi"]),
+    required("type", &["type", "endpoint_type"]),
+    required("endpoint", &["endpoint"]),
+    optional("secret", &["secret"]),
+    optional("preferred", &["preferred"]),
+];
+
+/// Reads an override file (CSV: `npi,type,endpoint[,secret][,preferred]`). Every row is
+/// checked first; one bad row rejects the file.
+pub fn read_file(
+    bytes: &[u8],
+    file: &str,
+    policy: EndpointPolicy,
+) -> Result<Vec<Override>, OverrideError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let headers = rdr
+        .byte_headers()
+        .map_err(|e| OverrideError::Invalid(format!("{file}: line 1: {e}")))?
+        .clone();
+    let map = HeaderMap::resolve(&headers, FILE_FIELDS)
+        .map_err(|e| OverrideError::Invalid(format!("{file}: line 1: {e}")))?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for rec in rdr.byte_records() {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let (line, reason) = super::csvfile::describe_csv_error(&e);
+                errors.push(format!("line {line}: {reason}"));
+                break;
+            }
+        };
+        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let preferred = map.get(&rec, 4);
+        let preferred = match preferred.to_ascii_lowercase().as_str() {
+            "" | "n" | "no" | "false" | "0" => false,
+            "y" | "yes" | "true" | "1" => true,
+            other => {
+                errors.push(format!("line {line}: preferred '{other}' is not yes/no"));
+                continue;
+            }
+        };
+        let secret = Some(map.get(&rec, 3).into_owned());
+        match Override::new(
+            &map.get(&rec, 0),
+            &map.get(&rec, 1),
+            &map.get(&rec, 2),
+            secret,
+            preferred,
+            policy,
+        ) {
+            Ok(o) => out.push(o),
+            Err(e) => errors.push(format!("line {line}: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(OverrideError::File {
+            file: file.to_string(),
+            errors: errors.len(),
+            detail: errors.join("\n"),
+        });
+    }
+    Ok(out)
+}
