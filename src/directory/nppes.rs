@@ -365,6 +365,15 @@ fn load_file(
         }
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
         last_line = line;
+        // CMS turns quotes inside values into single quotes, so a quote that survived
+        // parsing means the quoting is broken (and the fields may have shifted).
+        if rec.as_slice().contains(&b'"') {
+            return Err(malformed(
+                line,
+                "a double quote inside a value: broken quoting (NPPES values never contain one)"
+                    .into(),
+            ));
+        }
         let checked = match kind {
             FileKind::Npidata => provider_row(&map, &taxonomy, &rec, &mut cols),
             FileKind::Endpoints => endpoint_row(&map, &rec, &mut cols),

@@ -5,6 +5,7 @@ mod helpers;
 
 mod corpus;
 mod crash;
+mod directory;
 mod framing;
 mod kafka;
 mod outbox;
