@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod attribution;
 mod corpus;
 mod crash;
 mod directory;
