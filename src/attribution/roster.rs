@@ -6,7 +6,7 @@ use super::matching::{normalize_name, normalize_sex};
 use crate::directory::csvfile::{check_iso_date, describe_csv_error, optional, Field, HeaderMap};
 use crate::directory::npi::Npi;
 use crate::store::bulk::{BulkConn, Columns, Param};
-use crate::store::StoreError;
+use crate::store::{now_us, StoreError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Read;
@@ -365,8 +365,4 @@ fn check_row(map: &HeaderMap, rec: &csv::ByteRecord) -> Result<Vec<String>, Stri
         norm_family,
         norm_given,
     ])
-}
-
-fn now_us() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }

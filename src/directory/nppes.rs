@@ -14,7 +14,7 @@ use super::endpoint::EndpointKind;
 use super::npi::Npi;
 use super::progress::Progress;
 use crate::store::bulk::{BulkConn, Columns, Param};
-use crate::store::StoreError;
+use crate::store::{now_us, StoreError};
 use serde::Serialize;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -204,10 +204,6 @@ fn table(kind: FileKind) -> &'static str {
         FileKind::Npidata => "nppes_provider",
         FileKind::Endpoints => "nppes_endpoint",
     }
-}
-
-fn now_us() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
 /// Runs an import. Call from a blocking thread.

@@ -4,7 +4,7 @@
 use super::csvfile::{optional, required, Field, HeaderMap};
 use super::endpoint::{self, EndpointKind, EndpointPolicy};
 use super::npi::Npi;
-use crate::store::{on_pool, Store, StoreError};
+use crate::store::{now_us, on_pool, Store, StoreError};
 
 #[derive(Clone, Debug)]
 pub struct Override {
@@ -62,10 +62,6 @@ const UPSERT: &str = "INSERT INTO directory_override (npi, endpoint_type, endpoi
 /// One preferred endpoint per NPI: setting one clears the others.
 const CLEAR_PREFERRED: &str =
     "UPDATE directory_override SET preferred = FALSE WHERE npi = $1 AND NOT (endpoint_type = $2 AND endpoint = $3)";
-
-fn now_us() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
-}
 
 /// Stores overrides in one transaction: all or none.
 pub async fn save(store: &Store, items: &[Override], source: &str) -> Result<(), StoreError> {

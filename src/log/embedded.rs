@@ -217,6 +217,4 @@ async fn pg_loop(
     tracing::debug!("Event log writer stopped.");
 }
 
-pub fn now_us() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
-}
+pub use crate::store::now_us;

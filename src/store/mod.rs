@@ -521,6 +521,11 @@ where
     })
 }
 
+/// Wall-clock time in microseconds since the epoch, the unit of every `*_us` column.
+pub fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
 /// Hides a password in a database url before it is printed.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

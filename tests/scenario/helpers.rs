@@ -163,12 +163,11 @@ impl Server {
 
     /// Runs another subcommand with the server's configuration.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .current_dir(&self.dir)
-            .envs(self.env.iter().cloned())
-            .output()
-            .expect("run adt-router")
+        Cli {
+            dir: self.dir.clone(),
+            env: self.env.clone(),
+        }
+        .run(args)
     }
 
     /// Runs a subcommand that prints one JSON object; it must succeed.
@@ -360,7 +359,6 @@ impl Cli {
             .args(args)
             .current_dir(&self.dir)
             .envs(self.env.iter().cloned())
-            .env("ADT_ROUTER_LOG", "warn")
             .output()
             .expect("run adt-router")
     }
