@@ -3,7 +3,9 @@
 //! changes nothing and a good one replaces (`--replace`) or upserts its source's rows.
 
 use super::matching::{normalize_name, normalize_sex};
-use crate::directory::csvfile::{check_iso_date, describe_csv_error, optional, Field, HeaderMap};
+use crate::directory::csvfile::{
+    check_iso_date, describe_csv_error, optional, Field, FileError, HeaderMap,
+};
 use crate::directory::npi::Npi;
 use crate::store::bulk::{BulkConn, Columns, Param};
 use crate::store::{now_us, StoreError};
@@ -48,21 +50,12 @@ const CHUNK: usize = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RosterError {
-    #[error("{file}: line {line}: {reason}")]
-    Malformed {
-        file: String,
-        line: u64,
-        reason: String,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{file}: {} bad row(s); nothing was loaded:\n{}", .errors.len(), .errors.iter().map(|e| format!("  line {}: {}", e.line, e.reason)).collect::<Vec<_>>().join("\n"))]
     BadRows { file: String, errors: Vec<RowError> },
     #[error("{0}")]
     Usage(String),
-    #[error("cannot read {file}: {source}")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -105,10 +98,7 @@ pub fn import(
         ));
     }
     let started = std::time::Instant::now();
-    let io = |source| RosterError::Io {
-        file: file.to_string(),
-        source,
-    };
+    let io = |e| FileError::io(file, e);
     // Pass 1: check every row.
     let (map, warnings, rows) = {
         let mut rdr = reader(open().map_err(io)?);
@@ -129,14 +119,7 @@ pub fn import(
             match rdr.read_byte_record(&mut rec) {
                 Ok(false) => break,
                 Ok(true) => {}
-                Err(e) => {
-                    let (line, reason) = describe_csv_error(&e);
-                    return Err(RosterError::Malformed {
-                        file: file.to_string(),
-                        line,
-                        reason,
-                    });
-                }
+                Err(e) => return Err(FileError::csv(file, &e).into()),
             }
             let line = rec.position().map(|p| p.line()).unwrap_or(0);
             match check_row(&map, &rec) {
@@ -194,19 +177,17 @@ pub fn import(
         // replaces the earlier one in the chunk, as it would across chunks.
         let mut in_chunk: HashMap<Vec<String>, usize> = HashMap::new();
         let mut rec = csv::ByteRecord::new();
-        while rdr.read_byte_record(&mut rec).map_err(|e| {
-            let (line, reason) = describe_csv_error(&e);
-            RosterError::Malformed {
-                file: file.to_string(),
-                line,
-                reason,
-            }
-        })? {
+        while rdr
+            .read_byte_record(&mut rec)
+            .map_err(|e| FileError::csv(file, &e))?
+        {
             let line = rec.position().map(|p| p.line()).unwrap_or(0) as i64;
-            let mut values = check_row(&map, &rec).map_err(|reason| RosterError::Malformed {
-                file: file.to_string(),
-                line: line as u64,
-                reason: format!("{reason} (the file changed while loading?)"),
+            let mut values = check_row(&map, &rec).map_err(|reason| {
+                FileError::at(
+                    file,
+                    line as u64,
+                    format!("{reason} (the file changed while loading?)"),
+                )
             })?;
             values.push(source.to_string());
             let key: Vec<String> = [0, 1, 4, 11, 12, 7, 8]
@@ -282,11 +263,7 @@ fn reader(input: Box<dyn Read>) -> csv::Reader<Box<dyn Read>> {
 }
 
 fn headers(rdr: &mut csv::Reader<Box<dyn Read>>, file: &str) -> Result<HeaderMap, RosterError> {
-    let malformed = |reason: String| RosterError::Malformed {
-        file: file.to_string(),
-        line: 1,
-        reason,
-    };
+    let malformed = |reason: String| RosterError::from(FileError::at(file, 1, reason));
     let h = rdr
         .byte_headers()
         .map_err(|e| malformed(describe_csv_error(&e).1))?

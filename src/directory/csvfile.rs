@@ -3,6 +3,46 @@
 
 use std::io::Read;
 
+/// A file that cannot be imported at all. Both imports (NPPES, rosters) report these the
+/// same way: the file, the line, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{file}: line {line}: {reason}")]
+    Malformed {
+        file: String,
+        line: u64,
+        reason: String,
+    },
+    #[error("cannot read {file}: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+}
+
+impl FileError {
+    pub fn at(file: &str, line: u64, reason: impl Into<String>) -> FileError {
+        FileError::Malformed {
+            file: file.to_string(),
+            line,
+            reason: reason.into(),
+        }
+    }
+
+    /// A csv crate error, with its line.
+    pub fn csv(file: &str, e: &csv::Error) -> FileError {
+        let (line, reason) = describe_csv_error(e);
+        FileError::at(file, line, reason)
+    }
+
+    pub fn io(file: &str, source: std::io::Error) -> FileError {
+        FileError::Io {
+            file: file.to_string(),
+            source,
+        }
+    }
+}
+
 /// One column an import reads: its name in our tables, the header names it may have in
 /// the file, and whether the file is wrong without it.
 pub struct Field {

@@ -8,7 +8,7 @@
 //! was.
 
 use super::csvfile::{
-    describe_csv_error, optional, required, us_date_to_iso, Field, HeaderMap, Tail,
+    describe_csv_error, optional, required, us_date_to_iso, Field, FileError, HeaderMap, Tail,
 };
 use super::endpoint::EndpointKind;
 use super::npi::Npi;
@@ -42,12 +42,8 @@ impl FileKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{file}: line {line}: {reason}")]
-    Malformed {
-        file: String,
-        line: u64,
-        reason: String,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{file}: {bad} bad rows, more than the limit of {limit} (first: {first})")]
     TooManyBadRows {
         file: String,
@@ -57,11 +53,6 @@ pub enum ImportError {
     },
     #[error("{0}")]
     Usage(String),
-    #[error("cannot read {file}: {source}")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -294,10 +285,7 @@ fn open(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>), ImportError>
     if path.as_os_str() == "-" {
         return Ok((Box::new(std::io::stdin()), None));
     }
-    let f = std::fs::File::open(path).map_err(|source| ImportError::Io {
-        file: path.display().to_string(),
-        source,
-    })?;
+    let f = std::fs::File::open(path).map_err(|e| FileError::io(&path.display().to_string(), e))?;
     let len = f.metadata().ok().map(|m| m.len());
     Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len))
 }
@@ -310,11 +298,8 @@ fn load_file(
     req: &ImportRequest,
 ) -> Result<FileReport, ImportError> {
     let file = path.display().to_string();
-    let malformed = |line: u64, reason: String| ImportError::Malformed {
-        file: file.clone(),
-        line,
-        reason,
-    };
+    let malformed =
+        |line: u64, reason: String| ImportError::from(FileError::at(&file, line, reason));
     let (input, size) = open(path)?;
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
