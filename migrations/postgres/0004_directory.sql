@@ -2,7 +2,7 @@
 -- Text columns are NOT NULL DEFAULT '' so that "missing" has one spelling and unique
 -- keys behave the same on SQLite and PostgreSQL.
 
--- One row per import run. A full import loads a new snapshot (rows tagged with the
+-- One row per import run. A full import loads a new snapshot (a table named after the
 -- import id) and becomes active by updating directory_active in one transaction;
 -- the previous snapshot stays in place until then, so a failed import changes nothing.
 CREATE TABLE directory_import (
@@ -24,59 +24,9 @@ CREATE TABLE directory_active (
     snapshot BIGINT NOT NULL
 );
 
-CREATE TABLE nppes_provider (
-    snapshot            BIGINT NOT NULL,
-    npi                 TEXT   NOT NULL,
-    entity_type         TEXT   NOT NULL DEFAULT '',  -- 1 individual, 2 organization, '' deactivated
-    replacement_npi     TEXT   NOT NULL DEFAULT '',
-    organization_name   TEXT   NOT NULL DEFAULT '',
-    last_name           TEXT   NOT NULL DEFAULT '',
-    first_name          TEXT   NOT NULL DEFAULT '',
-    middle_name         TEXT   NOT NULL DEFAULT '',
-    credential          TEXT   NOT NULL DEFAULT '',
-    primary_taxonomy    TEXT   NOT NULL DEFAULT '',
-    address_line1       TEXT   NOT NULL DEFAULT '',
-    address_line2       TEXT   NOT NULL DEFAULT '',
-    city                TEXT   NOT NULL DEFAULT '',
-    state               TEXT   NOT NULL DEFAULT '',
-    postal_code         TEXT   NOT NULL DEFAULT '',
-    country             TEXT   NOT NULL DEFAULT '',
-    phone               TEXT   NOT NULL DEFAULT '',
-    enumeration_date    TEXT   NOT NULL DEFAULT '',  -- ISO dates (the files say MM/DD/YYYY)
-    last_update_date    TEXT   NOT NULL DEFAULT '',
-    deactivation_reason TEXT   NOT NULL DEFAULT '',
-    deactivation_date   TEXT   NOT NULL DEFAULT '',
-    reactivation_date   TEXT   NOT NULL DEFAULT '',
-    source_import       BIGINT NOT NULL,
-    source_line         BIGINT NOT NULL,
-    PRIMARY KEY (snapshot, npi)
-);
-
-CREATE TABLE nppes_endpoint (
-    snapshot                  BIGINT NOT NULL,
-    npi                       TEXT   NOT NULL,
-    endpoint_type             TEXT   NOT NULL DEFAULT '',
-    endpoint_type_description TEXT   NOT NULL DEFAULT '',
-    endpoint                  TEXT   NOT NULL DEFAULT '',
-    affiliation               TEXT   NOT NULL DEFAULT '',
-    endpoint_description      TEXT   NOT NULL DEFAULT '',
-    affiliation_name          TEXT   NOT NULL DEFAULT '',
-    use_code                  TEXT   NOT NULL DEFAULT '',
-    use_description           TEXT   NOT NULL DEFAULT '',
-    other_use_description     TEXT   NOT NULL DEFAULT '',
-    content_type              TEXT   NOT NULL DEFAULT '',
-    content_description       TEXT   NOT NULL DEFAULT '',
-    other_content_description TEXT   NOT NULL DEFAULT '',
-    address_line1             TEXT   NOT NULL DEFAULT '',
-    address_line2             TEXT   NOT NULL DEFAULT '',
-    city                      TEXT   NOT NULL DEFAULT '',
-    state                     TEXT   NOT NULL DEFAULT '',
-    country                   TEXT   NOT NULL DEFAULT '',
-    postal_code               TEXT   NOT NULL DEFAULT '',
-    source_import             BIGINT NOT NULL,
-    source_line               BIGINT NOT NULL
-);
-CREATE INDEX nppes_endpoint_npi ON nppes_endpoint (snapshot, npi);
+-- The snapshots themselves are tables named nppes_provider_<import id> and
+-- nppes_endpoint_<import id>, created by the import (src/directory/nppes.rs): each is
+-- indexed once after it is loaded, and dropped whole when superseded.
 
 -- Local corrections; they win over NPPES.
 CREATE TABLE directory_override (

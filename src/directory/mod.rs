@@ -127,9 +127,9 @@ pub fn rfc3339_us(us: i64) -> String {
         .unwrap_or_default()
 }
 
-const PROVIDER_SQL: &str = "SELECT p.npi, p.entity_type, p.replacement_npi, p.organization_name, p.last_name, p.first_name, p.middle_name, p.credential, p.primary_taxonomy, p.address_line1, p.city, p.state, p.postal_code, p.last_update_date, p.deactivation_reason, p.deactivation_date, p.reactivation_date, p.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM nppes_provider p JOIN directory_import i ON i.id = p.source_import WHERE p.snapshot = (SELECT snapshot FROM directory_active WHERE kind = 'npidata') AND p.npi = $1";
+const PROVIDER_SQL: &str = "SELECT p.npi, p.entity_type, p.replacement_npi, p.organization_name, p.last_name, p.first_name, p.middle_name, p.credential, p.primary_taxonomy, p.address_line1, p.city, p.state, p.postal_code, p.last_update_date, p.deactivation_reason, p.deactivation_date, p.reactivation_date, p.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM {table} p JOIN directory_import i ON i.id = p.source_import WHERE p.npi = $1 ORDER BY p.source_import DESC, p.source_line DESC LIMIT 1";
 
-const ENDPOINTS_SQL: &str = "SELECT e.endpoint_type, e.endpoint, e.affiliation, e.affiliation_name, e.use_code, e.content_type, e.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM nppes_endpoint e JOIN directory_import i ON i.id = e.source_import WHERE e.snapshot = (SELECT snapshot FROM directory_active WHERE kind = 'endpoints') AND e.npi = $1 ORDER BY e.source_line";
+const ENDPOINTS_SQL: &str = "SELECT e.endpoint_type, e.endpoint, e.affiliation, e.affiliation_name, e.use_code, e.content_type, e.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM {table} e JOIN directory_import i ON i.id = e.source_import WHERE e.npi = $1 ORDER BY e.source_import, e.source_line";
 
 const OVERRIDES_SQL: &str = "SELECT endpoint_type, endpoint, secret, preferred, source, updated_at_us FROM directory_override WHERE npi = $1 ORDER BY id";
 
@@ -146,12 +146,27 @@ pub async fn lookup(
     policy: &ResolvePolicy,
 ) -> Result<DirectoryEntry, StoreError> {
     let key = npi.as_str();
-    let provider: Option<Provider> = on_pool!(store, |p, sql| {
-        match sqlx::query(&sql(PROVIDER_SQL))
-            .bind(key)
-            .fetch_optional(p)
+    let active: Vec<(String, i64)> = on_pool!(store, |p, _sql| {
+        sqlx::query_as("SELECT kind, snapshot FROM directory_active")
+            .fetch_all(p)
             .await?
-        {
+    });
+    let snapshot = |kind: nppes::FileKind| {
+        active
+            .iter()
+            .find(|(k, _)| k == kind.as_str())
+            .map(|(_, id)| nppes::table(kind, *id))
+    };
+    let provider_sql =
+        snapshot(nppes::FileKind::Npidata).map(|t| PROVIDER_SQL.replace("{table}", &t));
+    let endpoints_sql =
+        snapshot(nppes::FileKind::Endpoints).map(|t| ENDPOINTS_SQL.replace("{table}", &t));
+    let provider: Option<Provider> = on_pool!(store, |p, sql| {
+        let row = match &provider_sql {
+            Some(q) => sqlx::query(&sql(q)).bind(key).fetch_optional(p).await?,
+            None => None,
+        };
+        match row {
             None => None,
             Some(r) => {
                 let entity: String = get!(r, "entity_type");
@@ -236,11 +251,11 @@ pub async fn lookup(
                 policy,
             ));
         }
-        for r in sqlx::query(&sql(ENDPOINTS_SQL))
-            .bind(key)
-            .fetch_all(p)
-            .await?
-        {
+        let rows = match &endpoints_sql {
+            Some(q) => sqlx::query(&sql(q)).bind(key).fetch_all(p).await?,
+            None => Vec::new(),
+        };
+        for r in rows {
             endpoints.push(endpoint(
                 get!(r, "endpoint_type"),
                 get!(r, "endpoint"),

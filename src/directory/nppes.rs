@@ -1,11 +1,16 @@
 //! Imports the CMS NPPES downloadable files: `npidata_pfile` (one row per NPI, ~330
 //! columns) and `endpoint_pfile` (one row per endpoint), streamed (standards §5).
 //!
-//! Atomicity: every import loads a new snapshot (rows tagged with its import id) while
-//! the live one keeps serving. Only when every file given has loaded and passed its
-//! checks does one transaction switch to it (full) or merge it in (incremental). A
-//! failure at any point deletes the half-loaded snapshot and leaves the directory as it
-//! was.
+//! Atomicity: every import loads a new snapshot, a table of its own
+//! (`nppes_provider_<import id>`, `nppes_endpoint_<import id>`), while the live one keeps
+//! serving. Only when every file given has loaded and passed its checks does one
+//! transaction switch to it (full) or merge it in (incremental). A failure at any point
+//! drops the half-loaded table and leaves the directory as it was.
+//!
+//! A table per snapshot rather than one table tagged by snapshot: the index is built
+//! once, by sorting, after the rows are in (NPPES files are not in NPI order, and
+//! inserting millions of random keys into a live index was the import's main cost), and
+//! retiring a snapshot is a `DROP TABLE`, not a multi-million-row `DELETE`.
 
 use super::csvfile::{
     describe_csv_error, optional, required, us_date_to_iso, Field, FileError, HeaderMap, Tail,
@@ -177,7 +182,7 @@ const E_ENDPOINT: usize = 3;
 const E_AFFILIATION: usize = 4;
 
 /// Table columns: the fields above (plus the primary taxonomy for providers), then
-/// snapshot, source_import, source_line.
+/// source_import, source_line.
 fn text_columns(kind: FileKind) -> Vec<&'static str> {
     match kind {
         FileKind::Npidata => PROVIDER_FIELDS
@@ -188,13 +193,40 @@ fn text_columns(kind: FileKind) -> Vec<&'static str> {
         FileKind::Endpoints => ENDPOINT_FIELDS.iter().map(|f| f.name).collect(),
     }
 }
-const INT_COLUMNS: &[&str] = &["snapshot", "source_import", "source_line"];
+const INT_COLUMNS: &[&str] = &["source_import", "source_line"];
 
-fn table(kind: FileKind) -> &'static str {
+/// The table holding snapshot `id` of this kind. Ids come from the database, never from
+/// input, so formatting them into SQL is safe.
+pub fn table(kind: FileKind, id: i64) -> String {
     match kind {
-        FileKind::Npidata => "nppes_provider",
-        FileKind::Endpoints => "nppes_endpoint",
+        FileKind::Npidata => format!("nppes_provider_{id}"),
+        FileKind::Endpoints => format!("nppes_endpoint_{id}"),
     }
+}
+
+fn create_table(conn: &mut BulkConn, kind: FileKind, id: i64) -> Result<(), StoreError> {
+    let cols: Vec<String> = text_columns(kind)
+        .iter()
+        .map(|c| format!("{c} TEXT NOT NULL DEFAULT ''"))
+        .chain(INT_COLUMNS.iter().map(|c| format!("{c} BIGINT NOT NULL")))
+        .collect();
+    conn.exec(
+        &format!("CREATE TABLE {} ({})", table(kind, id), cols.join(", ")),
+        &[],
+    )
+    .map(|_| ())
+}
+
+/// Built after the load, by sorting.
+fn create_index(conn: &mut BulkConn, kind: FileKind, id: i64) -> Result<(), StoreError> {
+    let t = table(kind, id);
+    conn.exec(&format!("CREATE INDEX {t}_npi ON {t} (npi)"), &[])
+        .map(|_| ())
+}
+
+fn drop_table(conn: &mut BulkConn, kind: FileKind, id: i64) -> Result<(), StoreError> {
+    conn.exec(&format!("DROP TABLE IF EXISTS {}", table(kind, id)), &[])
+        .map(|_| ())
 }
 
 /// Runs an import. Call from a blocking thread.
@@ -243,7 +275,12 @@ pub fn import(conn: &mut BulkConn, req: &ImportRequest) -> Result<ImportReport, 
                 )?
                 .expect("RETURNING id");
             created.push((*kind, id));
-            reports.push(load_file(conn, *kind, path, id, req)?);
+            create_table(conn, *kind, id)?;
+            conn.set_durable(false)?;
+            let loaded = load_file(conn, *kind, path, id, req)
+                .and_then(|r| create_index(conn, *kind, id).map(|_| r).map_err(Into::into));
+            conn.set_durable(true)?;
+            reports.push(loaded?);
         }
         conn.begin()?;
         if req.incremental {
@@ -256,7 +293,12 @@ pub fn import(conn: &mut BulkConn, req: &ImportRequest) -> Result<ImportReport, 
     })();
     match result {
         Ok(()) => {
-            if !req.incremental {
+            if req.incremental {
+                // Merged into the live tables; the weekly ones have served.
+                for (kind, id) in &created {
+                    drop_table(conn, *kind, *id)?;
+                }
+            } else {
                 drop_superseded(conn)?;
             }
             Ok(ImportReport {
@@ -267,10 +309,7 @@ pub fn import(conn: &mut BulkConn, req: &ImportRequest) -> Result<ImportReport, 
         Err(e) => {
             conn.rollback();
             for (kind, id) in &created {
-                let _ = conn.exec(
-                    &format!("DELETE FROM {} WHERE snapshot = $1", table(*kind)),
-                    &[Param::Int(*id)],
-                );
+                let _ = drop_table(conn, *kind, *id);
                 let _ = conn.exec(
                     "UPDATE directory_import SET status = 'failed', finished_at_us = $1, error = $2 WHERE id = $3",
                     &[Param::Int(now_us()), Param::Text(&e.to_string()), Param::Int(*id)],
@@ -362,8 +401,7 @@ fn load_file(
         match checked {
             Ok(()) => {
                 cols.ints[0].push(import_id);
-                cols.ints[1].push(import_id);
-                cols.ints[2].push(line as i64);
+                cols.ints[1].push(line as i64);
                 rows += 1;
             }
             Err(reason) => {
@@ -386,7 +424,7 @@ fn load_file(
             }
         }
         if cols.len() >= CHUNK {
-            flush(conn, kind, &text_cols, &mut cols)?;
+            flush(conn, kind, import_id, &text_cols, &mut cols)?;
             progress.update(rows, rec.position().map(|p| p.byte()).unwrap_or(0));
         }
     }
@@ -397,7 +435,7 @@ fn load_file(
             "the file ends in the middle of a value (truncated download?)".into(),
         ));
     }
-    flush(conn, kind, &text_cols, &mut cols)?;
+    flush(conn, kind, import_id, &text_cols, &mut cols)?;
     progress.finish();
     let seconds = progress.elapsed().as_secs_f64();
     conn.exec(
@@ -423,6 +461,7 @@ fn load_file(
 fn flush(
     conn: &mut BulkConn,
     kind: FileKind,
+    import_id: i64,
     text_cols: &[&str],
     cols: &mut Columns,
 ) -> Result<(), StoreError> {
@@ -430,7 +469,7 @@ fn flush(
         return Ok(());
     }
     conn.begin()?;
-    if let Err(e) = conn.insert(table(kind), text_cols, INT_COLUMNS, cols, "") {
+    if let Err(e) = conn.insert(&table(kind, import_id), text_cols, INT_COLUMNS, cols, "") {
         conn.rollback();
         return Err(e);
     }
@@ -538,19 +577,33 @@ pub fn active_snapshot(conn: &mut BulkConn, kind: FileKind) -> Result<Option<i64
 /// One import runs at a time (documented), so nothing else is loading now.
 fn clean_up_interrupted(conn: &mut BulkConn) -> Result<(), StoreError> {
     for kind in [FileKind::Npidata, FileKind::Endpoints] {
-        conn.exec(
-            &format!(
-                "DELETE FROM {} WHERE snapshot IN (SELECT id FROM directory_import WHERE status = 'loading' AND kind = $1)",
-                table(kind)
-            ),
-            &[Param::Text(kind.as_str())],
-        )?;
+        for id in import_ids(conn, kind, "loading")? {
+            drop_table(conn, kind, id)?;
+        }
     }
     conn.exec(
         "UPDATE directory_import SET status = 'failed', error = 'interrupted' WHERE status = 'loading'",
         &[],
     )?;
     Ok(())
+}
+
+fn import_ids(conn: &mut BulkConn, kind: FileKind, status: &str) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::new();
+    let mut after = 0;
+    // One id at a time keeps BulkConn's interface to scalars.
+    while let Some(id) = conn.query_i64(
+        "SELECT MIN(id) FROM directory_import WHERE kind = $1 AND status = $2 AND id > $3",
+        &[
+            Param::Text(kind.as_str()),
+            Param::Text(status),
+            Param::Int(after),
+        ],
+    )? {
+        ids.push(id);
+        after = id;
+    }
+    Ok(ids)
 }
 
 /// Full import: the new snapshots become the live ones.
@@ -573,22 +626,17 @@ fn switch(conn: &mut BulkConn, created: &[(FileKind, i64)]) -> Result<(), StoreE
     Ok(())
 }
 
-/// After a switch, the superseded snapshots' rows go (outside the switch transaction:
-/// on SQLite, deleting millions of rows takes a while and nobody reads them any more).
+/// After a switch, the superseded snapshots go.
 fn drop_superseded(conn: &mut BulkConn) -> Result<(), StoreError> {
     for kind in [FileKind::Npidata, FileKind::Endpoints] {
-        conn.exec(
-            &format!(
-                "DELETE FROM {} WHERE snapshot IN (SELECT id FROM directory_import WHERE status = 'superseded' AND kind = $1)",
-                table(kind)
-            ),
-            &[Param::Text(kind.as_str())],
-        )?;
+        for id in import_ids(conn, kind, "superseded")? {
+            drop_table(conn, kind, id)?;
+            conn.exec(
+                "UPDATE directory_import SET status = 'replaced' WHERE id = $1",
+                &[Param::Int(id)],
+            )?;
+        }
     }
-    conn.exec(
-        "UPDATE directory_import SET status = 'replaced' WHERE status = 'superseded'",
-        &[],
-    )?;
     Ok(())
 }
 
@@ -600,37 +648,39 @@ fn merge(conn: &mut BulkConn, created: &[(FileKind, i64)]) -> Result<(), StoreEr
     let staged = |k: FileKind| created.iter().find(|(c, _)| *c == k).map(|(_, id)| *id);
     let now = now_us();
     if let Some(ep) = staged(FileKind::Endpoints) {
-        let live = active_snapshot(conn, FileKind::Endpoints)?.expect("checked before loading");
-        let np = staged(FileKind::Npidata).unwrap_or(-1);
+        let live = table(
+            FileKind::Endpoints,
+            active_snapshot(conn, FileKind::Endpoints)?.expect("checked before loading"),
+        );
+        let weekly = table(FileKind::Endpoints, ep);
+        let listed = match staged(FileKind::Npidata) {
+            Some(np) => format!(
+                "SELECT npi FROM {} UNION SELECT npi FROM {weekly}",
+                table(FileKind::Npidata, np)
+            ),
+            None => format!("SELECT npi FROM {weekly}"),
+        };
+        conn.exec(&format!("DELETE FROM {live} WHERE npi IN ({listed})"), &[])?;
+        let cols = all_columns(FileKind::Endpoints);
         conn.exec(
-            "DELETE FROM nppes_endpoint WHERE snapshot = $1 AND npi IN (SELECT npi FROM nppes_provider WHERE snapshot = $2 UNION SELECT npi FROM nppes_endpoint WHERE snapshot = $3)",
-            &[Param::Int(live), Param::Int(np), Param::Int(ep)],
-        )?;
-        conn.exec(
-            "UPDATE nppes_endpoint SET snapshot = $1 WHERE snapshot = $2",
-            &[Param::Int(live), Param::Int(ep)],
+            &format!("INSERT INTO {live} ({cols}) SELECT {cols} FROM {weekly}"),
+            &[],
         )?;
     }
     if let Some(np) = staged(FileKind::Npidata) {
-        let live = active_snapshot(conn, FileKind::Npidata)?.expect("checked before loading");
-        let cols = text_columns(FileKind::Npidata);
-        let set: Vec<String> = cols
-            .iter()
-            .filter(|c| **c != "npi")
-            .chain(["source_import", "source_line"].iter())
-            .map(|c| format!("{c} = excluded.{c}"))
-            .collect();
+        let live = table(
+            FileKind::Npidata,
+            active_snapshot(conn, FileKind::Npidata)?.expect("checked before loading"),
+        );
+        let weekly = table(FileKind::Npidata, np);
         conn.exec(
-            &format!(
-                "INSERT INTO nppes_provider (snapshot, {c}, source_import, source_line) SELECT $1, {c}, source_import, source_line FROM nppes_provider WHERE snapshot = $2 ON CONFLICT (snapshot, npi) DO UPDATE SET {s}",
-                c = cols.join(", "),
-                s = set.join(", ")
-            ),
-            &[Param::Int(live), Param::Int(np)],
+            &format!("DELETE FROM {live} WHERE npi IN (SELECT npi FROM {weekly})"),
+            &[],
         )?;
+        let cols = all_columns(FileKind::Npidata);
         conn.exec(
-            "DELETE FROM nppes_provider WHERE snapshot = $1",
-            &[Param::Int(np)],
+            &format!("INSERT INTO {live} ({cols}) SELECT {cols} FROM {weekly}"),
+            &[],
         )?;
     }
     for (_, id) in created {
@@ -640,4 +690,13 @@ fn merge(conn: &mut BulkConn, created: &[(FileKind, i64)]) -> Result<(), StoreEr
         )?;
     }
     Ok(())
+}
+
+fn all_columns(kind: FileKind) -> String {
+    text_columns(kind)
+        .iter()
+        .chain(INT_COLUMNS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
 }

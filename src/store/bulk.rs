@@ -85,6 +85,8 @@ impl BulkConn {
                 let conn = rusqlite::Connection::open(path)?;
                 conn.pragma_update(None, "journal_mode", "WAL")?;
                 conn.pragma_update(None, "synchronous", "FULL")?;
+                // 64 MiB of page cache: index pages of a multi-million-row load stay hot.
+                conn.pragma_update(None, "cache_size", -65536)?;
                 conn.busy_timeout(Duration::from_secs(30))?;
                 Ok(BulkConn::Sqlite(conn))
             }
@@ -93,6 +95,17 @@ impl BulkConn {
                 Ok(BulkConn::Postgres { conn, rt })
             }
         }
+    }
+
+    /// Whether each commit must reach the disk before it returns. Loading a snapshot
+    /// nobody reads yet can skip that (a crash there is an interrupted import, cleaned
+    /// up by the next one); the switch that makes it live cannot. SQLite only: on
+    /// PostgreSQL every commit is durable.
+    pub fn set_durable(&mut self, durable: bool) -> Result<(), StoreError> {
+        if let BulkConn::Sqlite(c) = self {
+            c.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+        }
+        Ok(())
     }
 
     pub fn begin(&mut self) -> Result<(), StoreError> {
