@@ -28,7 +28,7 @@ ls -l "$work/nppes"
 
 peak() { # peak RSS of a command, in MB (GNU time)
   /usr/bin/time -f "%M" -o "$work/rss" "$@"
-  echo "peak RSS: $(( $(cat "$work/rss") / 1024 )) MB"
+  echo "peak RSS: $(( $(cat "$work/rss") / 1024 )) MB" >&2
 }
 
 echo "== 1. endpoint file import (full)"

@@ -181,29 +181,49 @@ pub async fn attribute(
     let day = facts.event_date.clone().unwrap_or(today);
     // Candidate rows: by identifier (either half of the assigning authority), and by
     // birth date for the demographic fallback.
-    let mut by_id: Vec<RosterRow> = Vec::new();
+    // Identifiers (either half of the assigning authority) and, for the
+    // demographic fallback, the birth date: one query for all of them.
+    let mut conds = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    let mut ids: Vec<(String, String, String)> = Vec::new();
     for ident in &facts.identifiers {
         let ns = ident.authority_namespace.to_ascii_uppercase();
         let uni = ident.authority_universal.to_ascii_uppercase();
         if ns.is_empty() && uni.is_empty() {
             continue;
         }
-        let rows = fetch(
-            store,
-            "patient_id = $1 AND assigning_authority IN ($2, $3)",
-            &[&ident.id, &ns, &uni],
-        )
-        .await?;
-        for r in rows {
-            if !by_id.iter().any(|x| x.id == r.id) {
-                by_id.push(r);
-            }
-        }
+        let k = args.len();
+        conds.push(format!(
+            "(patient_id = ${} AND assigning_authority IN (${}, ${}))",
+            k + 1,
+            k + 2,
+            k + 3
+        ));
+        args.extend([ident.id.clone(), ns.clone(), uni.clone()]);
+        ids.push((ident.id.clone(), ns, uni));
     }
-    let by_dob = match &facts.birth_date {
-        Some(d) => fetch(store, "birth_date = $1", &[d]).await?,
-        None => Vec::new(),
+    if let Some(d) = &facts.birth_date {
+        conds.push(format!("birth_date = ${}", args.len() + 1));
+        args.push(d.clone());
+    }
+    let rows = if conds.is_empty() {
+        Vec::new()
+    } else {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        fetch(store, &conds.join(" OR "), &refs).await?
     };
+    let by_id: Vec<&RosterRow> = rows
+        .iter()
+        .filter(|r| {
+            ids.iter().any(|(id, ns, uni)| {
+                r.patient_id == *id && (r.authority == *ns || r.authority == *uni)
+            })
+        })
+        .collect();
+    let by_dob: Vec<&RosterRow> = rows
+        .iter()
+        .filter(|r| facts.birth_date.as_ref() == Some(&r.birth_date))
+        .collect();
     let msg = Demographics::new(
         &facts.family,
         &facts.given,
@@ -219,7 +239,11 @@ pub async fn attribute(
     let mut decisions = Vec::new();
     let mut chosen_rows: Vec<(&RosterRow, &'static str, Option<f64>)> = Vec::new();
     for source in sources.keys() {
-        let ids: Vec<&RosterRow> = by_id.iter().filter(|r| &r.source == source).collect();
+        let ids: Vec<&RosterRow> = by_id
+            .iter()
+            .copied()
+            .filter(|r| &r.source == source)
+            .collect();
         if !ids.is_empty() {
             // Deterministic, unless the roster's own birth date contradicts it.
             let (ok, conflict): (Vec<&RosterRow>, Vec<&RosterRow>) =
@@ -254,7 +278,11 @@ pub async fn attribute(
             continue;
         }
         // Demographic fallback: group this source's same-birth-date rows by person.
-        let rows: Vec<&RosterRow> = by_dob.iter().filter(|r| &r.source == source).collect();
+        let rows: Vec<&RosterRow> = by_dob
+            .iter()
+            .copied()
+            .filter(|r| &r.source == source)
+            .collect();
         let mut people: Vec<Vec<&RosterRow>> = Vec::new();
         for r in rows {
             let same = |x: &&RosterRow| {
@@ -392,17 +420,27 @@ pub async fn attribute(
             },
         );
     }
+    let npis: Vec<Npi> = providers
+        .iter()
+        .filter_map(|(n, _)| Npi::parse(n).ok())
+        .collect();
+    let mut entries = directory::lookup_many(store, &npis, &policy.resolve)
+        .await?
+        .into_iter();
     let mut out = Vec::new();
     for (npi, provenance) in providers {
-        let Ok(parsed) = Npi::parse(&npi) else {
+        if Npi::parse(&npi).is_err() {
             continue;
+        }
+        let Some(directory) = entries.next() else {
+            break;
         };
         let mut relationships: Vec<String> =
             provenance.iter().map(|p| p.relationship.clone()).collect();
         relationships.sort();
         relationships.dedup();
         out.push(AttributedProvider {
-            directory: directory::lookup(store, parsed, &policy.resolve).await?,
+            directory,
             npi,
             relationships,
             provenance,

@@ -127,11 +127,11 @@ pub fn rfc3339_us(us: i64) -> String {
         .unwrap_or_default()
 }
 
-const PROVIDER_SQL: &str = "SELECT p.npi, p.entity_type, p.replacement_npi, p.organization_name, p.last_name, p.first_name, p.middle_name, p.credential, p.primary_taxonomy, p.address_line1, p.city, p.state, p.postal_code, p.last_update_date, p.deactivation_reason, p.deactivation_date, p.reactivation_date, p.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM {table} p JOIN directory_import i ON i.id = p.source_import WHERE p.npi = $1 ORDER BY p.source_import DESC, p.source_line DESC LIMIT 1";
+const PROVIDER_SQL: &str = "SELECT p.npi, p.entity_type, p.replacement_npi, p.organization_name, p.last_name, p.first_name, p.middle_name, p.credential, p.primary_taxonomy, p.address_line1, p.city, p.state, p.postal_code, p.last_update_date, p.deactivation_reason, p.deactivation_date, p.reactivation_date, p.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM {table} p JOIN directory_import i ON i.id = p.source_import WHERE p.npi IN ({npis}) ORDER BY p.source_import, p.source_line";
 
-const ENDPOINTS_SQL: &str = "SELECT e.endpoint_type, e.endpoint, e.affiliation, e.affiliation_name, e.use_code, e.content_type, e.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM {table} e JOIN directory_import i ON i.id = e.source_import WHERE e.npi = $1 ORDER BY e.source_import, e.source_line";
+const ENDPOINTS_SQL: &str = "SELECT e.npi, e.endpoint_type, e.endpoint, e.affiliation, e.affiliation_name, e.use_code, e.content_type, e.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM {table} e JOIN directory_import i ON i.id = e.source_import WHERE e.npi IN ({npis}) ORDER BY e.source_import, e.source_line";
 
-const OVERRIDES_SQL: &str = "SELECT endpoint_type, endpoint, secret, preferred, source, updated_at_us FROM directory_override WHERE npi = $1 ORDER BY id";
+const OVERRIDES_SQL: &str = "SELECT npi, endpoint_type, endpoint, secret, preferred, source, updated_at_us FROM directory_override WHERE npi IN ({npis}) ORDER BY id";
 
 macro_rules! get {
     ($r:expr, $name:expr) => {
@@ -145,7 +145,25 @@ pub async fn lookup(
     npi: Npi,
     policy: &ResolvePolicy,
 ) -> Result<DirectoryEntry, StoreError> {
-    let key = npi.as_str();
+    let mut all = lookup_many(store, &[npi], policy).await?;
+    Ok(all.remove(0))
+}
+
+/// [`lookup`] for several NPIs, in the same order, with one query per table whatever
+/// their number (attribution resolves every provider of a patient at once).
+pub async fn lookup_many(
+    store: &Store,
+    npis: &[Npi],
+    policy: &ResolvePolicy,
+) -> Result<Vec<DirectoryEntry>, StoreError> {
+    if npis.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<&str> = npis.iter().map(|n| n.as_str()).collect();
+    let list = (1..=keys.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let active: Vec<(String, i64)> = on_pool!(store, |p, _sql| {
         sqlx::query_as("SELECT kind, snapshot FROM directory_active")
             .fetch_all(p)
@@ -157,18 +175,25 @@ pub async fn lookup(
             .find(|(k, _)| k == kind.as_str())
             .map(|(_, id)| nppes::table(kind, *id))
     };
-    let provider_sql =
-        snapshot(nppes::FileKind::Npidata).map(|t| PROVIDER_SQL.replace("{table}", &t));
-    let endpoints_sql =
-        snapshot(nppes::FileKind::Endpoints).map(|t| ENDPOINTS_SQL.replace("{table}", &t));
-    let provider: Option<Provider> = on_pool!(store, |p, sql| {
-        let row = match &provider_sql {
-            Some(q) => sqlx::query(&sql(q)).bind(key).fetch_optional(p).await?,
-            None => None,
+    let fill = |q: &str, t: String| q.replace("{table}", &t).replace("{npis}", &list);
+    let provider_sql = snapshot(nppes::FileKind::Npidata).map(|t| fill(PROVIDER_SQL, t));
+    let endpoints_sql = snapshot(nppes::FileKind::Endpoints).map(|t| fill(ENDPOINTS_SQL, t));
+    let overrides_sql = OVERRIDES_SQL.replace("{npis}", &list);
+    let mut providers: Vec<Provider> = Vec::new();
+    on_pool!(store, |p, sql| {
+        let rows = match &provider_sql {
+            Some(q) => {
+                let sql = sql(q);
+                let mut query = sqlx::query(&sql);
+                for k in &keys {
+                    query = query.bind(*k);
+                }
+                query.fetch_all(p).await?
+            }
+            None => Vec::new(),
         };
-        match row {
-            None => None,
-            Some(r) => {
+        for r in rows {
+            {
                 let entity: String = get!(r, "entity_type");
                 let org: String = get!(r, "organization_name");
                 let (last, first, middle): (String, String, String) = (
@@ -197,7 +222,7 @@ pub async fn lookup(
                     })
                     .transpose()?;
                 let replacement: String = get!(r, "replacement_npi");
-                Some(Provider {
+                providers.push(Provider {
                     npi: get!(r, "npi"),
                     entity_type: match entity.as_str() {
                         "1" => "individual",
@@ -223,69 +248,95 @@ pub async fn lookup(
                         loaded_at: rfc3339_us(get!(r, "loaded_at_us")),
                         import_mode: Some(get!(r, "mode")),
                     },
-                })
+                });
             }
         }
     });
-    let mut endpoints: Vec<Endpoint> = Vec::new();
+    // (npi, endpoint): overrides first, then NPPES, each in their query's order.
+    let mut endpoints: Vec<(String, Endpoint)> = Vec::new();
     on_pool!(store, |p, sql| {
-        for r in sqlx::query(&sql(OVERRIDES_SQL))
-            .bind(key)
-            .fetch_all(p)
-            .await?
-        {
+        let q = sql(&overrides_sql);
+        let mut query = sqlx::query(&q);
+        for k in &keys {
+            query = query.bind(*k);
+        }
+        for r in query.fetch_all(p).await? {
             let secret: Option<String> = get!(r, "secret");
-            endpoints.push(endpoint(
-                get!(r, "endpoint_type"),
-                get!(r, "endpoint"),
-                get!(r, "preferred"),
-                secret.is_some_and(|s| !s.is_empty()),
-                None,
-                Source {
-                    kind: "override",
-                    file: get!(r, "source"),
-                    line: None,
-                    loaded_at: rfc3339_us(get!(r, "updated_at_us")),
-                    import_mode: None,
-                },
-                policy,
+            endpoints.push((
+                get!(r, "npi"),
+                endpoint(
+                    get!(r, "endpoint_type"),
+                    get!(r, "endpoint"),
+                    get!(r, "preferred"),
+                    secret.is_some_and(|s| !s.is_empty()),
+                    None,
+                    Source {
+                        kind: "override",
+                        file: get!(r, "source"),
+                        line: None,
+                        loaded_at: rfc3339_us(get!(r, "updated_at_us")),
+                        import_mode: None,
+                    },
+                    policy,
+                ),
             ));
         }
         let rows = match &endpoints_sql {
-            Some(q) => sqlx::query(&sql(q)).bind(key).fetch_all(p).await?,
+            Some(q) => {
+                let sql = sql(q);
+                let mut query = sqlx::query(&sql);
+                for k in &keys {
+                    query = query.bind(*k);
+                }
+                query.fetch_all(p).await?
+            }
             None => Vec::new(),
         };
         for r in rows {
-            endpoints.push(endpoint(
-                get!(r, "endpoint_type"),
-                get!(r, "endpoint"),
-                false,
-                false,
-                Some((
-                    get!(r, "affiliation"),
-                    get!(r, "affiliation_name"),
-                    get!(r, "use_code"),
-                    get!(r, "content_type"),
-                )),
-                Source {
-                    kind: "nppes",
-                    file: get!(r, "file_name"),
-                    line: Some(get!(r, "source_line")),
-                    loaded_at: rfc3339_us(get!(r, "loaded_at_us")),
-                    import_mode: Some(get!(r, "mode")),
-                },
-                policy,
+            endpoints.push((
+                get!(r, "npi"),
+                endpoint(
+                    get!(r, "endpoint_type"),
+                    get!(r, "endpoint"),
+                    false,
+                    false,
+                    Some((
+                        get!(r, "affiliation"),
+                        get!(r, "affiliation_name"),
+                        get!(r, "use_code"),
+                        get!(r, "content_type"),
+                    )),
+                    Source {
+                        kind: "nppes",
+                        file: get!(r, "file_name"),
+                        line: Some(get!(r, "source_line")),
+                        loaded_at: rfc3339_us(get!(r, "loaded_at_us")),
+                        import_mode: Some(get!(r, "mode")),
+                    },
+                    policy,
+                ),
             ));
         }
     });
-    let (chosen, no_endpoint_reason) = choose(provider.as_ref(), &endpoints, policy);
-    Ok(DirectoryEntry {
-        npi: key.to_string(),
-        provider,
-        endpoints,
-        chosen,
-        no_endpoint_reason,
-    })
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        // Several rows for one NPI (a file listing it twice): the last one loaded wins.
+        let provider = providers.iter().rev().find(|p| p.npi == key).cloned();
+        let mine: Vec<Endpoint> = endpoints
+            .iter()
+            .filter(|(n, _)| n == key)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let (chosen, no_endpoint_reason) = choose(provider.as_ref(), &mine, policy);
+        out.push(DirectoryEntry {
+            npi: key.to_string(),
+            provider,
+            endpoints: mine,
+            chosen,
+            no_endpoint_reason,
+        });
+    }
+    Ok(out)
 }
 
 fn endpoint(

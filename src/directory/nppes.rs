@@ -329,6 +329,8 @@ fn open(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>), ImportError>
     Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len))
 }
 
+/// Parses on one thread and writes on this one: on two cores the CSV work and the
+/// database work overlap instead of taking turns.
 fn load_file(
     conn: &mut BulkConn,
     kind: FileKind,
@@ -337,9 +339,66 @@ fn load_file(
     req: &ImportRequest,
 ) -> Result<FileReport, ImportError> {
     let file = path.display().to_string();
-    let malformed =
-        |line: u64, reason: String| ImportError::from(FileError::at(&file, line, reason));
     let (input, size) = open(path)?;
+    let text_cols = text_columns(kind);
+    let mut progress = Progress::new(kind.as_str(), size, req.quiet);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
+    let (parsed, written) = std::thread::scope(|scope| {
+        let parser = scope.spawn(|| parse_file(kind, &file, input, import_id, req, tx));
+        let mut written: Result<(), StoreError> = Ok(());
+        for mut chunk in rx {
+            if let Err(e) = flush(conn, kind, import_id, &text_cols, &mut chunk.cols) {
+                // Dropping the receiver (leaving the loop) stops the parser.
+                written = Err(e);
+                break;
+            }
+            progress.update(chunk.rows_so_far, chunk.byte);
+        }
+        (parser.join(), written)
+    });
+    written?;
+    let (rows, bad, samples) = parsed.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    progress.finish();
+    let seconds = progress.elapsed().as_secs_f64();
+    conn.exec(
+        "UPDATE directory_import SET rows_loaded = $1, bad_rows = $2 WHERE id = $3",
+        &[
+            Param::Int(rows as i64),
+            Param::Int(bad as i64),
+            Param::Int(import_id),
+        ],
+    )?;
+    Ok(FileReport {
+        kind,
+        file,
+        import_id,
+        rows,
+        bad_rows: bad,
+        bad_row_samples: samples,
+        seconds: (seconds * 1000.0).round() / 1000.0,
+        rows_per_s: (rows as f64 / seconds.max(1e-9)).round(),
+    })
+}
+
+/// Rows checked and ready to write.
+struct Chunk {
+    cols: Columns,
+    rows_so_far: u64,
+    byte: u64,
+}
+
+/// Reads and checks the file, handing chunks of good rows to the writer. Returns the
+/// row count, the bad-row count and the first bad rows.
+fn parse_file(
+    kind: FileKind,
+    file: &str,
+    input: Box<dyn Read + Send>,
+    import_id: i64,
+    req: &ImportRequest,
+    tx: std::sync::mpsc::SyncSender<Chunk>,
+) -> Result<(u64, u64, Vec<BadRow>), ImportError> {
+    let malformed =
+        |line: u64, reason: String| ImportError::from(FileError::at(file, line, reason));
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
@@ -367,9 +426,8 @@ fn load_file(
         }
     })?;
     let taxonomy = taxonomy_columns(&headers);
-    let text_cols = text_columns(kind);
-    let mut cols = Columns::new(text_cols.len(), INT_COLUMNS.len());
-    let mut progress = Progress::new(kind.as_str(), size, req.quiet);
+    let width = text_columns(kind).len();
+    let mut cols = Columns::new(width, INT_COLUMNS.len());
     let (mut rows, mut bad) = (0u64, 0u64);
     let mut samples = Vec::new();
     let mut rec = csv::ByteRecord::new();
@@ -415,7 +473,7 @@ fn load_file(
                         .map(|b| format!("line {}: {}", b.line, b.reason))
                         .unwrap_or_default();
                     return Err(ImportError::TooManyBadRows {
-                        file,
+                        file: file.to_string(),
                         bad,
                         limit: req.max_bad_rows,
                         first,
@@ -424,8 +482,19 @@ fn load_file(
             }
         }
         if cols.len() >= CHUNK {
-            flush(conn, kind, import_id, &text_cols, &mut cols)?;
-            progress.update(rows, rec.position().map(|p| p.byte()).unwrap_or(0));
+            let full = std::mem::replace(&mut cols, Columns::new(width, INT_COLUMNS.len()));
+            let byte = rec.position().map(|p| p.byte()).unwrap_or(0);
+            if tx
+                .send(Chunk {
+                    cols: full,
+                    rows_so_far: rows,
+                    byte,
+                })
+                .is_err()
+            {
+                // The writer stopped; its error is the one to report.
+                return Ok((rows, bad, samples));
+            }
         }
     }
     // Every NPPES value is quoted, so a complete file ends with a closing quote.
@@ -435,27 +504,12 @@ fn load_file(
             "the file ends in the middle of a value (truncated download?)".into(),
         ));
     }
-    flush(conn, kind, import_id, &text_cols, &mut cols)?;
-    progress.finish();
-    let seconds = progress.elapsed().as_secs_f64();
-    conn.exec(
-        "UPDATE directory_import SET rows_loaded = $1, bad_rows = $2 WHERE id = $3",
-        &[
-            Param::Int(rows as i64),
-            Param::Int(bad as i64),
-            Param::Int(import_id),
-        ],
-    )?;
-    Ok(FileReport {
-        kind,
-        file,
-        import_id,
-        rows,
-        bad_rows: bad,
-        bad_row_samples: samples,
-        seconds: (seconds * 1000.0).round() / 1000.0,
-        rows_per_s: (rows as f64 / seconds.max(1e-9)).round(),
-    })
+    let _ = tx.send(Chunk {
+        cols,
+        rows_so_far: rows,
+        byte: rdr.get_ref().bytes,
+    });
+    Ok((rows, bad, samples))
 }
 
 fn flush(
