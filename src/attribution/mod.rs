@@ -12,7 +12,6 @@ use crate::hl7::patient::PatientFacts;
 use crate::store::{on_pool, Store, StoreError};
 use matching::{Demographics, MatchPolicy};
 use serde::Serialize;
-use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
 
 /// `[attribution]` settings.
@@ -104,6 +103,8 @@ pub struct Attribution {
     pub unused_message_providers: Vec<Unused>,
 }
 
+/// Deserialised from a JSON array in [`ROW_COLUMNS`] order.
+#[derive(serde::Deserialize)]
 struct RosterRow {
     id: i64,
     source: String,
@@ -127,43 +128,31 @@ struct RosterRow {
 
 const ROW_COLUMNS: &str = "id, source, patient_id, assigning_authority, family, given, norm_family, norm_given, birth_date, sex, postal_code, provider_npi, relationship, effective_from, effective_to, import_id, line, loaded_at_us";
 
+/// Roster rows matching `where_clause`, and the directory's live snapshots, in one
+/// query (see [`directory::json_rows`]).
 async fn fetch(
     store: &Store,
     where_clause: &str,
     args: &[&str],
-) -> Result<Vec<RosterRow>, StoreError> {
-    let q = format!("SELECT {ROW_COLUMNS} FROM roster_entry WHERE {where_clause}");
-    Ok(on_pool!(store, |p, sql| {
-        let sql = sql(&q);
-        let mut query = sqlx::query(&sql);
+) -> Result<(Vec<RosterRow>, directory::ActiveSnapshots), StoreError> {
+    let query = format!(
+        "SELECT {}, {}",
+        directory::json_rows(
+            store,
+            ROW_COLUMNS,
+            &format!("roster_entry WHERE {where_clause}")
+        ),
+        directory::active_json(store)
+    );
+    let (rows, active): (String, String) = on_pool!(store, |p, sql| {
+        let q = sql(&query);
+        let mut query = sqlx::query_as(&q);
         for a in args {
             query = query.bind(*a);
         }
-        let mut out = Vec::new();
-        for r in query.fetch_all(p).await? {
-            out.push(RosterRow {
-                id: r.try_get("id")?,
-                source: r.try_get("source")?,
-                patient_id: r.try_get("patient_id")?,
-                authority: r.try_get("assigning_authority")?,
-                family: r.try_get("family")?,
-                given: r.try_get("given")?,
-                norm_family: r.try_get("norm_family")?,
-                norm_given: r.try_get("norm_given")?,
-                birth_date: r.try_get("birth_date")?,
-                sex: r.try_get("sex")?,
-                postal_code: r.try_get("postal_code")?,
-                npi: r.try_get("provider_npi")?,
-                relationship: r.try_get("relationship")?,
-                effective_from: r.try_get("effective_from")?,
-                effective_to: r.try_get("effective_to")?,
-                import_id: r.try_get("import_id")?,
-                line: r.try_get("line")?,
-                loaded_at_us: r.try_get("loaded_at_us")?,
-            });
-        }
-        out
-    }))
+        query.fetch_one(p).await?
+    });
+    Ok((directory::decode(&rows)?, directory::decode(&active)?))
 }
 
 fn in_effect(r: &RosterRow, day: &str) -> bool {
@@ -206,12 +195,11 @@ pub async fn attribute(
         conds.push(format!("birth_date = ${}", args.len() + 1));
         args.push(d.clone());
     }
-    let rows = if conds.is_empty() {
-        Vec::new()
-    } else {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        fetch(store, &conds.join(" OR "), &refs).await?
-    };
+    if conds.is_empty() {
+        conds.push("FALSE".into());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (rows, active) = fetch(store, &conds.join(" OR "), &refs).await?;
     let by_id: Vec<&RosterRow> = rows
         .iter()
         .filter(|r| {
@@ -424,7 +412,7 @@ pub async fn attribute(
         .iter()
         .filter_map(|(n, _)| Npi::parse(n).ok())
         .collect();
-    let mut entries = directory::lookup_many(store, &npis, &policy.resolve)
+    let mut entries = directory::lookup_many(store, &active, &npis, &policy.resolve)
         .await?
         .into_iter();
     let mut out = Vec::new();

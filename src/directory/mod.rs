@@ -14,7 +14,6 @@ use crate::store::{on_pool, Store, StoreError};
 use endpoint::{EndpointKind, EndpointPolicy};
 use npi::Npi;
 use serde::Serialize;
-use sqlx::Row;
 
 /// How resolution ranks endpoints: `[delivery]` settings.
 #[derive(Clone, Debug)]
@@ -127,16 +126,99 @@ pub fn rfc3339_us(us: i64) -> String {
         .unwrap_or_default()
 }
 
-const PROVIDER_SQL: &str = "SELECT p.npi, p.entity_type, p.replacement_npi, p.organization_name, p.last_name, p.first_name, p.middle_name, p.credential, p.primary_taxonomy, p.address_line1, p.city, p.state, p.postal_code, p.last_update_date, p.deactivation_reason, p.deactivation_date, p.reactivation_date, p.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM {table} p JOIN directory_import i ON i.id = p.source_import WHERE p.npi IN ({npis}) ORDER BY p.source_import, p.source_line";
+/// Provider columns, in [`ProviderRow`] order.
+const PROVIDER_COLUMNS: &str = "p.npi, p.entity_type, p.replacement_npi, p.organization_name, p.last_name, p.first_name, p.middle_name, p.credential, p.primary_taxonomy, p.address_line1, p.city, p.state, p.postal_code, p.last_update_date, p.deactivation_reason, p.deactivation_date, p.reactivation_date, p.source_import, p.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us)";
+/// Endpoint columns, in [`EndpointRow`] order.
+const ENDPOINT_COLUMNS: &str = "e.npi, e.endpoint_type, e.endpoint, e.affiliation, e.affiliation_name, e.use_code, e.content_type, e.source_import, e.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us)";
+/// Override columns, in [`OverrideRow`] order.
+const OVERRIDE_COLUMNS: &str =
+    "id, npi, endpoint_type, endpoint, secret, preferred, source, updated_at_us";
 
-const ENDPOINTS_SQL: &str = "SELECT e.npi, e.endpoint_type, e.endpoint, e.affiliation, e.affiliation_name, e.use_code, e.content_type, e.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us) AS loaded_at_us FROM {table} e JOIN directory_import i ON i.id = e.source_import WHERE e.npi IN ({npis}) ORDER BY e.source_import, e.source_line";
+#[derive(serde::Deserialize)]
+struct ProviderRow {
+    npi: String,
+    entity_type: String,
+    replacement_npi: String,
+    organization_name: String,
+    last_name: String,
+    first_name: String,
+    middle_name: String,
+    credential: String,
+    primary_taxonomy: String,
+    address_line1: String,
+    city: String,
+    state: String,
+    postal_code: String,
+    last_update_date: String,
+    deactivation_reason: String,
+    deactivation_date: String,
+    reactivation_date: String,
+    source_import: i64,
+    source_line: i64,
+    file_name: String,
+    mode: String,
+    loaded_at_us: i64,
+}
 
-const OVERRIDES_SQL: &str = "SELECT npi, endpoint_type, endpoint, secret, preferred, source, updated_at_us FROM directory_override WHERE npi IN ({npis}) ORDER BY id";
+#[derive(serde::Deserialize)]
+struct EndpointRow {
+    npi: String,
+    endpoint_type: String,
+    endpoint: String,
+    affiliation: String,
+    affiliation_name: String,
+    use_code: String,
+    content_type: String,
+    source_import: i64,
+    source_line: i64,
+    file_name: String,
+    mode: String,
+    loaded_at_us: i64,
+}
 
-macro_rules! get {
-    ($r:expr, $name:expr) => {
-        $r.try_get($name)?
-    };
+#[derive(serde::Deserialize)]
+struct OverrideRow {
+    id: i64,
+    npi: String,
+    endpoint_type: String,
+    endpoint: String,
+    secret: Option<String>,
+    /// SQLite says 0/1, PostgreSQL true/false.
+    preferred: serde_json::Value,
+    source: String,
+    updated_at_us: i64,
+}
+
+/// `(SELECT <rows as one JSON array> FROM ...)`: one result value however many rows.
+/// sqlx hands SQLite rows over one at a time through a channel (~30 us a row), so a
+/// lookup asks for one row of JSON instead.
+pub(crate) fn json_rows(store: &Store, columns: &str, from: &str) -> String {
+    match store {
+        Store::Sqlite(_) => {
+            format!("(SELECT json_group_array(json_array({columns})) FROM {from})")
+        }
+        Store::Postgres(_) => format!(
+            "(SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text FROM {from})"
+        ),
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
+}
+
+/// The live snapshot ids, `(kind, import id)`.
+pub type ActiveSnapshots = Vec<(String, i64)>;
+
+/// The SQL expression for the live snapshots, as JSON (to fold into another query).
+pub(crate) fn active_json(store: &Store) -> String {
+    json_rows(store, "kind, snapshot", "directory_active")
+}
+
+pub async fn active_snapshots(store: &Store) -> Result<ActiveSnapshots, StoreError> {
+    let q = format!("SELECT {}", active_json(store));
+    let json: String = on_pool!(store, |p, _sql| sqlx::query_scalar(&q).fetch_one(p).await?);
+    decode(&json)
 }
 
 /// Everything the directory knows about one NPI, and the endpoint it would use.
@@ -145,14 +227,16 @@ pub async fn lookup(
     npi: Npi,
     policy: &ResolvePolicy,
 ) -> Result<DirectoryEntry, StoreError> {
-    let mut all = lookup_many(store, &[npi], policy).await?;
+    let active = active_snapshots(store).await?;
+    let mut all = lookup_many(store, &active, &[npi], policy).await?;
     Ok(all.remove(0))
 }
 
-/// [`lookup`] for several NPIs, in the same order, with one query per table whatever
-/// their number (attribution resolves every provider of a patient at once).
+/// [`lookup`] for several NPIs, in the same order, in one query (attribution resolves
+/// every provider of a patient at once).
 pub async fn lookup_many(
     store: &Store,
+    active: &ActiveSnapshots,
     npis: &[Npi],
     policy: &ResolvePolicy,
 ) -> Result<Vec<DirectoryEntry>, StoreError> {
@@ -164,169 +248,96 @@ pub async fn lookup_many(
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let active: Vec<(String, i64)> = on_pool!(store, |p, _sql| {
-        sqlx::query_as("SELECT kind, snapshot FROM directory_active")
-            .fetch_all(p)
-            .await?
-    });
     let snapshot = |kind: nppes::FileKind| {
         active
             .iter()
             .find(|(k, _)| k == kind.as_str())
             .map(|(_, id)| nppes::table(kind, *id))
     };
-    let fill = |q: &str, t: String| q.replace("{table}", &t).replace("{npis}", &list);
-    let provider_sql = snapshot(nppes::FileKind::Npidata).map(|t| fill(PROVIDER_SQL, t));
-    let endpoints_sql = snapshot(nppes::FileKind::Endpoints).map(|t| fill(ENDPOINTS_SQL, t));
-    let overrides_sql = OVERRIDES_SQL.replace("{npis}", &list);
-    let mut providers: Vec<Provider> = Vec::new();
-    on_pool!(store, |p, sql| {
-        let rows = match &provider_sql {
-            Some(q) => {
-                let sql = sql(q);
-                let mut query = sqlx::query(&sql);
-                for k in &keys {
-                    query = query.bind(*k);
-                }
-                query.fetch_all(p).await?
+    let rows = |columns: &str, table: Option<String>, alias: &str| {
+        match table {
+        Some(t) => json_rows(
+            store,
+            columns,
+            &format!("{t} {alias} JOIN directory_import i ON i.id = {alias}.source_import WHERE {alias}.npi IN ({list})"),
+        ),
+        None => "'[]'".to_string(),
+    }
+    };
+    let query = format!(
+        "SELECT {}, {}, {}",
+        rows(PROVIDER_COLUMNS, snapshot(nppes::FileKind::Npidata), "p"),
+        rows(ENDPOINT_COLUMNS, snapshot(nppes::FileKind::Endpoints), "e"),
+        json_rows(
+            store,
+            OVERRIDE_COLUMNS,
+            &format!("directory_override WHERE npi IN ({list})")
+        ),
+    );
+    let (providers, nppes_endpoints, overrides): (String, String, String) =
+        on_pool!(store, |p, sql| {
+            let q = sql(&query);
+            let mut query = sqlx::query_as(&q);
+            for k in &keys {
+                query = query.bind(*k);
             }
-            None => Vec::new(),
-        };
-        for r in rows {
-            {
-                let entity: String = get!(r, "entity_type");
-                let org: String = get!(r, "organization_name");
-                let (last, first, middle): (String, String, String) = (
-                    get!(r, "last_name"),
-                    get!(r, "first_name"),
-                    get!(r, "middle_name"),
-                );
-                let name = if !org.is_empty() {
-                    org
-                } else {
-                    [first, middle, last]
-                        .into_iter()
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                };
-                let deact: String = get!(r, "deactivation_date");
-                let react: String = get!(r, "reactivation_date");
-                // ISO dates compare as strings. Reactivated after the deactivation: active.
-                let deactivated = (!deact.is_empty() && react.as_str() < deact.as_str())
-                    .then(|| -> Result<Deactivation, sqlx::Error> {
-                        Ok(Deactivation {
-                            date: deact.clone(),
-                            reason_code: get!(r, "deactivation_reason"),
-                        })
-                    })
-                    .transpose()?;
-                let replacement: String = get!(r, "replacement_npi");
-                providers.push(Provider {
-                    npi: get!(r, "npi"),
-                    entity_type: match entity.as_str() {
-                        "1" => "individual",
-                        "2" => "organization",
-                        _ => "unknown",
-                    },
-                    name,
-                    credential: get!(r, "credential"),
-                    primary_taxonomy: get!(r, "primary_taxonomy"),
-                    practice_address: Address {
-                        line1: get!(r, "address_line1"),
-                        city: get!(r, "city"),
-                        state: get!(r, "state"),
-                        postal_code: get!(r, "postal_code"),
-                    },
-                    last_update_date: get!(r, "last_update_date"),
-                    deactivated,
-                    replacement_npi: (!replacement.is_empty()).then_some(replacement),
-                    source: Source {
-                        kind: "nppes",
-                        file: get!(r, "file_name"),
-                        line: Some(get!(r, "source_line")),
-                        loaded_at: rfc3339_us(get!(r, "loaded_at_us")),
-                        import_mode: Some(get!(r, "mode")),
-                    },
-                });
-            }
-        }
-    });
-    // (npi, endpoint): overrides first, then NPPES, each in their query's order.
-    let mut endpoints: Vec<(String, Endpoint)> = Vec::new();
-    on_pool!(store, |p, sql| {
-        let q = sql(&overrides_sql);
-        let mut query = sqlx::query(&q);
-        for k in &keys {
-            query = query.bind(*k);
-        }
-        for r in query.fetch_all(p).await? {
-            let secret: Option<String> = get!(r, "secret");
-            endpoints.push((
-                get!(r, "npi"),
-                endpoint(
-                    get!(r, "endpoint_type"),
-                    get!(r, "endpoint"),
-                    get!(r, "preferred"),
-                    secret.is_some_and(|s| !s.is_empty()),
-                    None,
-                    Source {
-                        kind: "override",
-                        file: get!(r, "source"),
-                        line: None,
-                        loaded_at: rfc3339_us(get!(r, "updated_at_us")),
-                        import_mode: None,
-                    },
-                    policy,
-                ),
-            ));
-        }
-        let rows = match &endpoints_sql {
-            Some(q) => {
-                let sql = sql(q);
-                let mut query = sqlx::query(&sql);
-                for k in &keys {
-                    query = query.bind(*k);
-                }
-                query.fetch_all(p).await?
-            }
-            None => Vec::new(),
-        };
-        for r in rows {
-            endpoints.push((
-                get!(r, "npi"),
-                endpoint(
-                    get!(r, "endpoint_type"),
-                    get!(r, "endpoint"),
-                    false,
-                    false,
-                    Some((
-                        get!(r, "affiliation"),
-                        get!(r, "affiliation_name"),
-                        get!(r, "use_code"),
-                        get!(r, "content_type"),
-                    )),
-                    Source {
-                        kind: "nppes",
-                        file: get!(r, "file_name"),
-                        line: Some(get!(r, "source_line")),
-                        loaded_at: rfc3339_us(get!(r, "loaded_at_us")),
-                        import_mode: Some(get!(r, "mode")),
-                    },
-                    policy,
-                ),
-            ));
-        }
-    });
+            query.fetch_one(p).await?
+        });
+    let mut providers: Vec<ProviderRow> = decode(&providers)?;
+    let mut nppes_endpoints: Vec<EndpointRow> = decode(&nppes_endpoints)?;
+    let mut overrides: Vec<OverrideRow> = decode(&overrides)?;
+    providers.sort_by_key(|r| (r.source_import, r.source_line));
+    nppes_endpoints.sort_by_key(|r| (r.source_import, r.source_line));
+    overrides.sort_by_key(|r| r.id);
+
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         // Several rows for one NPI (a file listing it twice): the last one loaded wins.
-        let provider = providers.iter().rev().find(|p| p.npi == key).cloned();
-        let mine: Vec<Endpoint> = endpoints
-            .iter()
-            .filter(|(n, _)| n == key)
-            .map(|(_, e)| e.clone())
-            .collect();
+        let provider = providers.iter().rev().find(|p| p.npi == key).map(provider);
+        let mut mine: Vec<Endpoint> = Vec::new();
+        for o in overrides.iter().filter(|o| o.npi == key) {
+            let preferred = o
+                .preferred
+                .as_bool()
+                .unwrap_or(o.preferred.as_i64() == Some(1));
+            mine.push(endpoint(
+                o.endpoint_type.clone(),
+                o.endpoint.clone(),
+                preferred,
+                o.secret.as_ref().is_some_and(|s| !s.is_empty()),
+                None,
+                Source {
+                    kind: "override",
+                    file: o.source.clone(),
+                    line: None,
+                    loaded_at: rfc3339_us(o.updated_at_us),
+                    import_mode: None,
+                },
+                policy,
+            ));
+        }
+        for e in nppes_endpoints.iter().filter(|e| e.npi == key) {
+            mine.push(endpoint(
+                e.endpoint_type.clone(),
+                e.endpoint.clone(),
+                false,
+                false,
+                Some((
+                    e.affiliation.clone(),
+                    e.affiliation_name.clone(),
+                    e.use_code.clone(),
+                    e.content_type.clone(),
+                )),
+                Source {
+                    kind: "nppes",
+                    file: e.file_name.clone(),
+                    line: Some(e.source_line),
+                    loaded_at: rfc3339_us(e.loaded_at_us),
+                    import_mode: Some(e.mode.clone()),
+                },
+                policy,
+            ));
+        }
         let (chosen, no_endpoint_reason) = choose(provider.as_ref(), &mine, policy);
         out.push(DirectoryEntry {
             npi: key.to_string(),
@@ -337,6 +348,53 @@ pub async fn lookup_many(
         });
     }
     Ok(out)
+}
+
+fn provider(r: &ProviderRow) -> Provider {
+    let name = if !r.organization_name.is_empty() {
+        r.organization_name.clone()
+    } else {
+        [&r.first_name, &r.middle_name, &r.last_name]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // ISO dates compare as strings. Reactivated after the deactivation: active.
+    let deactivated = (!r.deactivation_date.is_empty()
+        && r.reactivation_date.as_str() < r.deactivation_date.as_str())
+    .then(|| Deactivation {
+        date: r.deactivation_date.clone(),
+        reason_code: r.deactivation_reason.clone(),
+    });
+    Provider {
+        npi: r.npi.clone(),
+        entity_type: match r.entity_type.as_str() {
+            "1" => "individual",
+            "2" => "organization",
+            _ => "unknown",
+        },
+        name,
+        credential: r.credential.clone(),
+        primary_taxonomy: r.primary_taxonomy.clone(),
+        practice_address: Address {
+            line1: r.address_line1.clone(),
+            city: r.city.clone(),
+            state: r.state.clone(),
+            postal_code: r.postal_code.clone(),
+        },
+        last_update_date: r.last_update_date.clone(),
+        deactivated,
+        replacement_npi: (!r.replacement_npi.is_empty()).then(|| r.replacement_npi.clone()),
+        source: Source {
+            kind: "nppes",
+            file: r.file_name.clone(),
+            line: Some(r.source_line),
+            loaded_at: rfc3339_us(r.loaded_at_us),
+            import_mode: Some(r.mode.clone()),
+        },
+    }
 }
 
 fn endpoint(
