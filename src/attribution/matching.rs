@@ -69,9 +69,26 @@ pub struct Demographics {
 
 impl Demographics {
     pub fn new(family: &str, given: &str, birth_date: &str, sex: &str, postal: &str) -> Self {
+        Self::normalized(
+            &normalize_name(family),
+            &normalize_name(given),
+            birth_date,
+            sex,
+            postal,
+        )
+    }
+
+    /// From names already normalised (the roster stores them so).
+    pub fn normalized(
+        family: &str,
+        given: &str,
+        birth_date: &str,
+        sex: &str,
+        postal: &str,
+    ) -> Self {
         Demographics {
-            family: normalize_name(family),
-            given: normalize_name(given),
+            family: family.to_string(),
+            given: given.to_string(),
             birth_date: birth_date.trim().to_string(),
             sex: normalize_sex(sex).to_string(),
             postal_code: postal

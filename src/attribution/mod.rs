@@ -292,7 +292,13 @@ pub async fn attribute(
                 let c = p[0];
                 matching::score(
                     &msg,
-                    &Demographics::new(&c.family, &c.given, &c.birth_date, &c.sex, &c.postal_code),
+                    &Demographics::normalized(
+                        &c.norm_family,
+                        &c.norm_given,
+                        &c.birth_date,
+                        &c.sex,
+                        &c.postal_code,
+                    ),
                 )
             })
             .collect();

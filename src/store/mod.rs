@@ -200,6 +200,9 @@ impl Store {
                 // FULL: the WAL is fsynced at every commit, so an ACK survives power loss.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(opts.busy_timeout)
+                // Lookups (attribution, directory) read rows scattered over large
+                // tables: mapped pages skip a read() per page.
+                .pragma("mmap_size", "268435456")
                 .foreign_keys(true);
             if let Some(dir) = co.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
