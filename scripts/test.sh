@@ -68,7 +68,7 @@ if [ "$FUZZ_SECONDS" != "0" ]; then
   fi
   # cargo-fuzz needs nightly flags; the machine has one stable toolchain.
   export RUSTC_BOOTSTRAP=1
-  for target in mllp_decode hl7_ack; do
+  for target in mllp_decode hl7_ack hl7_patient; do
     mkdir -p "fuzz/corpus/$target"
     cargo fuzz run "$target" "fuzz/corpus/$target" "$SHARED/corpus/hl7" "$SHARED/corpus/hl7/invalid" -- \
       -max_total_time="$FUZZ_SECONDS" -max_len=65536 -print_final_stats=1 2>&1 | tail -n 12
