@@ -9,7 +9,7 @@ pub mod roster;
 use crate::directory::npi::Npi;
 use crate::directory::{self, DirectoryEntry, ResolvePolicy};
 use crate::hl7::patient::PatientFacts;
-use crate::store::{on_pool, Store, StoreError};
+use crate::store::{Store, StoreError};
 use matching::{Demographics, MatchPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -144,15 +144,11 @@ async fn fetch(
         ),
         directory::active_json(store)
     );
-    let (rows, active): (String, String) = on_pool!(store, |p, sql| {
-        let q = sql(&query);
-        let mut query = sqlx::query_as(&q);
-        for a in args {
-            query = query.bind(*a);
-        }
-        query.fetch_one(p).await?
-    });
-    Ok((directory::decode(&rows)?, directory::decode(&active)?))
+    let row = store
+        .text_row(&query, args.iter().map(|a| a.to_string()).collect(), 2)
+        .await?;
+    let (rows, active) = (&row[0], &row[1]);
+    Ok((directory::decode(rows)?, directory::decode(active)?))
 }
 
 fn in_effect(r: &RosterRow, day: &str) -> bool {

@@ -10,7 +10,7 @@ pub mod overrides;
 pub mod progress;
 pub mod synth;
 
-use crate::store::{on_pool, Store, StoreError};
+use crate::store::{Store, StoreError};
 use endpoint::{EndpointKind, EndpointPolicy};
 use npi::Npi;
 use serde::Serialize;
@@ -217,8 +217,8 @@ pub(crate) fn active_json(store: &Store) -> String {
 
 pub async fn active_snapshots(store: &Store) -> Result<ActiveSnapshots, StoreError> {
     let q = format!("SELECT {}", active_json(store));
-    let json: String = on_pool!(store, |p, _sql| sqlx::query_scalar(&q).fetch_one(p).await?);
-    decode(&json)
+    let row = store.text_row(&q, Vec::new(), 1).await?;
+    decode(&row[0])
 }
 
 /// Everything the directory knows about one NPI, and the endpoint it would use.
@@ -274,18 +274,13 @@ pub async fn lookup_many(
             &format!("directory_override WHERE npi IN ({list})")
         ),
     );
-    let (providers, nppes_endpoints, overrides): (String, String, String) =
-        on_pool!(store, |p, sql| {
-            let q = sql(&query);
-            let mut query = sqlx::query_as(&q);
-            for k in &keys {
-                query = query.bind(*k);
-            }
-            query.fetch_one(p).await?
-        });
-    let mut providers: Vec<ProviderRow> = decode(&providers)?;
-    let mut nppes_endpoints: Vec<EndpointRow> = decode(&nppes_endpoints)?;
-    let mut overrides: Vec<OverrideRow> = decode(&overrides)?;
+    let row = store
+        .text_row(&query, keys.iter().map(|k| k.to_string()).collect(), 3)
+        .await?;
+    let (providers, nppes_endpoints, overrides) = (&row[0], &row[1], &row[2]);
+    let mut providers: Vec<ProviderRow> = decode(providers)?;
+    let mut nppes_endpoints: Vec<EndpointRow> = decode(nppes_endpoints)?;
+    let mut overrides: Vec<OverrideRow> = decode(overrides)?;
     providers.sort_by_key(|r| (r.source_import, r.source_line));
     nppes_endpoints.sort_by_key(|r| (r.source_import, r.source_line));
     overrides.sort_by_key(|r| r.id);

@@ -12,6 +12,7 @@
 
 pub mod bulk;
 pub mod outbox;
+pub mod sqlite_reads;
 pub mod sqlite_writer;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -392,6 +393,40 @@ impl Store {
         .bind(since_us)
         .fetch_one(p)
         .await?))
+    }
+
+    /// Runs a statement (`$N` placeholders, text parameters) that returns exactly one row
+    /// of `columns` text values. For lookups whose latency matters: on SQLite it skips
+    /// sqlx's worker thread ([`sqlite_reads`]).
+    pub async fn text_row(
+        &self,
+        sql: &str,
+        args: Vec<String>,
+        columns: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(_) => {
+                let path = self.sqlite_path().expect("sqlite store has a path");
+                let sql = sql.replace('$', "?");
+                tokio::task::spawn_blocking(move || {
+                    sqlite_reads::text_row(&path, &sql, &args, columns)
+                })
+                .await
+                .map_err(|e| {
+                    StoreError::Db(sqlx::Error::Protocol(format!("lookup task failed: {e}")))
+                })?
+            }
+            Store::Postgres(p) => {
+                let mut q = sqlx::query(sql);
+                for a in &args {
+                    q = q.bind(a);
+                }
+                let row = q.fetch_one(p).await?;
+                Ok((0..columns)
+                    .map(|i| row.try_get::<String, _>(i))
+                    .collect::<Result<_, _>>()?)
+            }
+        }
     }
 
     /// Counts used by tests and the audit side: (messages, quarantined).
