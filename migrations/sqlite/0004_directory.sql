@@ -51,8 +51,9 @@ CREATE TABLE roster_import (
     rows_loaded BIGINT NOT NULL
 );
 
+-- Clustered by birth date (WITHOUT ROWID, birth date first in the key): the demographic
+-- fallback reads every row sharing a birth date, and here they sit on the same pages.
 CREATE TABLE roster_entry (
-    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
     source              TEXT   NOT NULL,
     patient_id          TEXT   NOT NULL DEFAULT '',
     assigning_authority TEXT   NOT NULL DEFAULT '',  -- upper case
@@ -70,7 +71,6 @@ CREATE TABLE roster_entry (
     import_id           BIGINT NOT NULL,
     line                BIGINT NOT NULL,
     loaded_at_us        BIGINT NOT NULL,
-    UNIQUE (source, patient_id, assigning_authority, birth_date, norm_family, norm_given, provider_npi, relationship)
-);
+    PRIMARY KEY (birth_date, source, patient_id, assigning_authority, norm_family, norm_given, provider_npi, relationship)
+) WITHOUT ROWID;
 CREATE INDEX roster_by_identifier ON roster_entry (patient_id, assigning_authority);
-CREATE INDEX roster_by_birth_date ON roster_entry (birth_date);

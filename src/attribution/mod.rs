@@ -106,7 +106,6 @@ pub struct Attribution {
 /// Deserialised from a JSON array in [`ROW_COLUMNS`] order.
 #[derive(serde::Deserialize)]
 struct RosterRow {
-    id: i64,
     source: String,
     patient_id: String,
     authority: String,
@@ -126,7 +125,7 @@ struct RosterRow {
     loaded_at_us: i64,
 }
 
-const ROW_COLUMNS: &str = "id, source, patient_id, assigning_authority, family, given, norm_family, norm_given, birth_date, sex, postal_code, provider_npi, relationship, effective_from, effective_to, import_id, line, loaded_at_us";
+const ROW_COLUMNS: &str = "source, patient_id, assigning_authority, family, given, norm_family, norm_given, birth_date, sex, postal_code, provider_npi, relationship, effective_from, effective_to, import_id, line, loaded_at_us";
 
 /// Roster rows matching `where_clause`, and the directory's live snapshots, in one
 /// query (see [`directory::json_rows`]).
@@ -149,6 +148,13 @@ async fn fetch(
         .await?;
     let (rows, active) = (&row[0], &row[1]);
     Ok((directory::decode(rows)?, directory::decode(active)?))
+}
+
+impl RosterRow {
+    /// A row's identity: the import that wrote it last, and its line there.
+    fn key(&self) -> (i64, i64) {
+        (self.import_id, self.line)
+    }
 }
 
 fn in_effect(r: &RosterRow, day: &str) -> bool {
@@ -452,7 +458,7 @@ fn group(
 ) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     for r in rows {
-        let is_chosen = chosen.iter().any(|c| c.id == r.id);
+        let is_chosen = chosen.iter().any(|c| c.key() == r.key());
         match out
             .iter_mut()
             .find(|c| c.family == r.family && c.given == r.given && c.birth_date == r.birth_date)

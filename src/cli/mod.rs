@@ -392,7 +392,7 @@ pub async fn attribution_bench(settings: &Settings, samples: usize) -> anyhow::R
     use sqlx::Row;
     let store = open_store(settings).await?;
     let policy = settings.attribution_policy();
-    let sql = format!("SELECT patient_id, assigning_authority, family, given, birth_date, sex, postal_code FROM roster_entry WHERE id IN (SELECT id FROM roster_entry ORDER BY id LIMIT {samples} OFFSET 0) ");
+    let sql = "SELECT patient_id, assigning_authority, family, given, birth_date, sex, postal_code FROM roster_entry WHERE line % {stride} = 0 LIMIT {samples}".to_string();
     let total: i64 = match &store {
         Store::Sqlite(p) => {
             sqlx::query_scalar("SELECT COUNT(*) FROM roster_entry")
@@ -410,10 +410,9 @@ pub async fn attribution_bench(settings: &Settings, samples: usize) -> anyhow::R
     }
     // Spread the sample over the whole table.
     let stride = (total as usize / samples.max(1)).max(1);
-    let sql = sql.replace(
-        "ORDER BY id LIMIT",
-        &format!("WHERE id % {stride} = 0 ORDER BY id LIMIT"),
-    );
+    let sql = sql
+        .replace("{stride}", &stride.to_string())
+        .replace("{samples}", &samples.to_string());
     let rows: Vec<[String; 7]> = match &store {
         Store::Sqlite(p) => sqlx::query(&sql)
             .fetch_all(p)

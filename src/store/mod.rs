@@ -408,6 +408,15 @@ impl Store {
             Store::Sqlite(_) => {
                 let path = self.sqlite_path().expect("sqlite store has a path");
                 let sql = sql.replace('$', "?");
+                // On the multi-threaded runtime, run it right here (the other workers
+                // carry on): a hand-off to a blocking thread costs more than the query.
+                if tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread
+                {
+                    return tokio::task::block_in_place(|| {
+                        sqlite_reads::text_row(&path, &sql, &args, columns)
+                    });
+                }
                 tokio::task::spawn_blocking(move || {
                     sqlite_reads::text_row(&path, &sql, &args, columns)
                 })
