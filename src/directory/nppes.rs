@@ -342,7 +342,7 @@ fn load_file(
     let (input, size) = open(path)?;
     let text_cols = text_columns(kind);
     let mut progress = Progress::new(kind.as_str(), size, req.quiet);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(1);
     let (parsed, written) = std::thread::scope(|scope| {
         let parser = scope.spawn(|| parse_file(kind, &file, input, import_id, req, tx));
         let mut written: Result<(), StoreError> = Ok(());
