@@ -119,6 +119,12 @@ async fn health_ready_and_metrics_answer() {
     .await
     .unwrap();
     assert_eq!(server.metric("adt_router_messages_received_total{ack_code=\"AA\",sending_facility=\"GENHOSP\",trigger_event=\"A03\"}"), 1.0);
+    // Observed once the ACK is written, which may be just after the client has read it.
+    wait_for(
+        Duration::from_secs(5),
+        "the ACK latency observation",
+        || server.metric("adt_router_ack_latency_seconds_count") >= 1.0,
+    );
     assert_eq!(server.metric("adt_router_ack_latency_seconds_count"), 1.0);
     assert_eq!(
         server.metric("adt_router_event_log_commit_batch_size_count"),
