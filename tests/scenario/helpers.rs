@@ -208,13 +208,15 @@ impl Drop for Server {
 
 /// A minimal HTTP/1.1 GET, enough for health and metrics.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_exchange(addr, req.as_bytes(), Duration::from_secs(10))
+}
+
+/// Writes a raw HTTP/1.1 request and reads the whole response: (status, body).
+fn http_exchange(addr: &str, request: &[u8], timeout: Duration) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("http connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(request).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("http read");
     let status = resp
@@ -305,8 +307,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// POSTs `body` with extra header lines (`Name: value`); returns status and body.
 pub fn http_post(addr: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("http connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -316,20 +316,9 @@ pub fn http_post(addr: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16,
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("http read");
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    http_exchange(addr, &bytes, Duration::from_secs(30))
 }
 
 /// Runs CLI subcommands against one database, without a server.
