@@ -301,6 +301,7 @@ pub fn import(conn: &mut BulkConn, req: &ImportRequest) -> Result<ImportReport, 
             } else {
                 drop_superseded(conn)?;
             }
+            conn.checkpoint()?;
             Ok(ImportReport {
                 mode,
                 files: reports,

@@ -107,9 +107,16 @@ impl BulkConn {
             // While loading, let the WAL grow instead of copying it into the database
             // after every chunk; one checkpoint at the end does the copying once.
             c.pragma_update(None, "wal_autocheckpoint", if durable { 1000 } else { 0 })?;
-            if durable {
-                c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-            }
+        }
+        Ok(())
+    }
+
+    /// Copies the WAL into the database file (SQLite; nothing to do on PostgreSQL).
+    /// After a load the WAL holds the whole snapshot: the import does this once, after
+    /// the switch, instead of a server commit paying for it later.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if let BulkConn::Sqlite(c) = self {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         }
         Ok(())
     }
