@@ -548,44 +548,39 @@ fn overrides_and_untrusted_endpoints(cli: &Cli, allow_private: &Cli) {
     assert_eq!(show(cli, &other)["chosen"]["source"], "nppes");
 }
 
-#[test]
-fn nppes_sample_rows_sqlite() {
-    let dir = tempdir();
-    real_samples(&Cli::new(dir.path(), None, &[]));
+/// The same scenario on SQLite and on a fresh PostgreSQL database.
+macro_rules! on_both_backends {
+    ($sqlite:ident, $postgres:ident, $scenario:ident) => {
+        #[test]
+        fn $sqlite() {
+            let dir = tempdir();
+            $scenario(&Cli::new(dir.path(), None, &[]));
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let db = TestDb::create().await;
+            let dir = tempdir();
+            $scenario(&Cli::new(dir.path(), Some(&db.url), &[]));
+        }
+    };
 }
 
-#[tokio::test]
-async fn nppes_sample_rows_postgres() {
-    let db = TestDb::create().await;
-    let dir = tempdir();
-    real_samples(&Cli::new(dir.path(), Some(&db.url), &[]));
-}
-
-#[test]
-fn malformed_nppes_files_leave_the_directory_unchanged_sqlite() {
-    let dir = tempdir();
-    malformed_files_change_nothing(&Cli::new(dir.path(), None, &[]));
-}
-
-#[tokio::test]
-async fn malformed_nppes_files_leave_the_directory_unchanged_postgres() {
-    let db = TestDb::create().await;
-    let dir = tempdir();
-    malformed_files_change_nothing(&Cli::new(dir.path(), Some(&db.url), &[]));
-}
-
-#[test]
-fn incremental_import_sqlite() {
-    let dir = tempdir();
-    incremental(&Cli::new(dir.path(), None, &[]));
-}
-
-#[tokio::test]
-async fn incremental_import_postgres() {
-    let db = TestDb::create().await;
-    let dir = tempdir();
-    incremental(&Cli::new(dir.path(), Some(&db.url), &[]));
-}
+on_both_backends!(
+    nppes_sample_rows_sqlite,
+    nppes_sample_rows_postgres,
+    real_samples
+);
+on_both_backends!(
+    malformed_nppes_files_leave_the_directory_unchanged_sqlite,
+    malformed_nppes_files_leave_the_directory_unchanged_postgres,
+    malformed_files_change_nothing
+);
+on_both_backends!(
+    incremental_import_sqlite,
+    incremental_import_postgres,
+    incremental
+);
 
 #[test]
 fn overrides_and_endpoint_checks_sqlite() {
