@@ -243,8 +243,8 @@ pub async fn attribute(
                         || Some(&r.birth_date) == facts.birth_date.as_ref()
                 });
             let live: Vec<&RosterRow> = ok.iter().copied().filter(|r| in_effect(r, &day)).collect();
-            let candidates = group(&ok, "identifier", None, &live);
-            if !conflict.is_empty() && ok.is_empty() {
+            // `ids` is not empty, so with no usable row every row is a conflict.
+            if ok.is_empty() {
                 decisions.push(SourceDecision {
                     source: source.clone(),
                     outcome: "conflict",
@@ -253,6 +253,7 @@ pub async fn attribute(
                 });
                 continue;
             }
+            let candidates = group(&ok, "identifier", None, &live);
             let reason = if live.is_empty() {
                 format!("identifier match, but no roster row is in effect on {day}")
             } else {
@@ -482,18 +483,6 @@ fn group(
                 birth_date: r.birth_date.clone(),
             }),
         }
-    }
-    if out.is_empty() {
-        out.push(Candidate {
-            matched_by: by,
-            score,
-            reasons: Vec::new(),
-            chosen: false,
-            roster_lines: Vec::new(),
-            family: String::new(),
-            given: String::new(),
-            birth_date: String::new(),
-        });
     }
     out
 }

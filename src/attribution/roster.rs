@@ -28,8 +28,8 @@ const FIELDS: &[Field] = &[
     optional("effective_from", &["effective_from"]),
     optional("effective_to", &["effective_to"]),
 ];
-// Text columns written: the fields, then the normalised names.
-const TEXT_COLUMNS: [&str; 13] = [
+/// The roster file's columns, in the documented order (the synthetic roster writes them).
+pub const CSV_COLUMNS: [&str; 11] = [
     "patient_id",
     "assigning_authority",
     "family",
@@ -41,11 +41,10 @@ const TEXT_COLUMNS: [&str; 13] = [
     "relationship",
     "effective_from",
     "effective_to",
-    "norm_family",
-    "norm_given",
 ];
+/// Text columns written after the file's own: the normalised names, then the source.
+const DERIVED_COLUMNS: [&str; 3] = ["norm_family", "norm_given", "source"];
 const INT_COLUMNS: [&str; 3] = ["import_id", "line", "loaded_at_us"];
-const SOURCE_COLUMN: usize = 13;
 const CHUNK: usize = 20_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +171,7 @@ pub fn import(
         };
         let mut rdr = reader(open().map_err(io)?);
         headers(&mut rdr, file)?;
-        let mut cols = Columns::new(TEXT_COLUMNS.len() + 1, INT_COLUMNS.len());
+        let mut cols = Columns::new(CSV_COLUMNS.len() + DERIVED_COLUMNS.len(), INT_COLUMNS.len());
         // The same key twice in one statement is an error on PostgreSQL: the later row
         // replaces the earlier one in the chunk, as it would across chunks.
         let mut in_chunk: HashMap<Vec<String>, usize> = HashMap::new();
@@ -242,9 +241,11 @@ pub fn import(
 }
 
 fn write(conn: &mut BulkConn, cols: &Columns) -> Result<(), StoreError> {
-    let mut names: Vec<&str> = TEXT_COLUMNS.to_vec();
-    names.push("source");
-    debug_assert_eq!(names.len(), SOURCE_COLUMN + 1);
+    let names: Vec<&str> = CSV_COLUMNS
+        .iter()
+        .chain(&DERIVED_COLUMNS)
+        .copied()
+        .collect();
     conn.insert(
         "roster_entry",
         &names,
@@ -280,7 +281,8 @@ fn headers(rdr: &mut csv::Reader<Box<dyn Read>>, file: &str) -> Result<HeaderMap
     Ok(map)
 }
 
-/// Checks one row; returns the text column values in [`TEXT_COLUMNS`] order.
+/// Checks one row; returns the text column values: [`CSV_COLUMNS`], then the two
+/// normalised names of [`DERIVED_COLUMNS`].
 fn check_row(map: &HeaderMap, rec: &csv::ByteRecord) -> Result<Vec<String>, String> {
     let g = |i: usize| map.get(rec, i).into_owned();
     let (patient_id, authority) = (g(0), g(1).to_ascii_uppercase());

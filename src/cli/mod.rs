@@ -277,19 +277,7 @@ pub fn roster_synth(patients: u64, out: &Path, seed: u64) -> anyhow::Result<Exit
     let mut w = csv::Writer::from_writer(std::io::BufWriter::new(
         std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
     ));
-    w.write_record([
-        "patient_id",
-        "assigning_authority",
-        "family",
-        "given",
-        "birth_date",
-        "sex",
-        "postal_code",
-        "provider_npi",
-        "relationship",
-        "effective_from",
-        "effective_to",
-    ])?;
+    w.write_record(roster::CSV_COLUMNS)?;
     let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut next = move || {
         x ^= x << 13;

@@ -20,7 +20,6 @@ macro_rules! bind_pg {
             q = match p {
                 Param::Text(s) => q.bind(*s),
                 Param::Int(v) => q.bind(*v),
-                Param::Null => q.bind(None::<String>),
             };
         }
         q
@@ -32,7 +31,6 @@ macro_rules! bind_pg {
 pub enum Param<'a> {
     Text(&'a str),
     Int(i64),
-    Null,
 }
 
 /// Rows in column form: `text[c][r]` is text column `c` of row `r`, likewise `ints`.
@@ -260,7 +258,6 @@ fn bind_sqlite(
         match p {
             Param::Text(s) => stmt.raw_bind_parameter(i + 1, *s)?,
             Param::Int(v) => stmt.raw_bind_parameter(i + 1, *v)?,
-            Param::Null => stmt.raw_bind_parameter(i + 1, rusqlite::types::Null)?,
         }
     }
     Ok(())
