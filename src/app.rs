@@ -16,6 +16,7 @@ use crate::store::{redact_url, Store};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -34,11 +35,24 @@ pub struct App {
     tls: Option<tokio_rustls::TlsAcceptor>,
     http_listener: TcpListener,
     event_log: &'static str,
+    rules: Arc<std::sync::RwLock<Arc<crate::route::rules::RuleSet>>>,
 }
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
+        let rules_dir = Path::new(&settings.routing.rules_dir);
+        let rules = if rules_dir.is_dir() {
+            let set = crate::route::rules::load_dir(rules_dir).context(
+                "routing rules are invalid (fix the file, or check with `adt-router rules check`)",
+            )?;
+            metrics.rule_reloads.with_label_values(&["ok"]).inc();
+            set
+        } else {
+            tracing::warn!(dir = %rules_dir.display(), "No routing-rules directory: nothing will be notified until one appears.");
+            crate::route::rules::RuleSet::default()
+        };
+        let rules = Arc::new(std::sync::RwLock::new(Arc::new(rules)));
         let store = Store::connect(&settings.store_options())
             .await
             .with_context(|| format!("opening database {}", redact_url(&settings.database.url)))?;
@@ -103,6 +117,7 @@ impl App {
             http_listener,
             tls,
             event_log,
+            rules,
         })
     }
 
@@ -168,6 +183,25 @@ impl App {
             ))),
             _ => None,
         };
+        let routing = self.settings.routing.enabled.then(|| {
+            let r = crate::route::Router {
+                store: self.store.clone(),
+                rules: self.rules.clone(),
+                attribution: self.settings.attribution_policy(),
+                encounters: self.settings.encounter_config(),
+                fallback: self.settings.fallback_charset(),
+                digest_hour_utc: self.settings.routing.digest_hour_utc,
+                metrics: self.metrics.clone(),
+            };
+            let watch = tokio::spawn(crate::route::watch_rules(
+                self.settings.routing.rules_dir.clone().into(),
+                self.rules.clone(),
+                Duration::from_secs(self.settings.routing.reload_secs.max(1)),
+                self.metrics.clone(),
+                rx.clone(),
+            ));
+            (tokio::spawn(r.run(rx.clone())), watch)
+        });
         let state = HttpState {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
@@ -200,6 +234,10 @@ impl App {
         }
         if let Some(r) = router_task {
             r.await.context("router task")?.context("router")?;
+        }
+        if let Some((r, w)) = routing {
+            r.await.context("routing task")?;
+            w.await.context("rules watcher")?;
         }
         http.await.context("HTTP task")?.context("HTTP server")?;
         self.store.close().await;

@@ -20,6 +20,42 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub attribution: AttributionSettings,
     pub auth: AuthSettings,
+    pub routing: RoutingSettings,
+}
+
+/// Step 4: the router, its rules, and the encounter state machine.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// Route stored messages (turn off on listener-only nodes).
+    pub enabled: bool,
+    /// Rule files (`*.toml`) and the opt-out list; reloaded on change.
+    pub rules_dir: String,
+    /// How often the rules directory is checked for changes.
+    pub reload_secs: u64,
+    /// An ED visit with no admission or discharge for this long is closed.
+    pub ed_timeout_hours: u64,
+    /// PV1-36 codes that make a discharge a transfer.
+    pub transfer_dispositions: Vec<String>,
+    /// Fields whose change makes an A08/A31 an update notification.
+    pub watched: Vec<String>,
+    /// When daily-digest notifications fall due (UTC hour).
+    pub digest_hour_utc: u32,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        let e = crate::route::encounter::EncounterConfig::default();
+        RoutingSettings {
+            enabled: true,
+            rules_dir: "routing-rules".into(),
+            reload_secs: 5,
+            ed_timeout_hours: 24,
+            transfer_dispositions: e.transfer_dispositions,
+            watched: e.watched,
+            digest_hour_utc: 7,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -313,7 +349,9 @@ impl Settings {
                 .with_list_parse_key("hl7.message_codes")
                 .with_list_parse_key("hl7.processing_ids")
                 .with_list_parse_key("hl7.required_fields")
-                .with_list_parse_key("delivery.channel_order"),
+                .with_list_parse_key("delivery.channel_order")
+                .with_list_parse_key("routing.transfer_dispositions")
+                .with_list_parse_key("routing.watched"),
         );
         let s: Settings = b.build()?.try_deserialize()?;
         s.validate()?;
@@ -334,6 +372,23 @@ impl Settings {
                 "http.listen",
                 format!("'{}' is not HOST:PORT", self.http.listen),
             );
+        }
+        for w in &self.routing.watched {
+            if !crate::route::encounter::WATCHABLE.contains(&w.as_str()) {
+                return bad(
+                    "routing.watched",
+                    format!(
+                        "'{w}' is not one of {}",
+                        crate::route::encounter::WATCHABLE.join(", ")
+                    ),
+                );
+            }
+        }
+        if self.routing.digest_hour_utc > 23 {
+            return bad("routing.digest_hour_utc", "must be 0 to 23".into());
+        }
+        if self.routing.ed_timeout_hours == 0 {
+            return bad("routing.ed_timeout_hours", "must be at least 1".into());
         }
         if self.mllp.max_frame_bytes < 1024 {
             return bad("mllp.max_frame_bytes", "must be at least 1024".into());
@@ -467,6 +522,16 @@ impl Settings {
     pub fn fallback_charset(&self) -> &'static encoding_rs::Encoding {
         encoding_rs::Encoding::for_label(self.hl7.fallback_charset.as_bytes())
             .unwrap_or(encoding_rs::WINDOWS_1252)
+    }
+
+    pub fn encounter_config(&self) -> crate::route::encounter::EncounterConfig {
+        crate::route::encounter::EncounterConfig {
+            transfer_dispositions: self.routing.transfer_dispositions.clone(),
+            watched: self.routing.watched.clone(),
+            ed_timeout_us: i64::try_from(self.routing.ed_timeout_hours)
+                .unwrap_or(24)
+                .saturating_mul(3_600_000_000),
+        }
     }
 
     pub fn resolve_policy(&self) -> crate::directory::ResolvePolicy {

@@ -7,6 +7,8 @@
 //! - [`ingest`]: one frame to one ACK, with the message made durable in between.
 //! - [`log`]: the durable event log (embedded table with group commit, or Kafka).
 //! - [`router`]: in Kafka mode, the consumer-group member that stores what it consumes.
+//! - [`route`]: step 4, typed ADT events, the encounter state machine, routing rules,
+//!   and the outbox rows they produce.
 //! - [`directory`]: providers and their endpoints (NPPES files, local overrides).
 //! - [`attribution`]: which providers a patient's event goes to (rosters, PD1/ROL,
 //!   patient matching), with provenance.
@@ -33,6 +35,8 @@ pub mod ingest;
 pub mod log;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod route;
 #[cfg(feature = "server")]
 pub mod router;
 #[cfg(feature = "server")]

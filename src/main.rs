@@ -101,6 +101,53 @@ enum Command {
         #[command(subcommand)]
         command: AttributionCommand,
     },
+    /// Routing rules: check, explain one message, simulate candidate rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// The notifications the router wrote (the outbox).
+    Notifications {
+        #[command(subcommand)]
+        command: NotificationsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validates a rules directory (default: routing.rules_dir); errors name file:line.
+    Check { dir: Option<PathBuf> },
+    /// For one HL7 message file: the encounter transition, the rules that fired, the
+    /// recipients, suppressions and why. Reads the current state; writes nothing.
+    Explain {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = JsonFormat::Json)]
+        format: JsonFormat,
+        /// Rules to use instead of routing.rules_dir.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Replays stored messages against candidate rules and the current ones, and prints
+    /// the notifications gained and lost per recipient. Sends nothing, writes nothing.
+    Simulate {
+        /// From this time (RFC 3339, received time).
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+        /// The candidate rules directory.
+        #[arg(long)]
+        rules: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotificationsCommand {
+    /// One JSON object per notification, oldest first.
+    Export {
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -391,6 +438,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Rules { command } => {
+            let settings = load(&cli.config)?;
+            match command {
+                RulesCommand::Check { dir } => cli::routing::rules_check(&settings, dir),
+                RulesCommand::Explain {
+                    file,
+                    format: JsonFormat::Json,
+                    rules,
+                } => cli::routing::rules_explain(&settings, &file, rules).await,
+                RulesCommand::Simulate {
+                    since,
+                    until,
+                    rules,
+                } => {
+                    cli::routing::rules_simulate(&settings, &since, until.as_deref(), &rules).await
+                }
+            }
+        }
+        Command::Notifications {
+            command:
+                NotificationsCommand::Export {
+                    format: Format::Jsonl,
+                },
+        } => cli::routing::notifications_export(&load(&cli.config)?).await,
         Command::CheckConfig => {
             let settings =
                 Settings::load(cli.config.as_deref()).context("loading configuration")?;

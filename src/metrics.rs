@@ -34,6 +34,12 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     /// Roster uploads over HTTP, by outcome (loaded, rejected, forbidden, error).
     pub roster_uploads: IntCounterVec,
+    /// Messages the router read, by outcome (routed, skipped).
+    pub routed: IntCounterVec,
+    /// Outbox rows written by the router, by status (pending, suppressed, dead).
+    pub notifications_created: IntCounterVec,
+    /// Routing-rule (re)loads, by outcome (ok, invalid).
+    pub rule_reloads: IntCounterVec,
 }
 
 const FACILITY_LABEL_MAX: usize = 64;
@@ -70,6 +76,21 @@ impl Metrics {
             rebalances: IntCounterVec::new(
                 Opts::new("kafka_rebalances_total", "Kafka mode: consumer group rebalances seen by this router, by kind."),
                 &["kind"],
+            )
+            .expect("metric"),
+            routed: IntCounterVec::new(
+                Opts::new("routed_messages_total", "Messages the router read from the event log, by outcome."),
+                &["outcome"],
+            )
+            .expect("metric"),
+            notifications_created: IntCounterVec::new(
+                Opts::new("notifications_created_total", "Outbox rows written by the router, by status."),
+                &["status"],
+            )
+            .expect("metric"),
+            rule_reloads: IntCounterVec::new(
+                Opts::new("routing_rule_loads_total", "Routing-rule loads, by outcome; an invalid load keeps the last good rules."),
+                &["outcome"],
             )
             .expect("metric"),
             roster_uploads: IntCounterVec::new(
@@ -143,6 +164,9 @@ impl Metrics {
             Box::new(m.records_processed.clone()),
             Box::new(m.rebalances.clone()),
             Box::new(m.roster_uploads.clone()),
+            Box::new(m.routed.clone()),
+            Box::new(m.notifications_created.clone()),
+            Box::new(m.rule_reloads.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

@@ -2,6 +2,8 @@
 //! the configured database, does one thing, prints JSON (or a short text) on stdout, and
 //! reports failures on stderr with a non-zero exit.
 
+pub mod routing;
+
 use adt_router::attribution::{self, roster};
 use adt_router::config::Settings;
 use adt_router::directory::npi::Npi;
@@ -68,6 +70,10 @@ pub async fn nppes_import(
                     eprintln!("  bad row at line {}: {}", b.line, b.reason);
                 }
             }
+            eprintln!(
+                "live after {:.1} s; done after {:.1} s (superseded snapshot dropped, WAL checkpointed)",
+                report.live_after_s, report.total_s
+            );
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -95,6 +95,10 @@ pub struct FileReport {
 pub struct ImportReport {
     pub mode: &'static str,
     pub files: Vec<FileReport>,
+    /// From the start until the new snapshot is live (loaded, indexed, switched).
+    pub live_after_s: f64,
+    /// The whole import, with dropping the superseded snapshot and the checkpoint.
+    pub total_s: f64,
 }
 
 const PROVIDER_FIELDS: &[Field] = &[
@@ -248,6 +252,8 @@ pub fn import(conn: &mut BulkConn, req: &ImportRequest) -> Result<ImportReport, 
     } else {
         "full"
     };
+    let started = std::time::Instant::now();
+    let secs = |d: std::time::Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
     clean_up_interrupted(conn)?;
     if req.incremental {
         for (kind, _) in &files {
@@ -291,6 +297,7 @@ pub fn import(conn: &mut BulkConn, req: &ImportRequest) -> Result<ImportReport, 
         conn.commit()?;
         Ok(())
     })();
+    let live_after = started.elapsed();
     match result {
         Ok(()) => {
             if req.incremental {
@@ -305,6 +312,8 @@ pub fn import(conn: &mut BulkConn, req: &ImportRequest) -> Result<ImportReport, 
             Ok(ImportReport {
                 mode,
                 files: reports,
+                live_after_s: secs(live_after),
+                total_s: secs(started.elapsed()),
             })
         }
         Err(e) => {

@@ -9,6 +9,7 @@
 //! The full typed ADT event (step 4) grows out of [`parse::ParsedMessage`].
 
 pub mod ack;
+pub mod adt;
 pub mod charset;
 pub mod escape;
 pub mod parse;

@@ -2,36 +2,10 @@
 //! demographics) and which care providers the message itself names (PD1-4, ROL).
 //! Pure; step 4's typed ADT event builds on the same readers.
 
-use super::escape::unescape;
-use super::parse::{normalize, parse_message, ParseRules, Rejection};
-use hl7_parser::message::Separators;
+use super::adt::AdtEvent;
+pub use super::adt::{hl7_date, Identifier, NamedProvider};
+use super::parse::Rejection;
 use serde::Serialize;
-
-/// One PID-3 repetition, with both parts of its assigning authority (HD: namespace and
-/// universal id), since rosters name either.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Identifier {
-    pub id: String,
-    pub authority_namespace: String,
-    pub authority_universal: String,
-    pub type_code: String,
-}
-
-/// A provider named in the message, as an XCN.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct NamedProvider {
-    pub id: String,
-    pub family: String,
-    pub given: String,
-    /// XCN-9 (assigning authority) or XCN-13 (identifier type) says NPI.
-    pub labelled_npi: bool,
-    /// `PP` for PD1-4; ROL-3's code otherwise.
-    pub role_code: String,
-    /// `PD1-4` or `ROL-4`.
-    pub field: &'static str,
-    /// 1-based position of the segment in the message.
-    pub segment_index: usize,
-}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PatientFacts {
@@ -49,159 +23,32 @@ pub struct PatientFacts {
     pub providers: Vec<NamedProvider>,
 }
 
-/// The NPI's OID, used as an assigning authority by some feeds.
-const NPI_OID: &str = "2.16.840.1.113883.4.6";
+impl PatientFacts {
+    pub fn of(ev: &AdtEvent) -> PatientFacts {
+        PatientFacts {
+            sending_facility: ev.msh.sending_facility.clone(),
+            control_id: ev.msh.control_id.clone(),
+            trigger_event: ev.msh.trigger.clone(),
+            event_date: ev.event_date(),
+            identifiers: ev.pid.identifiers.clone(),
+            family: ev.pid.family.clone(),
+            given: ev.pid.given.clone(),
+            birth_date: ev.pid.birth_date.clone(),
+            sex: ev.pid.sex.clone(),
+            postal_code: ev
+                .pid
+                .address
+                .as_ref()
+                .map(|a| a.postal_code.clone())
+                .unwrap_or_default(),
+            providers: ev.care_team.clone(),
+        }
+    }
+}
 
 /// Reads the patient and named providers. Rejects what ingest would reject.
 pub fn read_patient(text: &str) -> Result<PatientFacts, Rejection> {
-    let parsed = parse_message(text, &ParseRules::default())?;
-    let norm = normalize(text).expect("parse_message accepted it");
-    let segments: Vec<&str> = norm.text.split('\r').collect();
-    let (seps, _) = hl7_parser::parser::parse_msh(segments[0]).expect("parse_message accepted it");
-    let r = Reader { seps };
-    let h = &parsed.header;
-    let mut out = PatientFacts {
-        sending_facility: h.sending_facility.clone(),
-        control_id: h.control_id.as_str().to_string(),
-        trigger_event: h.message_type.trigger.clone(),
-        event_date: None,
-        identifiers: Vec::new(),
-        family: String::new(),
-        given: String::new(),
-        birth_date: None,
-        sex: String::new(),
-        postal_code: String::new(),
-        providers: Vec::new(),
-    };
-    out.event_date = parsed
-        .routing
-        .event_time
-        .as_deref()
-        .and_then(hl7_date)
-        .or_else(|| hl7_date(&h.message_time));
-    for (i, seg) in segments.iter().enumerate() {
-        let fields: Vec<&str> = seg.split(seps.field).collect();
-        let f = |n: usize| fields.get(n).copied().unwrap_or("");
-        match fields[0] {
-            "PID" if out.identifiers.is_empty() && out.family.is_empty() => {
-                for rep in r.repeats(f(3)) {
-                    let id = r.component(rep, 1);
-                    if id.is_empty() {
-                        continue;
-                    }
-                    let hd = r.raw_component(rep, 4);
-                    out.identifiers.push(Identifier {
-                        id,
-                        authority_namespace: r.sub(hd, 1),
-                        authority_universal: r.sub(hd, 2),
-                        type_code: r.component(rep, 5),
-                    });
-                }
-                // The legal name (XPN-7 = L) when there is one, else the first.
-                let names: Vec<&str> = r.repeats(f(5)).collect();
-                let name = names
-                    .iter()
-                    .find(|n| r.component(n, 7) == "L")
-                    .or(names.first());
-                if let Some(n) = name {
-                    out.family = r.sub(r.raw_component(n, 1), 1);
-                    out.given = r.component(n, 2);
-                }
-                out.birth_date = hl7_date(&r.component(f(7), 1));
-                out.sex = r.component(f(8), 1).to_ascii_uppercase();
-                let addrs: Vec<&str> = r.repeats(f(11)).collect();
-                let home = addrs
-                    .iter()
-                    .find(|a| r.component(a, 7) == "H")
-                    .or(addrs.first());
-                if let Some(a) = home {
-                    out.postal_code = r.component(a, 5);
-                }
-            }
-            "PD1" => {
-                for rep in r.repeats(f(4)) {
-                    if let Some(p) = r.xcn(rep, "PP", "PD1-4", i + 1) {
-                        out.providers.push(p);
-                    }
-                }
-            }
-            "ROL" => {
-                let role = r.component(f(3), 1).to_ascii_uppercase();
-                for rep in r.repeats(f(4)) {
-                    if let Some(p) = r.xcn(rep, &role, "ROL-4", i + 1) {
-                        out.providers.push(p);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-/// The first 8 digits of a DTM/TS as YYYY-MM-DD, if they are a date.
-fn hl7_date(ts: &str) -> Option<String> {
-    let d = ts.trim().get(..8)?;
-    if !d.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let iso = format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..8]);
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(&iso, &fmt).ok().map(|_| iso)
-}
-
-struct Reader {
-    seps: Separators,
-}
-
-impl Reader {
-    fn repeats<'a>(&self, field: &'a str) -> impl Iterator<Item = &'a str> {
-        field.split(self.seps.repetition).filter(|r| !r.is_empty())
-    }
-
-    fn raw_component<'a>(&self, rep: &'a str, n: usize) -> &'a str {
-        rep.split(self.seps.component).nth(n - 1).unwrap_or("")
-    }
-
-    /// Component `n` (1-based), its first subcomponent, unescaped and trimmed.
-    fn component(&self, rep: &str, n: usize) -> String {
-        self.sub(self.raw_component(rep, n), 1)
-    }
-
-    fn sub(&self, comp: &str, n: usize) -> String {
-        let raw = comp.split(self.seps.subcomponent).nth(n - 1).unwrap_or("");
-        unescape(raw, &self.seps).trim().to_string()
-    }
-
-    fn xcn(
-        &self,
-        rep: &str,
-        role: &str,
-        field: &'static str,
-        segment_index: usize,
-    ) -> Option<NamedProvider> {
-        let id = self.component(rep, 1);
-        if id.is_empty() {
-            return None;
-        }
-        let authority = self.raw_component(rep, 9);
-        let labelled = [
-            self.sub(authority, 1),
-            self.sub(authority, 2),
-            self.component(rep, 13),
-        ]
-        .iter()
-        .any(|v| v.eq_ignore_ascii_case("NPI") || v == NPI_OID);
-        Some(NamedProvider {
-            id,
-            family: self.sub(self.raw_component(rep, 2), 1),
-            given: self.component(rep, 3),
-            labelled_npi: labelled,
-            role_code: role.to_string(),
-            field,
-            segment_index,
-        })
-    }
+    AdtEvent::parse(text).map(|ev| PatientFacts::of(&ev))
 }
 
 #[cfg(test)]

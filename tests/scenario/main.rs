@@ -11,6 +11,7 @@ mod framing;
 mod kafka;
 mod outbox;
 mod postgres;
+mod routing;
 mod shutdown;
 mod storage_failure;
 mod tls;

@@ -1,0 +1,743 @@
+//! Step 4, the router: from a stored ADT message to notifications in the outbox.
+//!
+//! For each message, in log order: parse the whole message ([`AdtEvent`]), feed the
+//! encounter's state machine ([`encounter`]), and for each notifiable transition find
+//! the candidate recipients (attribution, step 3), let the rules ([`rules`]) select,
+//! suppress or redact, pick a channel from the directory, and write the transitions,
+//! one decision per candidate, and the outbox rows in one transaction. Retractions go
+//! to exactly the recipients who were sent what they retract.
+//!
+//! Notification identity is (transition key, recipient): reprocessing a message, or a
+//! sender's resend of it, can never create a second notification.
+
+pub mod encounter;
+pub mod rules;
+
+use crate::attribution::{self, AttributedProvider, AttributionPolicy};
+use crate::directory::endpoint::EndpointKind;
+use crate::directory::DirectoryEntry;
+use crate::hl7::adt::AdtEvent;
+use crate::hl7::charset;
+use crate::hl7::patient::PatientFacts;
+use crate::store::routing::{DecisionRow, EncounterRow, OutboxRow, RoutingWrite, TransitionRow};
+use crate::store::{now_us, Store, StoreError, StoredMessage};
+use encounter::{Encounter, EncounterConfig, Transition};
+use rules::{Candidate, Facts, RuleSet, Verdict};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct Router {
+    pub store: Store,
+    pub rules: Arc<RwLock<Arc<RuleSet>>>,
+    pub attribution: AttributionPolicy,
+    pub encounters: EncounterConfig,
+    pub fallback: &'static encoding_rs::Encoding,
+    /// UTC hour at which daily-digest notifications fall due.
+    pub digest_hour_utc: u32,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What routing one message decided, for `rules explain` and for the write.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Plan {
+    pub control_id: String,
+    pub trigger: String,
+    pub sending_facility: String,
+    pub encounter: String,
+    pub status_before: String,
+    pub status_after: String,
+    pub transitions: Vec<Transition>,
+    pub rules_fired: Vec<String>,
+    pub recipients: Vec<RecipientDecision>,
+    /// Why nothing was routed at all (unparseable, duplicate, no patient).
+    pub skipped: Option<String>,
+    #[serde(skip)]
+    pub write: RoutingWrite,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RecipientDecision {
+    pub transition: String,
+    pub kind: String,
+    pub npi: String,
+    pub relationships: Vec<String>,
+    /// notify, suppressed, not-selected, no-endpoint.
+    pub outcome: String,
+    pub reason: String,
+    pub rule_ids: Vec<String>,
+    pub channel: Option<String>,
+    pub endpoint: Option<String>,
+    pub content: Option<String>,
+    pub timing: Option<String>,
+    pub redacted: Vec<String>,
+}
+
+/// In-memory state for `rules simulate`: encounters and who was sent what, so a replay
+/// never touches (or depends on) what the live router has stored.
+#[derive(Default)]
+pub struct Sim {
+    pub encounters: std::collections::HashMap<String, Encounter>,
+    pub sent: std::collections::HashMap<String, Vec<crate::store::routing::SentTo>>,
+}
+
+fn hash_key(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..16])
+}
+
+/// The usable endpoint of the first channel in `channels` (or any usable one when the
+/// rule names none), overrides first.
+fn pick_endpoint(entry: &DirectoryEntry, channels: &[String]) -> Result<(String, String), String> {
+    let rank = |kind: &str| {
+        if channels.is_empty() {
+            EndpointKind::parse(kind)
+                .filter(|k| k.deliverable())
+                .map(|_| 0)
+        } else {
+            channels.iter().position(|c| c.eq_ignore_ascii_case(kind))
+        }
+    };
+    let best = entry
+        .endpoints
+        .iter()
+        .filter(|e| e.usable)
+        .filter_map(|e| rank(&e.kind).map(|r| (e.source.kind != "override", !e.preferred, r, e)))
+        .min_by_key(|(o, p, r, _)| (*o, *p, *r));
+    match best {
+        Some((_, _, _, e)) => Ok((
+            e.kind.clone(),
+            e.normalized.clone().unwrap_or_else(|| e.value.clone()),
+        )),
+        None => Err(entry.no_endpoint_reason.clone().unwrap_or_else(|| {
+            if channels.is_empty() {
+                "no usable endpoint in the directory".into()
+            } else {
+                format!("no usable {} endpoint in the directory", channels.join("/"))
+            }
+        })),
+    }
+}
+
+/// The notification body (schema `adt-router.notification/v1`, docs/routing.md), cut
+/// to the content profile and the redactions.
+fn payload(
+    ev: &AdtEvent,
+    t: &Transition,
+    enc_id: &str,
+    idempotency_key: &str,
+    v: &Verdict,
+) -> Vec<u8> {
+    use rules::ContentProfile::*;
+    let pv1 = ev.pv1.clone().unwrap_or_default();
+    let keep = |f: &str| !v.redact.contains(f);
+    let mut patient = serde_json::json!({
+        "family": ev.pid.family, "given": ev.pid.given,
+    });
+    let mut encounter = serde_json::json!({ "id_hash": hash_key(enc_id) });
+    if matches!(v.content, Standard | Full) {
+        if keep("birth_date") {
+            patient["birth_date"] = serde_json::json!(ev.pid.birth_date);
+        }
+        patient["sex"] = serde_json::json!(ev.pid.sex);
+        patient["identifiers"] = serde_json::json!(ev.pid.identifiers);
+        encounter["visit_number"] = serde_json::json!(pv1.visit_number);
+        encounter["patient_class"] = serde_json::json!(pv1.patient_class);
+        if keep("location") {
+            encounter["location"] = serde_json::json!(pv1.location);
+        }
+        encounter["admit_time"] = serde_json::json!(pv1.admit_time);
+        encounter["discharge_time"] = serde_json::json!(pv1.discharge_time);
+        if keep("discharge_disposition") {
+            encounter["discharge_disposition"] = serde_json::json!(pv1.discharge_disposition);
+        }
+        if keep("discharged_to") {
+            encounter["discharged_to"] = serde_json::json!(pv1.discharged_to);
+        }
+    }
+    if v.content == Full {
+        if keep("patient_address") {
+            patient["address"] = serde_json::json!(ev.pid.address);
+        }
+        if keep("patient_phone") {
+            patient["phone"] = serde_json::json!(ev.pid.phone);
+        }
+        if keep("admit_reason") {
+            encounter["admit_reason"] =
+                serde_json::json!(ev.pv2.as_ref().map(|p| p.admit_reason.clone()));
+        }
+        if keep("diagnosis") {
+            // DG1-18 = Y never leaves.
+            let dx: Vec<_> = ev.diagnoses.iter().filter(|d| !d.confidential).collect();
+            encounter["diagnoses"] = serde_json::json!(dx);
+        }
+    }
+    let body = serde_json::json!({
+        "schema": "adt-router.notification/v1",
+        "idempotency_key": idempotency_key,
+        "kind": t.kind,
+        "retracts_kind": t.retracted_kind,
+        "event_time": crate::directory::rfc3339_us(t.at_us),
+        "trigger": ev.msh.trigger,
+        "sending_facility": ev.msh.sending_facility,
+        "treating_facility": if ev.evn.event_facility.is_empty() { &pv1.location.facility } else { &ev.evn.event_facility },
+        "treating_practitioner": ev.treating_practitioner().map(|p| serde_json::json!({
+            "name": p.display_name(), "npi": if p.labelled_npi { Some(&p.id) } else { None },
+        })),
+        "patient": patient,
+        "encounter": encounter,
+        "content_profile": v.content.as_str(),
+        "redacted": v.redact,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+impl Router {
+    fn rules(&self) -> Arc<RuleSet> {
+        self.rules
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Works out what one message changes, without writing anything.
+    pub async fn plan(
+        &self,
+        raw: &[u8],
+        inbound_id: Option<i64>,
+        now: i64,
+        mut sim: Option<&mut Sim>,
+    ) -> Result<Plan, StoreError> {
+        let mut plan = Plan::default();
+        let text = match charset::decode(raw, self.fallback) {
+            Ok((t, _)) => t,
+            Err(e) => {
+                plan.skipped = Some(format!("charset: {e}"));
+                return Ok(plan);
+            }
+        };
+        let ev = match AdtEvent::parse(&text) {
+            Ok(ev) => ev,
+            Err(r) => {
+                plan.skipped = Some(format!("not routable: {}", r.err.diagnostic));
+                return Ok(plan);
+            }
+        };
+        plan.control_id = ev.msh.control_id.clone();
+        plan.trigger = ev.msh.trigger.clone();
+        plan.sending_facility = ev.msh.sending_facility.clone();
+        let Some(patient_key) = ev.patient_key() else {
+            plan.skipped = Some("no patient identifier (PID-3): nothing to route".into());
+            return Ok(plan);
+        };
+        let pv1 = ev.pv1.clone().unwrap_or_default();
+        let visit = [&pv1.visit_number, &ev.pid.account_number]
+            .into_iter()
+            .find(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("patient:{patient_key}"));
+        let facility = ev.msh.sending_facility.clone();
+        let stored = match sim.as_deref() {
+            Some(sim) => sim.encounters.get(&format!("{facility}|{visit}")).cloned(),
+            None => self
+                .store
+                .load_encounter(&facility, &visit)
+                .await?
+                .and_then(|state| serde_json::from_str(&state).ok()),
+        };
+        let mut enc = stored.unwrap_or_else(|| Encounter::new(&facility, &visit, &patient_key));
+        enc.patient_key = patient_key.clone();
+        plan.encounter = enc.id();
+        plan.status_before = enc.status.clone();
+        let transitions = enc.step(&ev, &self.encounters, now);
+        plan.status_after = enc.status.clone();
+        if let Some(sim) = sim.as_deref_mut() {
+            sim.encounters.insert(enc.id(), enc.clone());
+        }
+        if ev.msh.trigger == "A40" {
+            if let Some(m) = &ev.mrg {
+                for old in &m.prior_identifiers {
+                    if old.key() != patient_key {
+                        plan.write.merges.push((old.key(), patient_key.clone()));
+                    }
+                }
+            }
+        }
+        plan.write.encounters.push(EncounterRow {
+            facility: enc.facility.clone(),
+            visit_number: enc.visit_number.clone(),
+            patient_key: enc.patient_key.clone(),
+            status: enc.status.clone(),
+            state: serde_json::to_string(&enc).unwrap_or_default(),
+            last_event_us: enc.last_event_us,
+        });
+        let rules = self.rules();
+        let opted_out = rules.opted_out(ev.pid.identifiers.iter().flat_map(|i| {
+            [
+                (i.id.as_str(), i.authority_namespace.as_str()),
+                (i.id.as_str(), i.authority_universal.as_str()),
+            ]
+        }));
+        let diagnoses: Vec<String> = ev.diagnoses.iter().map(|d| d.code.clone()).collect();
+        let mut attributed: Option<Vec<AttributedProvider>> = None;
+        for t in &transitions {
+            plan.write.transitions.push(TransitionRow {
+                transition_key: t.key.clone(),
+                encounter: enc.id(),
+                kind: t.kind.clone(),
+                notifiable: t.notifiable,
+                retracts: t.retracts.clone(),
+                note: t.note.clone(),
+                inbound_id,
+                control_id: Some(ev.msh.control_id.clone()),
+                sending_facility: facility.clone(),
+                trigger_event: ev.msh.trigger.clone(),
+                event_at_us: t.at_us,
+            });
+            if !t.notifiable {
+                continue;
+            }
+            let facts = Facts {
+                facility: &facility,
+                event: &t.kind,
+                trigger: &ev.msh.trigger,
+                patient_class: &pv1.patient_class,
+                unit: &pv1.location.point_of_care,
+                service: &pv1.hospital_service,
+                diagnoses: &diagnoses,
+                age: ev.patient_age(),
+                sending_application: &ev.msh.sending_application,
+                opted_out,
+                protected: ev.pd1.as_ref().is_some_and(|p| p.protection_indicator),
+            };
+            for r in rules.fired(&facts) {
+                if !plan.rules_fired.contains(&r.id) {
+                    plan.rules_fired.push(r.id.clone());
+                }
+            }
+            if let Some(retracted) = &t.retracts {
+                let sent = match sim.as_deref() {
+                    Some(sim) => sim.sent.get(retracted).cloned().unwrap_or_default(),
+                    None => self.store.sent_to(retracted).await?,
+                };
+                self.plan_retraction(&mut plan, &ev, t, sent, &enc.id());
+                continue;
+            }
+            if attributed.is_none() {
+                let a =
+                    attribution::attribute(&self.store, &PatientFacts::of(&ev), &self.attribution)
+                        .await?;
+                attributed = Some(a.providers);
+            }
+            for p in attributed.as_deref().unwrap_or_default() {
+                let sources: Vec<String> = p
+                    .provenance
+                    .iter()
+                    .filter_map(|pr| pr.source.clone())
+                    .collect();
+                let cand = Candidate {
+                    relationships: &p.relationships,
+                    roster_sources: &sources,
+                    from_message: p.provenance.iter().any(|pr| pr.kind == "message"),
+                };
+                let v = rules.evaluate(&facts, &cand);
+                self.decide(&mut plan, &ev, t, &enc.id(), p, &v, now);
+            }
+        }
+        if let Some(sim) = sim {
+            for o in plan.write.outbox.iter().filter(|o| o.status == "pending") {
+                sim.sent.entry(o.transition_key.clone()).or_default().push(
+                    crate::store::routing::SentTo {
+                        recipient_npi: o.recipient_npi.clone(),
+                        channel: o.channel.clone(),
+                        endpoint: o.endpoint.clone(),
+                        ordering_key: o.ordering_key.clone(),
+                        content_profile: o.content_profile.clone(),
+                    },
+                );
+            }
+        }
+        plan.transitions = transitions;
+        Ok(plan)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        plan: &mut Plan,
+        ev: &AdtEvent,
+        t: &Transition,
+        enc_id: &str,
+        p: &AttributedProvider,
+        v: &Verdict,
+        now: i64,
+    ) {
+        let ids = v.rule_ids();
+        let mut d = RecipientDecision {
+            transition: hash_key(&t.key),
+            kind: t.kind.clone(),
+            npi: p.npi.clone(),
+            relationships: p.relationships.clone(),
+            outcome: String::new(),
+            reason: String::new(),
+            rule_ids: ids.clone(),
+            channel: None,
+            endpoint: None,
+            content: None,
+            timing: None,
+            redacted: v.redact.iter().cloned().collect(),
+        };
+        let key = hash_key(&format!("{}|{}", t.key, p.npi));
+        let mut row = OutboxRow {
+            notification_key: key.clone(),
+            ordering_key: hash_key(&format!("{enc_id}|{}", p.npi)),
+            channel: String::new(),
+            endpoint: String::new(),
+            payload: Vec::new(),
+            status: String::new(),
+            due_at_us: now,
+            last_error: None,
+            transition_key: t.key.clone(),
+            kind: t.kind.clone(),
+            encounter: enc_id.to_string(),
+            control_id: Some(ev.msh.control_id.clone()),
+            sending_facility: ev.msh.sending_facility.clone(),
+            recipient_npi: p.npi.clone(),
+            rule_ids: ids.join(","),
+            content_profile: v.content.as_str().to_string(),
+        };
+        let discharge_like = matches!(t.kind.as_str(), "discharge" | "transfer");
+        if v.selected_by.is_none() {
+            d.outcome = "not-selected".into();
+            d.reason = format!(
+                "no notify rule selects a {} for {}",
+                p.relationships.join("/"),
+                t.kind
+            );
+        } else if let Some((rule, why)) = &v.suppressed_by {
+            d.outcome = "suppressed".into();
+            d.reason = format!("{why} (rule {rule})");
+            row.status = "suppressed".into();
+            row.last_error = Some(d.reason.clone());
+        } else if v.timing == rules::Timing::DischargeOnly && !discharge_like {
+            d.outcome = "suppressed".into();
+            d.reason = "recipient preference: discharge notifications only".into();
+            row.status = "suppressed".into();
+            row.last_error = Some(d.reason.clone());
+        } else {
+            match pick_endpoint(&p.directory, &v.channels) {
+                Ok((channel, endpoint)) => {
+                    d.outcome = "notify".into();
+                    d.reason = format!(
+                        "selected by rule {}",
+                        v.selected_by.clone().unwrap_or_default()
+                    );
+                    row.status = "pending".into();
+                    row.channel = channel.clone();
+                    row.endpoint = endpoint.clone();
+                    d.channel = Some(channel);
+                    d.endpoint = Some(endpoint);
+                    if v.timing == rules::Timing::DailyDigest {
+                        row.due_at_us = next_digest(now, self.digest_hour_utc);
+                    }
+                }
+                Err(why) => {
+                    d.outcome = "no-endpoint".into();
+                    d.reason = why.clone();
+                    row.status = "dead".into();
+                    row.last_error = Some(why);
+                }
+            }
+        }
+        d.content = Some(v.content.as_str().into());
+        d.timing = Some(v.timing.as_str().into());
+        plan.write.decisions.push(DecisionRow {
+            transition_key: t.key.clone(),
+            recipient_npi: p.npi.clone(),
+            outcome: d.outcome.clone(),
+            reason: d.reason.clone(),
+            rule_ids: ids.join(","),
+        });
+        if d.outcome != "not-selected" {
+            row.payload = payload(ev, t, enc_id, &key, v);
+            plan.write.outbox.push(row);
+        }
+        plan.recipients.push(d);
+    }
+
+    fn plan_retraction(
+        &self,
+        plan: &mut Plan,
+        ev: &AdtEvent,
+        t: &Transition,
+        sent: Vec<crate::store::routing::SentTo>,
+        enc_id: &str,
+    ) {
+        for s in sent {
+            let key = hash_key(&format!("{}|{}", t.key, s.recipient_npi));
+            let v = Verdict {
+                content: match s.content_profile.as_str() {
+                    "full" => rules::ContentProfile::Full,
+                    "standard" => rules::ContentProfile::Standard,
+                    _ => rules::ContentProfile::Minimum,
+                },
+                ..Verdict::default()
+            };
+            plan.write.decisions.push(DecisionRow {
+                transition_key: t.key.clone(),
+                recipient_npi: s.recipient_npi.clone(),
+                outcome: "notify".into(),
+                reason: format!(
+                    "retraction to a recipient of the {}",
+                    t.retracted_kind.clone().unwrap_or_default()
+                ),
+                rule_ids: String::new(),
+            });
+            plan.write.outbox.push(OutboxRow {
+                notification_key: key.clone(),
+                ordering_key: s.ordering_key.clone(),
+                channel: s.channel.clone(),
+                endpoint: s.endpoint.clone(),
+                payload: payload(ev, t, enc_id, &key, &v),
+                status: "pending".into(),
+                due_at_us: now_us(),
+                last_error: None,
+                transition_key: t.key.clone(),
+                kind: "retraction".into(),
+                encounter: enc_id.to_string(),
+                control_id: Some(ev.msh.control_id.clone()),
+                sending_facility: ev.msh.sending_facility.clone(),
+                recipient_npi: s.recipient_npi.clone(),
+                rule_ids: String::new(),
+                content_profile: s.content_profile.clone(),
+            });
+            plan.recipients.push(RecipientDecision {
+                transition: hash_key(&t.key),
+                kind: "retraction".into(),
+                npi: s.recipient_npi,
+                relationships: vec![],
+                outcome: "notify".into(),
+                reason: "was sent what this retracts".into(),
+                rule_ids: vec![],
+                channel: Some(s.channel),
+                endpoint: Some(s.endpoint),
+                content: Some(s.content_profile),
+                timing: Some("immediate".into()),
+                redacted: vec![],
+            });
+        }
+    }
+
+    /// Routes one stored message and marks it routed, in one transaction.
+    pub async fn route_stored(&self, m: &StoredMessage) -> Result<Plan, StoreError> {
+        let now = now_us();
+        let mut plan = if m.duplicate {
+            Plan {
+                skipped: Some("duplicate control id: routed when first received".into()),
+                ..Plan::default()
+            }
+        } else {
+            self.plan(m.raw.as_deref().unwrap_or_default(), Some(m.id), now, None)
+                .await?
+        };
+        plan.write.routed_inbound = Some(m.id);
+        self.store.commit_routing(&plan.write, now).await?;
+        self.metrics
+            .routed
+            .with_label_values(&[if plan.skipped.is_some() {
+                "skipped"
+            } else {
+                "routed"
+            }])
+            .inc();
+        for o in &plan.write.outbox {
+            self.metrics
+                .notifications_created
+                .with_label_values(&[o.status.as_str()])
+                .inc();
+        }
+        Ok(plan)
+    }
+
+    /// Closes ED visits that have gone quiet ([`EncounterConfig::ed_timeout_us`]).
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let now = now_us();
+        let states = self
+            .store
+            .quiet_ed_encounters(now - self.encounters.ed_timeout_us, 500)
+            .await?;
+        let mut closed = 0;
+        for s in states {
+            let Ok(mut enc) = serde_json::from_str::<Encounter>(&s) else {
+                continue;
+            };
+            let Some(t) = enc.sweep(&self.encounters, now) else {
+                continue;
+            };
+            let mut w = RoutingWrite::default();
+            w.encounters.push(EncounterRow {
+                facility: enc.facility.clone(),
+                visit_number: enc.visit_number.clone(),
+                patient_key: enc.patient_key.clone(),
+                status: enc.status.clone(),
+                state: serde_json::to_string(&enc).unwrap_or_default(),
+                last_event_us: enc.last_event_us,
+            });
+            w.transitions.push(TransitionRow {
+                transition_key: t.key.clone(),
+                encounter: enc.id(),
+                kind: t.kind.clone(),
+                notifiable: false,
+                retracts: None,
+                note: t.note.clone(),
+                inbound_id: None,
+                control_id: None,
+                sending_facility: enc.facility.clone(),
+                trigger_event: String::new(),
+                event_at_us: now,
+            });
+            self.store.commit_routing(&w, now).await?;
+            closed += 1;
+        }
+        Ok(closed)
+    }
+
+    /// The routing loop: routes stored messages not routed yet, oldest first, until
+    /// `shutdown` fires. A database error is retried (the message is not skipped).
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut last_sweep = std::time::Instant::now();
+        let mut standby_logged = false;
+        let _lease = loop {
+            match self.store.router_lease().await {
+                Ok(Some(l)) => break l,
+                Ok(None) if !standby_logged => {
+                    standby_logged = true;
+                    tracing::info!("Another node is routing; this one stands by.");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "Could not take the routing lease."),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        };
+        tracing::info!("Routing stored messages.");
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let progressed = match self.step().await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Routing failed; retrying the same message.");
+                    false
+                }
+            };
+            if last_sweep.elapsed() > Duration::from_secs(60) {
+                last_sweep = std::time::Instant::now();
+                match self.sweep().await {
+                    Ok(n) if n > 0 => tracing::info!(closed = n, "Closed quiet ED visits."),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "ED-timeout sweep failed."),
+                }
+            }
+            if !progressed {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// Routes the next page of messages; returns how many.
+    pub async fn step(&self) -> Result<usize, StoreError> {
+        let page = self.store.unrouted(200).await?;
+        for m in &page {
+            self.route_stored(m).await?;
+        }
+        Ok(page.len())
+    }
+}
+
+/// The next `hour`:00 UTC after `now`.
+fn next_digest(now: i64, hour: u32) -> i64 {
+    let day = 86_400_000_000i64;
+    let start = now - now.rem_euclid(day) + i64::from(hour) * 3_600_000_000;
+    if start > now {
+        start
+    } else {
+        start + day
+    }
+}
+
+/// What identifies the rules directory's content: names, sizes and modification times.
+fn fingerprint(
+    dir: &std::path::Path,
+) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.len(), m.modified().ok()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Reloads the rules when the directory changes. An invalid set keeps the last good
+/// one, says why (file:line) and counts it.
+pub async fn watch_rules(
+    dir: std::path::PathBuf,
+    rules: Arc<RwLock<Arc<RuleSet>>>,
+    every: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = fingerprint(&dir);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let now = fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match rules::load_dir(&dir) {
+            Ok(set) => {
+                tracing::info!(rules = set.rules.len(), opt_outs = set.opt_outs.len(), dir = %dir.display(), "Routing rules reloaded.");
+                metrics.rule_reloads.with_label_values(&["ok"]).inc();
+                if let Ok(mut w) = rules.write() {
+                    *w = Arc::new(set);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Routing rules are invalid; keeping the last good rules.");
+                metrics.rule_reloads.with_label_values(&["invalid"]).inc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn digest_is_the_next_hour() {
+        let h = 3_600_000_000i64;
+        assert_eq!(super::next_digest(0, 7), 7 * h);
+        assert_eq!(super::next_digest(8 * h, 7), 31 * h);
+    }
+}

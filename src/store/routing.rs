@@ -1,0 +1,349 @@
+//! What the router keeps: encounters, transitions, decisions and the outbox rows they
+//! produce, written in one transaction per routed message so a crash leaves either all
+//! of a message's consequences or none (and a replay then redoes them idempotently).
+
+use super::{on_pool, Store, StoreError};
+use sqlx::Row;
+
+#[derive(Clone, Debug)]
+pub struct EncounterRow {
+    pub facility: String,
+    pub visit_number: String,
+    pub patient_key: String,
+    pub status: String,
+    pub state: String,
+    pub last_event_us: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct TransitionRow {
+    pub transition_key: String,
+    pub encounter: String,
+    pub kind: String,
+    pub notifiable: bool,
+    pub retracts: Option<String>,
+    pub note: String,
+    pub inbound_id: Option<i64>,
+    pub control_id: Option<String>,
+    pub sending_facility: String,
+    pub trigger_event: String,
+    pub event_at_us: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct DecisionRow {
+    pub transition_key: String,
+    pub recipient_npi: String,
+    pub outcome: String,
+    pub reason: String,
+    pub rule_ids: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct OutboxRow {
+    pub notification_key: String,
+    pub ordering_key: String,
+    pub channel: String,
+    pub endpoint: String,
+    pub payload: Vec<u8>,
+    pub status: String,
+    pub due_at_us: i64,
+    pub last_error: Option<String>,
+    pub transition_key: String,
+    pub kind: String,
+    pub encounter: String,
+    pub control_id: Option<String>,
+    pub sending_facility: String,
+    pub recipient_npi: String,
+    pub rule_ids: String,
+    pub content_profile: String,
+}
+
+/// Everything one routed message (or sweep) writes.
+#[derive(Clone, Debug, Default)]
+pub struct RoutingWrite {
+    pub encounters: Vec<EncounterRow>,
+    pub transitions: Vec<TransitionRow>,
+    pub decisions: Vec<DecisionRow>,
+    pub outbox: Vec<OutboxRow>,
+    /// Patient re-keys from merges (old key, new key).
+    pub merges: Vec<(String, String)>,
+    /// The inbound message this write finishes routing.
+    pub routed_inbound: Option<i64>,
+}
+
+/// A notification as exported.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExportedNotification {
+    pub id: i64,
+    pub idempotency_key: String,
+    pub control_id: Option<String>,
+    pub sending_facility: Option<String>,
+    pub encounter: Option<String>,
+    pub kind: Option<String>,
+    pub recipient_npi: Option<String>,
+    pub channel: String,
+    pub endpoint: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub content_profile: Option<String>,
+    pub rule_ids: Vec<String>,
+    pub transition_key: Option<String>,
+    pub created_at: String,
+}
+
+/// A recipient already sent a transition (for retractions).
+#[derive(Clone, Debug)]
+pub struct SentTo {
+    pub recipient_npi: String,
+    pub channel: String,
+    pub endpoint: String,
+    pub ordering_key: String,
+    pub content_profile: String,
+}
+
+impl Store {
+    pub async fn load_encounter(
+        &self,
+        facility: &str,
+        visit_number: &str,
+    ) -> Result<Option<String>, StoreError> {
+        const SQL: &str = "SELECT state FROM encounter WHERE facility = $1 AND visit_number = $2";
+        Ok(on_pool!(self, |p, sql| sqlx::query_scalar::<_, String>(
+            &sql(SQL)
+        )
+        .bind(facility)
+        .bind(visit_number)
+        .fetch_optional(p)
+        .await?))
+    }
+
+    /// Open ED encounters last heard of before `before_us` (the ED-timeout sweep).
+    pub async fn quiet_ed_encounters(
+        &self,
+        before_us: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        const SQL: &str = "SELECT state FROM encounter WHERE status = 'ed' AND last_event_us < $1 ORDER BY last_event_us LIMIT $2";
+        Ok(on_pool!(self, |p, sql| sqlx::query_scalar::<_, String>(
+            &sql(SQL)
+        )
+        .bind(before_us)
+        .bind(limit)
+        .fetch_all(p)
+        .await?))
+    }
+
+    /// The oldest messages not routed yet, with their bytes.
+    pub async fn unrouted(&self, limit: i64) -> Result<Vec<super::StoredMessage>, StoreError> {
+        let query = format!(
+            "SELECT {}, raw FROM inbound_messages WHERE routed_at_us IS NULL ORDER BY id LIMIT $1",
+            super::EXPORT_COLUMNS
+        );
+        on_pool!(self, |p, sql| {
+            let rows = sqlx::query(&sql(&query)).bind(limit).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| super::stored_message(r, true))
+                .collect()
+        })
+    }
+
+    /// Who was sent `transition_key` (not suppressed, not undeliverable).
+    pub async fn sent_to(&self, transition_key: &str) -> Result<Vec<SentTo>, StoreError> {
+        const SQL: &str =
+            "SELECT recipient_npi, channel, endpoint, ordering_key, content_profile FROM outbox \
+             WHERE transition_key = $1 AND status NOT IN ('suppressed', 'dead') ORDER BY id";
+        on_pool!(self, |p, sql| {
+            let rows = sqlx::query(&sql(SQL))
+                .bind(transition_key)
+                .fetch_all(p)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SentTo {
+                        recipient_npi: r.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
+                        channel: r.try_get(1)?,
+                        endpoint: r.try_get(2)?,
+                        ordering_key: r.try_get(3)?,
+                        content_profile: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    /// Writes a routed message's consequences in one transaction. Idempotent: keys that
+    /// exist already are left alone.
+    pub async fn commit_routing(&self, w: &RoutingWrite, now_us: i64) -> Result<(), StoreError> {
+        const ENC: &str = "INSERT INTO encounter (facility, visit_number, patient_key, status, state, last_event_us, updated_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (facility, visit_number) DO UPDATE SET \
+             patient_key = excluded.patient_key, status = excluded.status, state = excluded.state, \
+             last_event_us = excluded.last_event_us, updated_at_us = excluded.updated_at_us";
+        const TR: &str = "INSERT INTO encounter_transition (transition_key, encounter, kind, notifiable, retracts, note, inbound_id, control_id, sending_facility, trigger_event, event_at_us, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (transition_key) DO NOTHING";
+        const DEC: &str = "INSERT INTO routing_decision (transition_key, recipient_npi, outcome, reason, rule_ids, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (transition_key, recipient_npi) DO NOTHING";
+        const OUT: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, last_error, created_at_us, \
+             transition_key, kind, encounter, control_id, sending_facility, recipient_npi, rule_ids, content_profile) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (notification_key) DO NOTHING";
+        const MERGE: &str = "UPDATE encounter SET patient_key = $1 WHERE patient_key = $2";
+        const DONE: &str = "UPDATE inbound_messages SET routed_at_us = $1 WHERE id = $2";
+        on_pool!(self, |p, sql| {
+            let mut tx = p.begin().await?;
+            for (old, new) in &w.merges {
+                sqlx::query(&sql(MERGE))
+                    .bind(new)
+                    .bind(old)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for e in &w.encounters {
+                sqlx::query(&sql(ENC))
+                    .bind(&e.facility)
+                    .bind(&e.visit_number)
+                    .bind(&e.patient_key)
+                    .bind(&e.status)
+                    .bind(&e.state)
+                    .bind(e.last_event_us)
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for t in &w.transitions {
+                sqlx::query(&sql(TR))
+                    .bind(&t.transition_key)
+                    .bind(&t.encounter)
+                    .bind(&t.kind)
+                    .bind(t.notifiable)
+                    .bind(&t.retracts)
+                    .bind(&t.note)
+                    .bind(t.inbound_id)
+                    .bind(&t.control_id)
+                    .bind(&t.sending_facility)
+                    .bind(&t.trigger_event)
+                    .bind(t.event_at_us)
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for d in &w.decisions {
+                sqlx::query(&sql(DEC))
+                    .bind(&d.transition_key)
+                    .bind(&d.recipient_npi)
+                    .bind(&d.outcome)
+                    .bind(&d.reason)
+                    .bind(&d.rule_ids)
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for o in &w.outbox {
+                sqlx::query(&sql(OUT))
+                    .bind(&o.notification_key)
+                    .bind(&o.ordering_key)
+                    .bind(&o.channel)
+                    .bind(&o.endpoint)
+                    .bind(&o.payload)
+                    .bind(&o.status)
+                    .bind(o.due_at_us)
+                    .bind(&o.last_error)
+                    .bind(now_us)
+                    .bind(&o.transition_key)
+                    .bind(&o.kind)
+                    .bind(&o.encounter)
+                    .bind(&o.control_id)
+                    .bind(&o.sending_facility)
+                    .bind(&o.recipient_npi)
+                    .bind(&o.rule_ids)
+                    .bind(&o.content_profile)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(id) = w.routed_inbound {
+                sqlx::query(&sql(DONE))
+                    .bind(now_us)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Notifications in id order after `after_id`, for `notifications export`.
+    pub async fn export_notifications(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ExportedNotification>, StoreError> {
+        const SQL: &str = "SELECT id, notification_key, control_id, sending_facility, encounter, kind, recipient_npi, channel, endpoint, status, attempts, last_error, content_profile, rule_ids, transition_key, created_at_us \
+             FROM outbox WHERE id > $1 ORDER BY id LIMIT $2";
+        on_pool!(self, |p, sql| {
+            let rows = sqlx::query(&sql(SQL))
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(p)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let rules: Option<String> = r.try_get(13)?;
+                    Ok(ExportedNotification {
+                        id: r.try_get(0)?,
+                        idempotency_key: r.try_get(1)?,
+                        control_id: r.try_get(2)?,
+                        sending_facility: r.try_get(3)?,
+                        encounter: r.try_get(4)?,
+                        kind: r.try_get(5)?,
+                        recipient_npi: r.try_get(6)?,
+                        channel: r.try_get(7)?,
+                        endpoint: r.try_get(8)?,
+                        status: r.try_get(9)?,
+                        attempts: r.try_get(10)?,
+                        last_error: r.try_get(11)?,
+                        content_profile: r.try_get(12)?,
+                        rule_ids: rules
+                            .unwrap_or_default()
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect(),
+                        transition_key: r.try_get(14)?,
+                        created_at: crate::directory::rfc3339_us(r.try_get(15)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        })
+    }
+}
+
+/// Held while this node routes: on PostgreSQL a session advisory lock, so one node of
+/// several routes at a time (the others stand by and take over when it goes away; the
+/// lock dies with its connection). SQLite has one process per file.
+pub enum RouterLease {
+    Sqlite,
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+/// Advisory-lock key of the router ("adtroute" in ASCII, truncated).
+const ROUTER_LOCK: i64 = 0x6164_7472_6f75;
+
+impl Store {
+    /// Tries to become the routing node; `None` when another node is.
+    pub async fn router_lease(&self) -> Result<Option<RouterLease>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(Some(RouterLease::Sqlite)),
+            Store::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(ROUTER_LOCK)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(got.then_some(RouterLease::Postgres(conn)))
+            }
+        }
+    }
+}

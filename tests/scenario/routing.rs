@@ -1,0 +1,526 @@
+//! Step 4, routing: scripted encounters sent over MLLP to the real server, routed with
+//! the shipped default rules (plus test-specific ones), and the exact notifications read
+//! back with `adt-router notifications export`. SQLite and PostgreSQL.
+
+use crate::helpers::*;
+use crate::postgres::TestDb;
+use adt_router::directory::npi::Npi;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn npi(n: u32) -> String {
+    Npi::from_base(300_000_000 + n).to_string()
+}
+
+const PCP: u32 = 1;
+const SNF: u32 = 2;
+
+/// One ADT message for patient `mrn`, visit `visit`.
+#[allow(clippy::too_many_arguments)]
+fn adt(
+    id: &str,
+    trigger: &str,
+    time: &str,
+    mrn: &str,
+    visit: &str,
+    class: &str,
+    unit: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|{time}||ADT^{trigger}|{id}|P|2.5.1\r\
+EVN|{trigger}|{time}\r\
+PID|1||{mrn}^^^GENHOSP^MR||DOE^JANE||{dob}|F\r\
+PD1||||{pcp}^WELBY^MARCUS^^^^^^NPI\r\
+PV1|1|{class}|{unit}^1^A^GENHOSP||||{pcp}^WELBY^MARCUS^^^^^^NPI|||MED|||||||||{visit}{extra}\r",
+        pcp = npi(PCP),
+        // Only the SNF's roster patient shares the roster's birth date, so nobody else
+        // matches that roster by demographics.
+        dob = if mrn == "MRN-SNF" {
+            "19800505"
+        } else {
+            "19700101"
+        },
+    )
+}
+
+/// PV1 fields after PV1-19, up to PV1-36 (discharge disposition).
+fn disposition(code: &str) -> String {
+    format!("{}{code}", "|".repeat(17))
+}
+
+fn rules_dir(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempdir();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
+    for f in ["10-cop.toml", "20-privacy.toml"] {
+        std::fs::copy(shipped.join(f), d.path().join(f)).unwrap();
+    }
+    std::fs::copy(
+        shipped.join("examples/part2-unit.toml"),
+        d.path().join("30-part2.toml"),
+    )
+    .unwrap();
+    for (name, text) in extra {
+        std::fs::write(d.path().join(name), text).unwrap();
+    }
+    d
+}
+
+struct Harness {
+    server: Server,
+    sent: usize,
+    n: usize,
+    dir: PathBuf,
+}
+
+impl Harness {
+    fn start(dir: &Path, rules: &Path, db_url: Option<&str>) -> Harness {
+        let mut env = vec![
+            (
+                "ADT_ROUTER__ROUTING__RULES_DIR",
+                rules.to_str().unwrap().to_string(),
+            ),
+            ("ADT_ROUTER__ROUTING__RELOAD_SECS", "1".to_string()),
+            (
+                "ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS",
+                "true".to_string(),
+            ),
+        ];
+        if let Some(u) = db_url {
+            env.push(("ADT_ROUTER__DATABASE__URL", u.to_string()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let cli = Cli::new(dir, db_url, &[]);
+        // The PCP can take REST; the SNF (a post-acute provider on a roster) Direct.
+        cli.json(&[
+            "directory",
+            "override",
+            "--npi",
+            &npi(PCP),
+            "--type",
+            "REST",
+            "--endpoint",
+            "https://pcp.example.org/adt",
+        ]);
+        cli.json(&[
+            "directory",
+            "override",
+            "--npi",
+            &npi(SNF),
+            "--type",
+            "DIRECT",
+            "--endpoint",
+            "intake@direct.snf.example.org",
+        ]);
+        let roster = dir.join("roster.csv");
+        std::fs::write(
+            &roster,
+            format!(
+                "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n\
+                 MRN-SNF,GENHOSP,Doe,Jane,1980-05-05,F,{},post_acute\n",
+                npi(SNF)
+            ),
+        )
+        .unwrap();
+        cli.json(&[
+            "roster",
+            "import",
+            roster.to_str().unwrap(),
+            "--source",
+            "snf-net",
+        ]);
+        Harness {
+            server: Server::start(dir, &env),
+            sent: 0,
+            n: 0,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Sends messages in order (each ACKed before the next) and waits until the router
+    /// has read them all.
+    fn send(&mut self, msgs: &[String]) {
+        let mut files = Vec::new();
+        for m in msgs {
+            self.n += 1;
+            let f = self.dir.join(format!("m{}.hl7", self.n));
+            std::fs::write(&f, m).unwrap();
+            files.push(f.to_str().unwrap().to_string());
+        }
+        let mut args = vec!["send", "--to", &self.server.mllp];
+        args.extend(files.iter().map(String::as_str));
+        let out = self.server.run(&args);
+        assert!(
+            out.status.success(),
+            "send: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.sent += msgs.len();
+        let want = self.sent as f64;
+        wait_for(
+            Duration::from_secs(30),
+            "the router to read every message",
+            || {
+                self.server
+                    .metric("adt_router_routed_messages_total{outcome=\"routed\"}")
+                    + self
+                        .server
+                        .metric("adt_router_routed_messages_total{outcome=\"skipped\"}")
+                    >= want
+            },
+        );
+    }
+
+    fn notifications(&self) -> Vec<Value> {
+        let out = self
+            .server
+            .run(&["notifications", "export", "--format", "jsonl"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// (kind, recipient, status) of each notification for one encounter, in the order the
+/// kinds were written, recipients sorted within a kind.
+fn of(ns: &[Value], encounter: &str) -> Vec<(String, String, String)> {
+    let mut rows: Vec<(String, String, String)> = ns
+        .iter()
+        .filter(|n| n["encounter"] == format!("GENHOSP|{encounter}"))
+        .map(|n| {
+            (
+                n["kind"].as_str().unwrap().to_string(),
+                n["recipient_npi"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut kinds: Vec<String> = Vec::new();
+    for r in &rows {
+        if !kinds.contains(&r.0) {
+            kinds.push(r.0.clone());
+        }
+    }
+    rows.sort_by_key(|r| (kinds.iter().position(|k| *k == r.0), r.1.clone()));
+    rows
+}
+
+fn row(kind: &str, who: u32, status: &str) -> (String, String, String) {
+    (kind.to_string(), npi(who), status.to_string())
+}
+
+fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
+    let opt_outs = "patient_id,assigning_authority\nMRN-OPT,GENHOSP\n";
+    let rules = rules_dir(&[("opt-outs.csv", opt_outs)]);
+    let mut h = Harness::start(dir, rules.path(), db_url);
+
+    // 1. ED visit, admission, internal transfer, discharge to a SNF (a transfer).
+    h.send(&[
+        adt("E1", "A04", "202611280800", "MRN-SNF", "V1", "E", "ED", ""),
+        adt("E2", "A06", "202611281000", "MRN-SNF", "V1", "I", "4W", ""),
+        adt("E3", "A02", "202611281200", "MRN-SNF", "V1", "I", "ICU", ""),
+        adt(
+            "E4",
+            "A03",
+            "202611300900",
+            "MRN-SNF",
+            "V1",
+            "I",
+            "ICU",
+            &disposition("03"),
+        ),
+    ]);
+    // 2. A cancelled admission.
+    h.send(&[
+        adt("C1", "A01", "202611280800", "MRN-C", "V2", "I", "4W", ""),
+        adt("C2", "A11", "202611280900", "MRN-C", "V2", "I", "4W", ""),
+    ]);
+    // 3. An A08 storm: twenty repeats change nothing, one unit change is one update.
+    let mut storm = vec![adt(
+        "S0",
+        "A01",
+        "202611280800",
+        "MRN-S",
+        "V3",
+        "I",
+        "4W",
+        "",
+    )];
+    for i in 0..20 {
+        storm.push(adt(
+            &format!("S{}", i + 1),
+            "A08",
+            &format!("2026112809{i:02}"),
+            "MRN-S",
+            "V3",
+            "I",
+            "4W",
+            "",
+        ));
+    }
+    storm.push(adt(
+        "S99",
+        "A08",
+        "202611281000",
+        "MRN-S",
+        "V3",
+        "I",
+        "5E",
+        "",
+    ));
+    h.send(&storm);
+    // 4. Reordered and repeated: the discharge arrives first, then the admission, then
+    //    the discharge again under a new control id.
+    h.send(&[
+        adt(
+            "R1",
+            "A03",
+            "202611300900",
+            "MRN-R",
+            "V4",
+            "I",
+            "4W",
+            &disposition("01"),
+        ),
+        adt("R2", "A01", "202611280800", "MRN-R", "V4", "I", "4W", ""),
+        adt(
+            "R3",
+            "A03",
+            "202611300900",
+            "MRN-R",
+            "V4",
+            "I",
+            "4W",
+            &disposition("01"),
+        ),
+    ]);
+    // 5. An opted-out patient, and 6. a Part 2 unit.
+    h.send(&[
+        adt("O1", "A01", "202611280800", "MRN-OPT", "V5", "I", "4W", ""),
+        adt("P1", "A01", "202611280800", "MRN-P", "V6", "I", "SUD1", ""),
+    ]);
+    // 7. A message sent twice with the same control id is routed once.
+    h.send(&[adt(
+        "D1",
+        "A04",
+        "202611280800",
+        "MRN-D",
+        "V7",
+        "E",
+        "ED",
+        "",
+    )]);
+    h.send(&[adt(
+        "D1",
+        "A04",
+        "202611280800",
+        "MRN-D",
+        "V7",
+        "E",
+        "ED",
+        "",
+    )]);
+
+    let ns = h.notifications();
+    assert_eq!(
+        of(&ns, "V1"),
+        [
+            row("ed-registration", PCP, "pending"),
+            row("ed-registration", SNF, "pending"),
+            row("admission", PCP, "pending"),
+            row("admission", SNF, "pending"),
+            row("transfer", PCP, "pending"),
+            row("transfer", SNF, "pending"),
+        ]
+    );
+    let v1 = ns
+        .iter()
+        .find(|n| n["encounter"] == "GENHOSP|V1" && n["recipient_npi"] == npi(PCP))
+        .unwrap();
+    assert_eq!(v1["channel"], "REST");
+    assert_eq!(v1["endpoint"], "https://pcp.example.org/adt");
+    assert_eq!(v1["control_id"], "E1");
+    assert_eq!(v1["sending_facility"], "GENHOSP");
+    assert_eq!(v1["rule_ids"], serde_json::json!(["cop-events"]));
+    assert_eq!(v1["idempotency_key"].as_str().unwrap().len(), 32);
+
+    assert_eq!(
+        of(&ns, "V2"),
+        [
+            row("admission", PCP, "pending"),
+            row("retraction", PCP, "pending")
+        ]
+    );
+    assert_eq!(
+        of(&ns, "V3"),
+        [
+            row("admission", PCP, "pending"),
+            row("update", PCP, "pending")
+        ]
+    );
+    assert_eq!(of(&ns, "V4"), [row("discharge", PCP, "pending")]);
+    let opt = of(&ns, "V5");
+    assert_eq!(opt, [row("admission", PCP, "suppressed")]);
+    let suppressed = ns.iter().find(|n| n["encounter"] == "GENHOSP|V5").unwrap();
+    assert!(suppressed["rule_ids"]
+        .as_array()
+        .unwrap()
+        .contains(&"patient-opt-out".into()));
+    assert!(suppressed["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("opted out"));
+    let part2 = ns.iter().find(|n| n["encounter"] == "GENHOSP|V6").unwrap();
+    assert_eq!(part2["status"], "suppressed");
+    assert!(part2["rule_ids"]
+        .as_array()
+        .unwrap()
+        .contains(&"part2-program".into()));
+    assert_eq!(of(&ns, "V7"), [row("ed-registration", PCP, "pending")]);
+
+    // Unique identities: no notification twice.
+    let mut keys: Vec<&str> = ns
+        .iter()
+        .map(|n| n["idempotency_key"].as_str().unwrap())
+        .collect();
+    keys.sort();
+    let before = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), before, "duplicate notification keys");
+
+    // A broken rule file is refused; the last good rules stay in force.
+    std::fs::write(
+        rules.path().join("90-broken.toml"),
+        "[[rule]]\nid = \"x\"\naction = \"nope\"\n",
+    )
+    .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the invalid reload to be counted",
+        || {
+            h.server
+                .metric("adt_router_routing_rule_loads_total{outcome=\"invalid\"}")
+                >= 1.0
+        },
+    );
+    assert!(
+        h.server.log().contains("90-broken.toml:3"),
+        "{}",
+        h.server.log()
+    );
+    h.send(&[adt(
+        "K1",
+        "A01",
+        "202611280800",
+        "MRN-K",
+        "V8",
+        "I",
+        "4W",
+        "",
+    )]);
+    assert_eq!(
+        of(&h.notifications(), "V8"),
+        [row("admission", PCP, "pending")]
+    );
+
+    // The log names no patient.
+    let log = h.server.log();
+    assert!(
+        !log.contains("DOE") && !log.contains("MRN-"),
+        "PHI in the log"
+    );
+}
+
+#[test]
+fn scripted_encounters_sqlite() {
+    let dir = tempdir();
+    scripted_encounters(dir.path(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scripted_encounters_postgres() {
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || scripted_encounters(dir.path(), Some(&url)))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn rules_check_and_explain() {
+    let dir = tempdir();
+    let cli = Cli::new(dir.path(), None, &[]);
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
+    let ok = cli.json(&["rules", "check", shipped.to_str().unwrap()]);
+    assert_eq!(ok["valid"], true);
+    let ids: Vec<&str> = ok["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"cop-events") && ids.contains(&"patient-opt-out"),
+        "{ids:?}"
+    );
+
+    let bad = tempdir();
+    std::fs::write(
+        bad.path().join("a.toml"),
+        "[[rule]]\nid = \"fine\"\naction = \"notify\"\nrecipients = [\"pcp\"]\n\n[[rule]]\nid = \"typo\"\naction = \"notify\"\nrecipients = [\"pcp\"]\nmatch.events = [\"admision\"]\n",
+    )
+    .unwrap();
+    let err = cli.fails(&["rules", "check", bad.path().to_str().unwrap()]);
+    assert!(
+        err.contains("a.toml:6") && err.contains("unknown event 'admision'"),
+        "{err}"
+    );
+
+    // explain: the admission transition, the rule that fired, and why the PCP gets it.
+    cli.json(&[
+        "directory",
+        "override",
+        "--npi",
+        &npi(PCP),
+        "--type",
+        "REST",
+        "--endpoint",
+        "https://pcp.example.org/adt",
+    ]);
+    let f = dir.path().join("a01.hl7");
+    std::fs::write(
+        &f,
+        adt("X1", "A01", "202611280800", "MRN-X", "V9", "I", "4W", ""),
+    )
+    .unwrap();
+    let plan = cli.json(&[
+        "rules",
+        "explain",
+        f.to_str().unwrap(),
+        "--rules",
+        shipped.to_str().unwrap(),
+    ]);
+    assert_eq!(plan["transitions"][0]["kind"], "admission");
+    assert_eq!(plan["status_after"], "inpatient");
+    assert!(plan["rules_fired"]
+        .as_array()
+        .unwrap()
+        .contains(&"cop-events".into()));
+    let r = &plan["recipients"][0];
+    assert_eq!(r["npi"], npi(PCP));
+    assert_eq!(r["outcome"], "notify");
+    assert_eq!(r["channel"], "REST");
+    // explain writes nothing.
+    let out = cli.run(&["notifications", "export", "--format", "jsonl"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+}
