@@ -148,17 +148,15 @@ pub async fn rules_simulate(
     let notify = |m: &BTreeMap<(String, String), String>, k: &(String, String)| {
         m.get(k).is_some_and(|o| o == "notify")
     };
-    for k in before.keys().chain(after.keys()) {
+    let keys: std::collections::BTreeSet<&(String, String)> =
+        before.keys().chain(after.keys()).collect();
+    for k in keys {
         let (b, a) = (notify(&before, k), notify(&after, k));
         if a && !b {
             per.entry(k.1.clone()).or_default().gained.push(k.0.clone());
         } else if b && !a {
             per.entry(k.1.clone()).or_default().lost.push(k.0.clone());
         }
-    }
-    for c in per.values_mut() {
-        c.gained.dedup();
-        c.lost.dedup();
     }
     println!(
         "{}",

@@ -598,3 +598,113 @@ PV1|1|{class}|4W^1^A||||1234567893^WELBY^MARCUS^^^^^^NPI|||MED|||||||||V1{extra_
         assert!(e.sweep(&cfg, t0 + 2 * cfg.ed_timeout_us).is_none());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One episode of each group at most: an ED registration, an admission (maybe
+    /// cancelled), a discharge (maybe cancelled), at increasing times.
+    fn episode() -> impl Strategy<Value = Vec<(&'static str, &'static str, u32)>> {
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(ed, cancel_admit, discharge, cancel_discharge)| {
+                let mut v = Vec::new();
+                if ed {
+                    v.push(("A04", "E", 1));
+                }
+                v.push(("A01", "I", 2));
+                if cancel_admit {
+                    v.push(("A11", "I", 3));
+                }
+                if discharge {
+                    v.push(("A03", "I", 4));
+                    if cancel_discharge {
+                        v.push(("A13", "I", 5));
+                    }
+                }
+                v.push(("A08", "I", 6));
+                v
+            },
+        )
+    }
+
+    fn event(trigger: &str, class: &str, minute: u32) -> AdtEvent {
+        let text = format!(
+            "MSH|^~\\&|EPIC|GENHOSP|R|F|2026112808{minute:02}||ADT^{trigger}|C{minute}|P|2.5.1\r\
+EVN|{trigger}|2026112808{minute:02}\r\
+PID|1||MRN1^^^GENHOSP^MR||DOE^JANE||19800101|F\r\
+PV1|1|{class}|4W^1^A|||||||MED|||||||||V1\r"
+        );
+        AdtEvent::parse(&text).unwrap()
+    }
+
+    fn group(kind: &str) -> &'static str {
+        match kind {
+            "ed-registration" => "ed",
+            "admission" => "admission",
+            _ => "discharge",
+        }
+    }
+
+    proptest! {
+        /// Any order, any repeats: no notification twice, no lost retraction, and
+        /// never more than one live notification per kind.
+        #[test]
+        fn duplicates_and_reordering(
+            ep in episode(),
+            copies in proptest::collection::vec(1usize..=3, 6),
+            seed in any::<u64>(),
+        ) {
+            let mut msgs = Vec::new();
+            for (i, m) in ep.iter().enumerate() {
+                for _ in 0..copies[i % copies.len()] {
+                    msgs.push(*m);
+                }
+            }
+            // Fisher-Yates with a splitmix stream.
+            let mut s = seed;
+            for i in (1..msgs.len()).rev() {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                let j = ((z ^ (z >> 31)) % (i as u64 + 1)) as usize;
+                msgs.swap(i, j);
+            }
+            let cfg = EncounterConfig::default();
+            let mut enc = Encounter::new("GENHOSP", "V1", "MRN1^GENHOSP");
+            let mut notified: Vec<Transition> = Vec::new();
+            for (t, c, m) in &msgs {
+                notified.extend(enc.step(&event(t, c, *m), &cfg, 0).into_iter().filter(|t| t.notifiable));
+            }
+            let mut keys: Vec<&str> = notified.iter().map(|t| t.key.as_str()).collect();
+            keys.sort();
+            let n = keys.len();
+            keys.dedup();
+            prop_assert_eq!(keys.len(), n, "a notification twice: {:?}", notified);
+            let retracted: Vec<&str> = notified.iter().filter_map(|t| t.retracts.as_deref()).collect();
+            let cancel_time = |g: &str| -> Option<i64> {
+                let trig = match g { "ed" | "admission" => "A11", _ => "A13" };
+                ep.iter().find(|(t, _, _)| *t == trig).map(|(t, c, m)| {
+                    hl7_time_us(event(t, c, *m).event_time()).unwrap()
+                })
+            };
+            for t in notified.iter().filter(|t| t.retracts.is_none() && t.kind != "update") {
+                if let Some(c) = cancel_time(group(&t.kind)) {
+                    if t.at_us < c {
+                        prop_assert!(retracted.contains(&t.key.as_str()), "lost retraction of {:?} in {:?}", t, notified);
+                    }
+                }
+            }
+            for g in ["ed", "admission", "discharge"] {
+                let live = notified
+                    .iter()
+                    .filter(|t| t.retracts.is_none() && t.kind != "update" && group(&t.kind) == g)
+                    .filter(|t| !retracted.contains(&t.key.as_str()))
+                    .count();
+                prop_assert!(live <= 1, "{} live {} notifications: {:?}", live, g, notified);
+            }
+        }
+    }
+}

@@ -431,6 +431,62 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
         [row("admission", PCP, "pending")]
     );
 
+    // A valid change takes effect without a restart: opting MRN-K2 out.
+    std::fs::remove_file(rules.path().join("90-broken.toml")).unwrap();
+    std::fs::write(
+        rules.path().join("opt-outs.csv"),
+        format!("{opt_outs}MRN-K2,GENHOSP\n"),
+    )
+    .unwrap();
+    let ok_before = h
+        .server
+        .metric("adt_router_routing_rule_loads_total{outcome=\"ok\"}");
+    wait_for(Duration::from_secs(30), "the reload", || {
+        h.server
+            .metric("adt_router_routing_rule_loads_total{outcome=\"ok\"}")
+            > ok_before
+    });
+    h.send(&[adt(
+        "K2",
+        "A01",
+        "202611280800",
+        "MRN-K2",
+        "V9",
+        "I",
+        "4W",
+        "",
+    )]);
+    assert_eq!(
+        of(&h.notifications(), "V9"),
+        [row("admission", PCP, "suppressed")]
+    );
+
+    // simulate: without the opt-out and Part 2 rules, the PCP would gain exactly the
+    // suppressed admissions; nothing is written.
+    let candidate = rules_dir(&[]);
+    std::fs::remove_file(candidate.path().join("20-privacy.toml")).unwrap();
+    std::fs::remove_file(candidate.path().join("30-part2.toml")).unwrap();
+    let before = h.notifications().len();
+    let sim = h.server.run_json(&[
+        "rules",
+        "simulate",
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--rules",
+        candidate.path().to_str().unwrap(),
+    ]);
+    let change = &sim["changes_per_recipient"][npi(PCP)];
+    let gained: Vec<&str> = change["gained"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    assert_eq!(gained.len(), 3, "{sim}");
+    assert!(gained.iter().all(|g| g.starts_with("admission:")), "{sim}");
+    assert!(change["lost"].as_array().unwrap().is_empty(), "{sim}");
+    assert_eq!(h.notifications().len(), before);
+
     // The log names no patient.
     let log = h.server.log();
     assert!(
@@ -523,4 +579,100 @@ fn rules_check_and_explain() {
     let out = cli.run(&["notifications", "export", "--format", "jsonl"]);
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
+}
+
+/// The whole shared corpus routes without a panic: every stored message is read by the
+/// router, and triggers with no routing meaning are recorded as `unknown`, not dropped.
+#[test]
+fn whole_corpus_routes() {
+    let dir = tempdir();
+    let rules = rules_dir(&[]);
+    let server = Server::start(
+        dir.path(),
+        &[(
+            "ADT_ROUTER__ROUTING__RULES_DIR",
+            rules.path().to_str().unwrap(),
+        )],
+    );
+    let files = corpus_files();
+    let mut args = vec!["send", "--to", &server.mllp, "--quiet-ms", "300"];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let _ = server.run(&args); // some corpus files are rejected on purpose
+    let stored = server.export(&[]).len() as f64;
+    assert!(stored >= 100.0, "{stored}");
+    wait_for(
+        Duration::from_secs(60),
+        "every stored message routed",
+        || {
+            server.metric("adt_router_routed_messages_total{outcome=\"routed\"}")
+                + server.metric("adt_router_routed_messages_total{outcome=\"skipped\"}")
+                >= stored
+        },
+    );
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+    let routed = server.metric("adt_router_routed_messages_total{outcome=\"routed\"}");
+    let dups = server
+        .export(&[])
+        .iter()
+        .filter(|m| m["duplicate"] == true)
+        .count() as f64;
+    // Duplicates (the corpus reuses control ids) and messages without PID-3 are skipped.
+    assert!(
+        routed >= stored - dups - 11.0,
+        "routed {routed} of {stored} ({dups} duplicates)"
+    );
+
+    let known = [
+        "A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A12", "A13", "A14", "A21",
+        "A22", "A28", "A31", "A40",
+    ];
+    let mut unknown_seen = 0;
+    for f in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+        let Some(msh) = text.lines().next().filter(|l| l.starts_with("MSH")) else {
+            continue;
+        };
+        let (fs, cs) = (
+            msh.chars().nth(3).unwrap_or('|'),
+            msh.chars().nth(4).unwrap_or('^'),
+        );
+        let trigger = msh
+            .split(fs)
+            .nth(8)
+            .and_then(|t| t.split(cs).nth(1))
+            .unwrap_or("")
+            .to_string();
+        // Every file through the whole routing path (explain plans without writing).
+        let out = server.run(&[
+            "rules",
+            "explain",
+            f.to_str().unwrap(),
+            "--rules",
+            rules.path().to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if known.contains(&trigger.as_str()) {
+            continue;
+        }
+        if plan["skipped"].is_null() {
+            assert_eq!(
+                plan["transitions"][0]["kind"],
+                "unknown",
+                "{}: {plan}",
+                f.display()
+            );
+            assert_eq!(plan["transitions"][0]["notifiable"], false);
+            unknown_seen += 1;
+        }
+    }
+    assert!(
+        unknown_seen > 0,
+        "the corpus has triggers with no routing meaning"
+    );
 }
