@@ -106,6 +106,11 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Run the router outside `serve`.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
     /// The notifications the router wrote (the outbox).
     Notifications {
         #[command(subcommand)]
@@ -139,6 +144,13 @@ enum RulesCommand {
         #[arg(long)]
         rules: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Routes every stored message not routed yet, then exits; prints the count and the
+    /// rate (the routing benchmark: event log to outbox).
+    Drain,
 }
 
 #[derive(Subcommand)]
@@ -456,6 +468,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Route {
+            command: RouteCommand::Drain,
+        } => cli::routing::route_drain(&load(&cli.config)?).await,
         Command::Notifications {
             command:
                 NotificationsCommand::Export {

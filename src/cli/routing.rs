@@ -170,6 +170,42 @@ pub async fn rules_simulate(
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn route_drain(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let set = load_rules(Path::new(&settings.routing.rules_dir))?;
+    let store = open_store(settings).await?;
+    let r = router(settings, store.clone(), set);
+    let started = std::time::Instant::now();
+    let mut messages = 0;
+    loop {
+        let n = r.step().await?;
+        if n == 0 {
+            break;
+        }
+        messages += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let created: u64 = ["pending", "suppressed", "dead"]
+        .iter()
+        .map(|s| {
+            r.metrics
+                .notifications_created
+                .with_label_values(&[s])
+                .get()
+        })
+        .sum();
+    store.close().await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "messages": messages,
+            "notifications": created,
+            "seconds": (secs * 1000.0).round() / 1000.0,
+            "msgs_per_s": (messages as f64 / secs.max(1e-9)).round(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn notifications_export(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = open_store(settings).await?;
     let stdout = std::io::stdout();

@@ -75,12 +75,18 @@ pub struct RecipientDecision {
     pub redacted: Vec<String>,
 }
 
-/// In-memory state for `rules simulate`: encounters and who was sent what, so a replay
-/// never touches (or depends on) what the live router has stored.
+/// Encounters and who was sent what, held in memory: for `rules simulate` (which never
+/// touches or depends on what the live router stored) and, as an overlay on the store,
+/// for a batch of messages routed in one transaction.
 #[derive(Default)]
 pub struct Sim {
     pub encounters: std::collections::HashMap<String, Encounter>,
     pub sent: std::collections::HashMap<String, Vec<crate::store::routing::SentTo>>,
+    /// Read what is not in memory from the store (a batch) instead of starting empty.
+    pub overlay: bool,
+    /// Attributions already worked out in this batch, by the patient facts they were
+    /// worked out from (an encounter's messages usually arrive together).
+    pub attributions: std::collections::HashMap<String, Vec<AttributedProvider>>,
 }
 
 fn hash_key(s: &str) -> String {
@@ -238,13 +244,17 @@ impl Router {
             .cloned()
             .unwrap_or_else(|| format!("patient:{patient_key}"));
         let facility = ev.msh.sending_facility.clone();
-        let stored = match sim.as_deref() {
-            Some(sim) => sim.encounters.get(&format!("{facility}|{visit}")).cloned(),
-            None => self
+        let cached = sim
+            .as_deref()
+            .and_then(|s| s.encounters.get(&format!("{facility}|{visit}")).cloned());
+        let stored = match (cached, sim.as_deref().is_none_or(|s| s.overlay)) {
+            (Some(e), _) => Some(e),
+            (None, true) => self
                 .store
                 .load_encounter(&facility, &visit)
                 .await?
                 .and_then(|state| serde_json::from_str(&state).ok()),
+            (None, false) => None,
         };
         let mut enc = stored.unwrap_or_else(|| Encounter::new(&facility, &visit, &patient_key));
         enc.patient_key = patient_key.clone();
@@ -317,18 +327,46 @@ impl Router {
                 }
             }
             if let Some(retracted) = &t.retracts {
-                let sent = match sim.as_deref() {
+                let mut sent = match sim.as_deref() {
                     Some(sim) => sim.sent.get(retracted).cloned().unwrap_or_default(),
-                    None => self.store.sent_to(retracted).await?,
+                    None => Vec::new(),
                 };
+                if sim.as_deref().is_none_or(|s| s.overlay) {
+                    sent.extend(self.store.sent_to(retracted).await?);
+                }
                 self.plan_retraction(&mut plan, &ev, t, sent, &enc.id());
                 continue;
             }
             if attributed.is_none() {
-                let a =
-                    attribution::attribute(&self.store, &PatientFacts::of(&ev), &self.attribution)
-                        .await?;
-                attributed = Some(a.providers);
+                let facts = PatientFacts::of(&ev);
+                // What attribution reads: the patient, the named providers, the date.
+                let key = serde_json::to_string(&(
+                    &facts.identifiers,
+                    &facts.family,
+                    &facts.given,
+                    &facts.birth_date,
+                    &facts.sex,
+                    &facts.postal_code,
+                    &facts.providers,
+                    &facts.event_date,
+                    &facts.sending_facility,
+                ))
+                .unwrap_or_default();
+                let cached = sim
+                    .as_deref()
+                    .and_then(|s| s.attributions.get(&key).cloned());
+                let providers = match cached {
+                    Some(p) => p,
+                    None => {
+                        let a =
+                            attribution::attribute(&self.store, &facts, &self.attribution).await?;
+                        if let Some(s) = sim.as_deref_mut() {
+                            s.attributions.insert(key, a.providers.clone());
+                        }
+                        a.providers
+                    }
+                };
+                attributed = Some(providers);
             }
             for p in attributed.as_deref().unwrap_or_default() {
                 let sources: Vec<String> = p
@@ -529,35 +567,60 @@ impl Router {
         }
     }
 
-    /// Routes one stored message and marks it routed, in one transaction.
-    pub async fn route_stored(&self, m: &StoredMessage) -> Result<Plan, StoreError> {
+    /// Routes stored messages in order and marks them routed, all in one transaction
+    /// (one commit, one fsync, for the batch). Later messages see what earlier ones of
+    /// the batch did through an in-memory overlay.
+    pub async fn route_stored(&self, msgs: &[StoredMessage]) -> Result<Vec<Plan>, StoreError> {
         let now = now_us();
-        let mut plan = if m.duplicate {
-            Plan {
-                skipped: Some("duplicate control id: routed when first received".into()),
-                ..Plan::default()
-            }
-        } else {
-            self.plan(m.raw.as_deref().unwrap_or_default(), Some(m.id), now, None)
-                .await?
+        let mut sim = Sim {
+            overlay: true,
+            ..Sim::default()
         };
-        plan.write.routed_inbound = Some(m.id);
-        self.store.commit_routing(&plan.write, now).await?;
-        self.metrics
-            .routed
-            .with_label_values(&[if plan.skipped.is_some() {
-                "skipped"
+        let mut plans = Vec::with_capacity(msgs.len());
+        let mut all = RoutingWrite::default();
+        for m in msgs {
+            let mut plan = if m.duplicate {
+                Plan {
+                    skipped: Some("duplicate control id: routed when first received".into()),
+                    ..Plan::default()
+                }
             } else {
-                "routed"
-            }])
-            .inc();
-        for o in &plan.write.outbox {
-            self.metrics
-                .notifications_created
-                .with_label_values(&[o.status.as_str()])
-                .inc();
+                self.plan(
+                    m.raw.as_deref().unwrap_or_default(),
+                    Some(m.id),
+                    now,
+                    Some(&mut sim),
+                )
+                .await?
+            };
+            let w = std::mem::take(&mut plan.write);
+            all.encounters.extend(w.encounters);
+            all.transitions.extend(w.transitions);
+            all.decisions.extend(w.decisions);
+            all.outbox.extend(w.outbox.iter().cloned());
+            all.merges.extend(w.merges);
+            all.routed_inbound.push(m.id);
+            plan.write.outbox = w.outbox;
+            plans.push(plan);
         }
-        Ok(plan)
+        self.store.commit_routing(&all, now).await?;
+        for plan in &plans {
+            self.metrics
+                .routed
+                .with_label_values(&[if plan.skipped.is_some() {
+                    "skipped"
+                } else {
+                    "routed"
+                }])
+                .inc();
+            for o in &plan.write.outbox {
+                self.metrics
+                    .notifications_created
+                    .with_label_values(&[o.status.as_str()])
+                    .inc();
+            }
+        }
+        Ok(plans)
     }
 
     /// Closes ED visits that have gone quiet ([`EncounterConfig::ed_timeout_us`]).
@@ -658,8 +721,8 @@ impl Router {
     /// Routes the next page of messages; returns how many.
     pub async fn step(&self) -> Result<usize, StoreError> {
         let page = self.store.unrouted(200).await?;
-        for m in &page {
-            self.route_stored(m).await?;
+        if !page.is_empty() {
+            self.route_stored(&page).await?;
         }
         Ok(page.len())
     }

@@ -68,8 +68,8 @@ pub struct RoutingWrite {
     pub outbox: Vec<OutboxRow>,
     /// Patient re-keys from merges (old key, new key).
     pub merges: Vec<(String, String)>,
-    /// The inbound message this write finishes routing.
-    pub routed_inbound: Option<i64>,
+    /// The inbound messages this write finishes routing.
+    pub routed_inbound: Vec<i64>,
 }
 
 /// A notification as exported.
@@ -104,19 +104,18 @@ pub struct SentTo {
 }
 
 impl Store {
+    /// The encounter's stored state. Through [`Store::text_row`]: on SQLite that skips
+    /// sqlx's worker thread, which costs more than the lookup.
     pub async fn load_encounter(
         &self,
         facility: &str,
         visit_number: &str,
     ) -> Result<Option<String>, StoreError> {
-        const SQL: &str = "SELECT state FROM encounter WHERE facility = $1 AND visit_number = $2";
-        Ok(on_pool!(self, |p, sql| sqlx::query_scalar::<_, String>(
-            &sql(SQL)
-        )
-        .bind(facility)
-        .bind(visit_number)
-        .fetch_optional(p)
-        .await?))
+        const SQL: &str = "SELECT COALESCE((SELECT state FROM encounter WHERE facility = $1 AND visit_number = $2), '')";
+        let row = self
+            .text_row(SQL, vec![facility.to_string(), visit_number.to_string()], 1)
+            .await?;
+        Ok(row.into_iter().next().filter(|s| !s.is_empty()))
     }
 
     /// Open ED encounters last heard of before `before_us` (the ED-timeout sweep).
@@ -261,7 +260,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            if let Some(id) = w.routed_inbound {
+            for id in &w.routed_inbound {
                 sqlx::query(&sql(DONE))
                     .bind(now_us)
                     .bind(id)

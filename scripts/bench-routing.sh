@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Routing throughput (step 4): messages/s from the event log to the outbox on SQLite,
+# with a PATIENTS-patient roster (default 1,000,000) and a directory that has endpoints
+# for the roster's providers.
+#   1. load the roster and a synthetic NPPES directory;
+#   2. store ENCOUNTERS x 4 ADT messages (A04 ED, A06, A08 move, A03) through a server
+#      with routing off (`adt-router send`, every ACK checked);
+#   3. `adt-router route drain` routes them all and prints messages/s.
+#
+#   scripts/bench-routing.sh
+#   PATIENTS=100000 ENCOUNTERS=2000 scripts/bench-routing.sh     a quicker run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PATIENTS="${PATIENTS:-1000000}"
+ENCOUNTERS="${ENCOUNTERS:-5000}"
+cargo build --quiet --release
+BIN="$PWD/target/release/adt-router"
+RULES="$PWD/routing-rules"
+GEN="$PWD/scripts/gen-encounters.py"
+work=$(mktemp -d /tmp/adt-router-routebench.XXXXXX)
+server=""
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
+cd "$work"
+export ADT_ROUTER__DATABASE__URL="sqlite://$work/db.sqlite" ADT_ROUTER__ROUTING__RULES_DIR="$RULES"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; work dir $work"
+
+"$BIN" roster synth --patients "$PATIENTS" --out roster.csv > /dev/null
+"$BIN" roster import roster.csv --source bench --replace > /dev/null
+"$BIN" nppes synth --providers 100000 --endpoints 100000 --out-dir nppes > /dev/null 2>&1
+"$BIN" nppes import --npidata nppes/npidata_pfile_synthetic.csv \
+  --endpoints nppes/endpoint_pfile_synthetic.csv --quiet > /dev/null 2>&1
+python3 "$GEN" roster.csv "$ENCOUNTERS" encounters.hl7
+
+ADT_ROUTER__ROUTING__ENABLED=false ADT_ROUTER__MLLP__LISTEN=127.0.0.1:0 \
+  ADT_ROUTER__HTTP__LISTEN=127.0.0.1:0 "$BIN" serve > serve.out 2> serve.log &
+server=$!
+for _ in $(seq 1 100); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
+mllp=$(sed -n 's/.*listening: MLLP on \([^,]*\),.*/\1/p' serve.out)
+"$BIN" send --to "$mllp" encounters.hl7 > /dev/null
+kill "$server"; wait "$server" || true; server=""
+
+echo "== routing $((ENCOUNTERS * 4)) messages with a $PATIENTS-patient roster"
+"$BIN" route drain
