@@ -189,6 +189,16 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (notification_key) DO NOTHING";
         const MERGE: &str = "UPDATE encounter SET patient_key = $1 WHERE patient_key = $2";
         const DONE: &str = "UPDATE inbound_messages SET routed_at_us = $1 WHERE id = $2";
+        if let Store::Sqlite(_) = self {
+            let path = self.sqlite_path().expect("sqlite store has a path");
+            let commit = || commit_sqlite(&path, w, now_us, [MERGE, ENC, TR, DEC, OUT, DONE]);
+            // Blocking: on the multi-threaded runtime let the other workers carry on; a
+            // current-thread runtime (the CLI) has nothing else to run meanwhile.
+            return match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(commit),
+                _ => commit(),
+            };
+        }
         on_pool!(self, |p, sql| {
             let mut tx = p.begin().await?;
             for (old, new) in &w.merges {
@@ -345,4 +355,104 @@ impl Store {
             }
         }
     }
+}
+
+/// The SQLite commit, through one cached rusqlite connection with prepared statements:
+/// a page routes into thousands of rows, and sqlx's per-statement hand-off to its worker
+/// thread cost more than the inserts (see docs/routing.md).
+fn commit_sqlite(
+    path: &std::path::Path,
+    w: &RoutingWrite,
+    now_us: i64,
+    [merge, enc, tr, dec, out, done]: [&str; 6],
+) -> Result<(), StoreError> {
+    use rusqlite::params;
+    static CONN: std::sync::Mutex<Option<(std::path::PathBuf, rusqlite::Connection)>> =
+        std::sync::Mutex::new(None);
+    let mut guard = CONN.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.as_ref().is_none_or(|(p, _)| p != path) {
+        let c = rusqlite::Connection::open(path)?;
+        c.pragma_update(None, "synchronous", "FULL")?;
+        c.busy_timeout(std::time::Duration::from_secs(30))?;
+        *guard = Some((path.to_path_buf(), c));
+    }
+    let Some((_, c)) = guard.as_mut() else {
+        unreachable!("set above")
+    };
+    let q = |s: &str| s.replace('$', "?");
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut st = tx.prepare_cached(&q(merge))?;
+        for (old, new) in &w.merges {
+            st.execute(params![new, old])?;
+        }
+        let mut st = tx.prepare_cached(&q(enc))?;
+        for e in &w.encounters {
+            st.execute(params![
+                e.facility,
+                e.visit_number,
+                e.patient_key,
+                e.status,
+                e.state,
+                e.last_event_us,
+                now_us
+            ])?;
+        }
+        let mut st = tx.prepare_cached(&q(tr))?;
+        for t in &w.transitions {
+            st.execute(params![
+                t.transition_key,
+                t.encounter,
+                t.kind,
+                t.notifiable,
+                t.retracts,
+                t.note,
+                t.inbound_id,
+                t.control_id,
+                t.sending_facility,
+                t.trigger_event,
+                t.event_at_us,
+                now_us
+            ])?;
+        }
+        let mut st = tx.prepare_cached(&q(dec))?;
+        for d in &w.decisions {
+            st.execute(params![
+                d.transition_key,
+                d.recipient_npi,
+                d.outcome,
+                d.reason,
+                d.rule_ids,
+                now_us
+            ])?;
+        }
+        let mut st = tx.prepare_cached(&q(out))?;
+        for o in &w.outbox {
+            st.execute(params![
+                o.notification_key,
+                o.ordering_key,
+                o.channel,
+                o.endpoint,
+                o.payload,
+                o.status,
+                o.due_at_us,
+                o.last_error,
+                now_us,
+                o.transition_key,
+                o.kind,
+                o.encounter,
+                o.control_id,
+                o.sending_facility,
+                o.recipient_npi,
+                o.rule_ids,
+                o.content_profile
+            ])?;
+        }
+        let mut st = tx.prepare_cached(&q(done))?;
+        for id in &w.routed_inbound {
+            st.execute(params![now_us, id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
