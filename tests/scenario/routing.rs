@@ -487,6 +487,53 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
     assert!(change["lost"].as_array().unwrap().is_empty(), "{sim}");
     assert_eq!(h.notifications().len(), before);
 
+    // 8. A merge (A40): the encounter opened under the old identifier now belongs to the
+    //    surviving one.
+    h.send(&[adt(
+        "M1",
+        "A01",
+        "202611280800",
+        "MRN-OLD",
+        "V10",
+        "I",
+        "4W",
+        "",
+    )]);
+    h.send(&[format!(
+        "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611281200||ADT^A40^ADT_A39|M2|P|2.5.1\r\
+EVN|A40|202611281200\r\
+PID|1||MRN-NEW^^^GENHOSP^MR||DOE^JANE||19700101|F\r\
+MRG|MRN-OLD^^^GENHOSP^MR\r"
+    )]);
+    let url = db_url
+        .map(String::from)
+        .unwrap_or_else(|| format!("sqlite://{}/data/adt-router.db", dir.display()));
+    let owner = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = adt_router::store::Store::connect(&adt_router::store::StoreOptions {
+                url,
+                max_connections: 2,
+                busy_timeout: Duration::from_secs(5),
+                acquire_timeout: Duration::from_secs(5),
+            })
+            .await
+            .unwrap();
+            let row = store
+                .text_row(
+                    "SELECT patient_key FROM encounter WHERE facility = $1 AND visit_number = $2",
+                    vec!["GENHOSP".into(), "V10".into()],
+                    1,
+                )
+                .await
+                .unwrap();
+            store.close().await;
+            row[0].clone()
+        });
+    assert_eq!(owner, "MRN-NEW^GENHOSP");
+
     // The log names no patient.
     let log = h.server.log();
     assert!(
