@@ -499,12 +499,13 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
         "4W",
         "",
     )]);
-    h.send(&[format!(
-        "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611281200||ADT^A40^ADT_A39|M2|P|2.5.1\r\
+    h.send(&[
+        ("MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611281200||ADT^A40^ADT_A39|M2|P|2.5.1\r\
 EVN|A40|202611281200\r\
 PID|1||MRN-NEW^^^GENHOSP^MR||DOE^JANE||19700101|F\r\
-MRG|MRN-OLD^^^GENHOSP^MR\r"
-    )]);
+MRG|MRN-OLD^^^GENHOSP^MR\r")
+            .to_string(),
+    ]);
     let url = db_url
         .map(String::from)
         .unwrap_or_else(|| format!("sqlite://{}/data/adt-router.db", dir.display()));
