@@ -282,10 +282,10 @@ pub fn import(conn: &mut BulkConn, req: &ImportRequest) -> Result<ImportReport, 
                 .expect("RETURNING id");
             created.push((*kind, id));
             create_table(conn, *kind, id)?;
-            conn.set_durable(false)?;
+            conn.set_bulk_load(true)?;
             let loaded = load_file(conn, *kind, path, id, req)
                 .and_then(|r| create_index(conn, *kind, id).map(|_| r).map_err(Into::into));
-            conn.set_durable(true)?;
+            conn.set_bulk_load(false)?;
             reports.push(loaded?);
         }
         conn.begin()?;

@@ -95,16 +95,15 @@ impl BulkConn {
         }
     }
 
-    /// Whether each commit must reach the disk before it returns. Loading a snapshot
-    /// nobody reads yet can skip that (a crash there is an interrupted import, cleaned
-    /// up by the next one); the switch that makes it live cannot. SQLite only: on
-    /// PostgreSQL every commit is durable.
-    pub fn set_durable(&mut self, durable: bool) -> Result<(), StoreError> {
+    /// Loading a snapshot nobody reads yet: let the WAL grow instead of copying it into
+    /// the database after every chunk (one checkpoint at the end does the copying once).
+    /// Each chunk's commit still syncs the WAL: those syncs overlap with parsing the next
+    /// chunk, where leaving them all to the switch made the switch wait for the whole
+    /// snapshot to reach the disk (measured: 0.5 s of 2.5 s for the endpoint file).
+    /// SQLite only; nothing to do on PostgreSQL.
+    pub fn set_bulk_load(&mut self, loading: bool) -> Result<(), StoreError> {
         if let BulkConn::Sqlite(c) = self {
-            c.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
-            // While loading, let the WAL grow instead of copying it into the database
-            // after every chunk; one checkpoint at the end does the copying once.
-            c.pragma_update(None, "wal_autocheckpoint", if durable { 1000 } else { 0 })?;
+            c.pragma_update(None, "wal_autocheckpoint", if loading { 0 } else { 1000 })?;
         }
         Ok(())
     }
