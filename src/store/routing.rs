@@ -103,6 +103,52 @@ pub struct SentTo {
     pub content_profile: String,
 }
 
+const ENC: &str = "INSERT INTO encounter (facility, visit_number, patient_key, status, state, last_event_us, updated_at_us) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (facility, visit_number) DO UPDATE SET \
+     patient_key = excluded.patient_key, status = excluded.status, state = excluded.state, \
+     last_event_us = excluded.last_event_us, updated_at_us = excluded.updated_at_us";
+const TR: &str = "INSERT INTO encounter_transition (transition_key, encounter, kind, notifiable, retracts, note, inbound_id, control_id, sending_facility, trigger_event, event_at_us, created_at_us) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (transition_key) DO NOTHING";
+const DEC: &str = "INSERT INTO routing_decision (transition_key, recipient_npi, outcome, reason, rule_ids, created_at_us) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (transition_key, recipient_npi) DO NOTHING";
+const OUT: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, last_error, created_at_us, \
+     transition_key, kind, encounter, control_id, sending_facility, recipient_npi, rule_ids, content_profile) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (notification_key) DO NOTHING";
+const MERGE: &str = "UPDATE encounter SET patient_key = $1 WHERE patient_key = $2";
+const DONE: &str = "UPDATE inbound_messages SET routed_at_us = $1 WHERE id = $2";
+
+/// Every statement of a routing write, with its values in column order, written once
+/// for both drivers: calls `$run!(SQL; values...)` for each row.
+macro_rules! routing_rows {
+    ($w:expr, $now:expr, $run:ident) => {{
+        for (old, new) in &$w.merges {
+            $run!(MERGE; new, old);
+        }
+        for e in &$w.encounters {
+            $run!(ENC; &e.facility, &e.visit_number, &e.patient_key, &e.status, &e.state,
+                e.last_event_us, $now);
+        }
+        for t in &$w.transitions {
+            $run!(TR; &t.transition_key, &t.encounter, &t.kind, t.notifiable, &t.retracts,
+                &t.note, t.inbound_id, &t.control_id, &t.sending_facility, &t.trigger_event,
+                t.event_at_us, $now);
+        }
+        for d in &$w.decisions {
+            $run!(DEC; &d.transition_key, &d.recipient_npi, &d.outcome, &d.reason,
+                &d.rule_ids, $now);
+        }
+        for o in &$w.outbox {
+            $run!(OUT; &o.notification_key, &o.ordering_key, &o.channel, &o.endpoint,
+                &o.payload, &o.status, o.due_at_us, &o.last_error, $now, &o.transition_key,
+                &o.kind, &o.encounter, &o.control_id, &o.sending_facility, &o.recipient_npi,
+                &o.rule_ids, &o.content_profile);
+        }
+        for id in &$w.routed_inbound {
+            $run!(DONE; $now, id);
+        }
+    }};
+}
+
 impl Store {
     /// The encounter's stored state. Through [`Store::text_row`]: on SQLite that skips
     /// sqlx's worker thread, which costs more than the lookup.
@@ -173,112 +219,32 @@ impl Store {
         })
     }
 
-    /// Writes a routed message's consequences in one transaction. Idempotent: keys that
+    /// Writes a routed page's consequences in one transaction. Idempotent: keys that
     /// exist already are left alone.
     pub async fn commit_routing(&self, w: &RoutingWrite, now_us: i64) -> Result<(), StoreError> {
-        const ENC: &str = "INSERT INTO encounter (facility, visit_number, patient_key, status, state, last_event_us, updated_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (facility, visit_number) DO UPDATE SET \
-             patient_key = excluded.patient_key, status = excluded.status, state = excluded.state, \
-             last_event_us = excluded.last_event_us, updated_at_us = excluded.updated_at_us";
-        const TR: &str = "INSERT INTO encounter_transition (transition_key, encounter, kind, notifiable, retracts, note, inbound_id, control_id, sending_facility, trigger_event, event_at_us, created_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (transition_key) DO NOTHING";
-        const DEC: &str = "INSERT INTO routing_decision (transition_key, recipient_npi, outcome, reason, rule_ids, created_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (transition_key, recipient_npi) DO NOTHING";
-        const OUT: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, last_error, created_at_us, \
-             transition_key, kind, encounter, control_id, sending_facility, recipient_npi, rule_ids, content_profile) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (notification_key) DO NOTHING";
-        const MERGE: &str = "UPDATE encounter SET patient_key = $1 WHERE patient_key = $2";
-        const DONE: &str = "UPDATE inbound_messages SET routed_at_us = $1 WHERE id = $2";
-        if let Store::Sqlite(_) = self {
-            let path = self.sqlite_path().expect("sqlite store has a path");
-            let commit = || commit_sqlite(&path, w, now_us, [MERGE, ENC, TR, DEC, OUT, DONE]);
-            // Blocking: on the multi-threaded runtime let the other workers carry on; a
-            // current-thread runtime (the CLI) has nothing else to run meanwhile.
-            return match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(commit),
-                _ => commit(),
+        let pool = match self {
+            Store::Postgres(pool) => pool,
+            Store::Sqlite(_) => {
+                let path = self.sqlite_path().expect("sqlite store has a path");
+                let commit = || commit_sqlite(&path, w, now_us);
+                // Blocking: on the multi-threaded runtime let the other workers carry
+                // on; a current-thread runtime (the CLI) has nothing else to run.
+                return match tokio::runtime::Handle::current().runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(commit)
+                    }
+                    _ => commit(),
+                };
+            }
+        };
+        let mut tx = pool.begin().await?;
+        macro_rules! run {
+            ($sql:expr; $($v:expr),*) => {
+                sqlx::query($sql)$(.bind($v))*.execute(&mut *tx).await?;
             };
         }
-        on_pool!(self, |p, sql| {
-            let mut tx = p.begin().await?;
-            for (old, new) in &w.merges {
-                sqlx::query(&sql(MERGE))
-                    .bind(new)
-                    .bind(old)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for e in &w.encounters {
-                sqlx::query(&sql(ENC))
-                    .bind(&e.facility)
-                    .bind(&e.visit_number)
-                    .bind(&e.patient_key)
-                    .bind(&e.status)
-                    .bind(&e.state)
-                    .bind(e.last_event_us)
-                    .bind(now_us)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for t in &w.transitions {
-                sqlx::query(&sql(TR))
-                    .bind(&t.transition_key)
-                    .bind(&t.encounter)
-                    .bind(&t.kind)
-                    .bind(t.notifiable)
-                    .bind(&t.retracts)
-                    .bind(&t.note)
-                    .bind(t.inbound_id)
-                    .bind(&t.control_id)
-                    .bind(&t.sending_facility)
-                    .bind(&t.trigger_event)
-                    .bind(t.event_at_us)
-                    .bind(now_us)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for d in &w.decisions {
-                sqlx::query(&sql(DEC))
-                    .bind(&d.transition_key)
-                    .bind(&d.recipient_npi)
-                    .bind(&d.outcome)
-                    .bind(&d.reason)
-                    .bind(&d.rule_ids)
-                    .bind(now_us)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for o in &w.outbox {
-                sqlx::query(&sql(OUT))
-                    .bind(&o.notification_key)
-                    .bind(&o.ordering_key)
-                    .bind(&o.channel)
-                    .bind(&o.endpoint)
-                    .bind(&o.payload)
-                    .bind(&o.status)
-                    .bind(o.due_at_us)
-                    .bind(&o.last_error)
-                    .bind(now_us)
-                    .bind(&o.transition_key)
-                    .bind(&o.kind)
-                    .bind(&o.encounter)
-                    .bind(&o.control_id)
-                    .bind(&o.sending_facility)
-                    .bind(&o.recipient_npi)
-                    .bind(&o.rule_ids)
-                    .bind(&o.content_profile)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for id in &w.routed_inbound {
-                sqlx::query(&sql(DONE))
-                    .bind(now_us)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
+        routing_rows!(w, now_us, run);
+        tx.commit().await?;
         Ok(())
     }
 
@@ -360,13 +326,7 @@ impl Store {
 /// The SQLite commit, through one cached rusqlite connection with prepared statements:
 /// a page routes into thousands of rows, and sqlx's per-statement hand-off to its worker
 /// thread cost more than the inserts (see docs/routing.md).
-fn commit_sqlite(
-    path: &std::path::Path,
-    w: &RoutingWrite,
-    now_us: i64,
-    [merge, enc, tr, dec, out, done]: [&str; 6],
-) -> Result<(), StoreError> {
-    use rusqlite::params;
+fn commit_sqlite(path: &std::path::Path, w: &RoutingWrite, now_us: i64) -> Result<(), StoreError> {
     static CONN: std::sync::Mutex<Option<(std::path::PathBuf, rusqlite::Connection)>> =
         std::sync::Mutex::new(None);
     let mut guard = CONN.lock().unwrap_or_else(|p| p.into_inner());
@@ -379,80 +339,14 @@ fn commit_sqlite(
     let Some((_, c)) = guard.as_mut() else {
         unreachable!("set above")
     };
-    let q = |s: &str| s.replace('$', "?");
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let mut st = tx.prepare_cached(&q(merge))?;
-        for (old, new) in &w.merges {
-            st.execute(params![new, old])?;
-        }
-        let mut st = tx.prepare_cached(&q(enc))?;
-        for e in &w.encounters {
-            st.execute(params![
-                e.facility,
-                e.visit_number,
-                e.patient_key,
-                e.status,
-                e.state,
-                e.last_event_us,
-                now_us
-            ])?;
-        }
-        let mut st = tx.prepare_cached(&q(tr))?;
-        for t in &w.transitions {
-            st.execute(params![
-                t.transition_key,
-                t.encounter,
-                t.kind,
-                t.notifiable,
-                t.retracts,
-                t.note,
-                t.inbound_id,
-                t.control_id,
-                t.sending_facility,
-                t.trigger_event,
-                t.event_at_us,
-                now_us
-            ])?;
-        }
-        let mut st = tx.prepare_cached(&q(dec))?;
-        for d in &w.decisions {
-            st.execute(params![
-                d.transition_key,
-                d.recipient_npi,
-                d.outcome,
-                d.reason,
-                d.rule_ids,
-                now_us
-            ])?;
-        }
-        let mut st = tx.prepare_cached(&q(out))?;
-        for o in &w.outbox {
-            st.execute(params![
-                o.notification_key,
-                o.ordering_key,
-                o.channel,
-                o.endpoint,
-                o.payload,
-                o.status,
-                o.due_at_us,
-                o.last_error,
-                now_us,
-                o.transition_key,
-                o.kind,
-                o.encounter,
-                o.control_id,
-                o.sending_facility,
-                o.recipient_npi,
-                o.rule_ids,
-                o.content_profile
-            ])?;
-        }
-        let mut st = tx.prepare_cached(&q(done))?;
-        for id in &w.routed_inbound {
-            st.execute(params![now_us, id])?;
-        }
+    macro_rules! run {
+        ($sql:expr; $($v:expr),*) => {
+            tx.prepare_cached(&$sql.replace('$', "?"))?
+                .execute(rusqlite::params![$($v),*])?;
+        };
     }
+    routing_rows!(w, now_us, run);
     tx.commit()?;
     Ok(())
 }

@@ -50,6 +50,20 @@ fn disposition(code: &str) -> String {
     format!("{}{code}", "|".repeat(17))
 }
 
+/// A local directory override: provider `n` is reached by `kind` at `value`.
+fn set_endpoint(cli: &Cli, n: u32, kind: &str, value: &str) {
+    cli.json(&[
+        "directory",
+        "override",
+        "--npi",
+        &npi(n),
+        "--type",
+        kind,
+        "--endpoint",
+        value,
+    ]);
+}
+
 fn rules_dir(extra: &[(&str, &str)]) -> tempfile::TempDir {
     let d = tempdir();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
@@ -93,26 +107,8 @@ impl Harness {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let cli = Cli::new(dir, db_url, &[]);
         // The PCP can take REST; the SNF (a post-acute provider on a roster) Direct.
-        cli.json(&[
-            "directory",
-            "override",
-            "--npi",
-            &npi(PCP),
-            "--type",
-            "REST",
-            "--endpoint",
-            "https://pcp.example.org/adt",
-        ]);
-        cli.json(&[
-            "directory",
-            "override",
-            "--npi",
-            &npi(SNF),
-            "--type",
-            "DIRECT",
-            "--endpoint",
-            "intake@direct.snf.example.org",
-        ]);
+        set_endpoint(&cli, PCP, "REST", "https://pcp.example.org/adt");
+        set_endpoint(&cli, SNF, "DIRECT", "intake@direct.snf.example.org");
         let roster = dir.join("roster.csv");
         std::fs::write(
             &roster,
@@ -590,16 +586,7 @@ fn rules_check_and_explain() {
     );
 
     // explain: the admission transition, the rule that fired, and why the PCP gets it.
-    cli.json(&[
-        "directory",
-        "override",
-        "--npi",
-        &npi(PCP),
-        "--type",
-        "REST",
-        "--endpoint",
-        "https://pcp.example.org/adt",
-    ]);
+    set_endpoint(&cli, PCP, "REST", "https://pcp.example.org/adt");
     let f = dir.path().join("a01.hl7");
     std::fs::write(
         &f,
