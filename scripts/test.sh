@@ -40,6 +40,12 @@ if ! command -v mllp_send >/dev/null; then
 fi
 command -v mllp_send
 
+step "Python peers: the Standard Webhooks reference library (webhook receiver)"
+if ! python3 -c "import standardwebhooks" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
+fi
+python3 -c "import standardwebhooks"
+
 step "Kafka-protocol broker: tansu 0.6.0 (built once, cached in $CACHE/tansu)"
 if ! [ -x "$CACHE/tansu/bin/tansu" ]; then
   cargo install tansu --locked --version 0.6.0 --features dynostore --root "$CACHE/tansu"

@@ -202,6 +202,18 @@ impl App {
             ));
             (tokio::spawn(r.run(rx.clone())), watch)
         });
+        let delivering = self.settings.delivery.enabled.then(|| {
+            let d = crate::deliver::Deliverer {
+                store: self.store.clone(),
+                http: reqwest::Client::new(),
+                policy: self.settings.retry_policy(),
+                endpoints: self.settings.resolve_policy().endpoints,
+                owner: format!("{}-{}", std::process::id(), crate::store::now_us()),
+                metrics: self.metrics.clone(),
+                batch: self.settings.delivery.batch.max(1),
+            };
+            tokio::spawn(d.run(rx.clone()))
+        });
         let state = HttpState {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
@@ -234,6 +246,9 @@ impl App {
         }
         if let Some(r) = router_task {
             r.await.context("router task")?.context("router")?;
+        }
+        if let Some(d) = delivering {
+            d.await.context("delivery task")?;
         }
         if let Some((r, w)) = routing {
             r.await.context("routing task")?;

@@ -256,6 +256,20 @@ pub struct DeliverySettings {
     pub require_https: bool,
     /// Endpoint types in order of preference; types not listed are never used.
     pub channel_order: Vec<String>,
+    /// Run the deliverer in `serve` (REST webhooks so far).
+    pub enabled: bool,
+    /// Notifications claimed per round (sent concurrently).
+    pub batch: i64,
+    /// One request's time limit.
+    pub timeout_ms: u64,
+    /// Backoff: the first retry waits up to this (full jitter), doubling each time...
+    pub retry_base_ms: u64,
+    /// ...up to this.
+    pub retry_cap_secs: u64,
+    /// A notification still undelivered this long after it was created is dead.
+    pub max_age_hours: u64,
+    /// ...or after this many attempts.
+    pub max_attempts: i32,
 }
 
 impl Default for DeliverySettings {
@@ -264,6 +278,13 @@ impl Default for DeliverySettings {
             allow_private_networks: false,
             require_https: true,
             channel_order: vec!["DIRECT".into(), "FHIR".into(), "REST".into()],
+            enabled: true,
+            batch: 32,
+            timeout_ms: 10_000,
+            retry_base_ms: 1_000,
+            retry_cap_secs: 3_600,
+            max_age_hours: 24,
+            max_attempts: 50,
         }
     }
 }
@@ -522,6 +543,17 @@ impl Settings {
     pub fn fallback_charset(&self) -> &'static encoding_rs::Encoding {
         encoding_rs::Encoding::for_label(self.hl7.fallback_charset.as_bytes())
             .unwrap_or(encoding_rs::WINDOWS_1252)
+    }
+
+    pub fn retry_policy(&self) -> crate::deliver::RetryPolicy {
+        let d = &self.delivery;
+        crate::deliver::RetryPolicy {
+            base: Duration::from_millis(d.retry_base_ms.max(1)),
+            cap: Duration::from_secs(d.retry_cap_secs.max(1)),
+            max_age: Duration::from_secs(d.max_age_hours.saturating_mul(3600)),
+            max_attempts: d.max_attempts.max(1),
+            timeout: Duration::from_millis(d.timeout_ms.max(1)),
+        }
     }
 
     pub fn encounter_config(&self) -> crate::route::encounter::EncounterConfig {

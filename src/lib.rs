@@ -9,6 +9,8 @@
 //! - [`router`]: in Kafka mode, the consumer-group member that stores what it consumes.
 //! - [`route`]: step 4, typed ADT events, the encounter state machine, routing rules,
 //!   and the outbox rows they produce.
+//! - [`deliver`]: step 5, claims notifications from the outbox and sends them (REST
+//!   webhooks so far), recording every attempt.
 //! - [`directory`]: providers and their endpoints (NPPES files, local overrides).
 //! - [`attribution`]: which providers a patient's event goes to (rosters, PD1/ROL,
 //!   patient matching), with provenance.
@@ -25,6 +27,8 @@ pub mod app;
 pub mod attribution;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod deliver;
 #[cfg(feature = "server")]
 pub mod directory;
 #[cfg(feature = "server")]

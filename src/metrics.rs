@@ -40,6 +40,8 @@ pub struct Metrics {
     pub notifications_created: IntCounterVec,
     /// Routing-rule (re)loads, by outcome (ok, invalid).
     pub rule_reloads: IntCounterVec,
+    /// Delivery attempts, by channel and outcome (delivered, retry, failed, dead).
+    pub delivery_attempts: IntCounterVec,
 }
 
 const FACILITY_LABEL_MAX: usize = 64;
@@ -91,6 +93,11 @@ impl Metrics {
             rule_reloads: IntCounterVec::new(
                 Opts::new("routing_rule_loads_total", "Routing-rule loads, by outcome; an invalid load keeps the last good rules."),
                 &["outcome"],
+            )
+            .expect("metric"),
+            delivery_attempts: IntCounterVec::new(
+                Opts::new("delivery_attempts_total", "Delivery attempts, by channel and outcome."),
+                &["channel", "outcome"],
             )
             .expect("metric"),
             roster_uploads: IntCounterVec::new(
@@ -167,6 +174,7 @@ impl Metrics {
             Box::new(m.routed.clone()),
             Box::new(m.notifications_created.clone()),
             Box::new(m.rule_reloads.clone()),
+            Box::new(m.delivery_attempts.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

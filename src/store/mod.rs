@@ -11,6 +11,7 @@
 //! docs/benchmarks.md. Everything else (migrations, reads, quarantine) is sqlx.
 
 pub mod bulk;
+pub mod delivery;
 pub mod outbox;
 pub mod routing;
 pub mod sqlite_reads;

@@ -65,14 +65,41 @@ impl Store {
         lease_until_us: i64,
         limit: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
+        self.claim_due_on(owner, now_us, lease_until_us, limit, &[])
+            .await
+    }
+
+    /// [`Self::claim_due`] for rows of the given channels only (all when empty): a
+    /// deliverer claims what it can send.
+    pub async fn claim_due_on(
+        &self,
+        owner: &str,
+        now_us: i64,
+        lease_until_us: i64,
+        limit: i64,
+        channels: &[&str],
+    ) -> Result<Vec<Claimed>, StoreError> {
         // SQLite has one writer, so the statement is already exclusive there.
         let lock = match self {
             Store::Postgres(_) => "FOR UPDATE SKIP LOCKED",
             Store::Sqlite(_) => "",
         };
+        // Channel names are ours (DIRECT, FHIR, REST), never input.
+        let only = if channels.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "AND o.channel IN ({})",
+                channels
+                    .iter()
+                    .map(|c| format!("'{}'", c.replace('\'', "")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         let query = format!(
             "UPDATE outbox SET status = 'sending', lease_owner = $1, lease_until_us = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT o.id FROM outbox o WHERE {CLAIMABLE} ORDER BY o.due_at_us, o.id LIMIT $4 {lock}) \
+             WHERE id IN (SELECT o.id FROM outbox o WHERE {CLAIMABLE} {only} ORDER BY o.due_at_us, o.id LIMIT $4 {lock}) \
              RETURNING id, ordering_key, attempts"
         )
         .replace("{now}", "$3");

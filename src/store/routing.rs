@@ -91,6 +91,9 @@ pub struct ExportedNotification {
     pub rule_ids: Vec<String>,
     pub transition_key: Option<String>,
     pub created_at: String,
+    /// What proves delivery (HTTP status, hashes, time), once delivered.
+    pub proof: Option<serde_json::Value>,
+    pub delivered_at: Option<String>,
 }
 
 /// A recipient already sent a transition (for retractions).
@@ -254,7 +257,7 @@ impl Store {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<ExportedNotification>, StoreError> {
-        const SQL: &str = "SELECT id, notification_key, control_id, sending_facility, encounter, kind, recipient_npi, channel, endpoint, status, attempts, last_error, content_profile, rule_ids, transition_key, created_at_us \
+        const SQL: &str = "SELECT id, notification_key, control_id, sending_facility, encounter, kind, recipient_npi, channel, endpoint, status, attempts, last_error, content_profile, rule_ids, transition_key, created_at_us, proof, delivered_at_us \
              FROM outbox WHERE id > $1 ORDER BY id LIMIT $2";
         on_pool!(self, |p, sql| {
             let rows = sqlx::query(&sql(SQL))
@@ -287,6 +290,12 @@ impl Store {
                             .collect(),
                         transition_key: r.try_get(14)?,
                         created_at: crate::directory::rfc3339_us(r.try_get(15)?),
+                        proof: r
+                            .try_get::<Option<String>, _>(16)?
+                            .and_then(|p| serde_json::from_str(&p).ok()),
+                        delivered_at: r
+                            .try_get::<Option<i64>, _>(17)?
+                            .map(crate::directory::rfc3339_us),
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -6,6 +6,7 @@ mod helpers;
 mod attribution;
 mod corpus;
 mod crash;
+mod delivery;
 mod directory;
 mod framing;
 mod kafka;

@@ -96,6 +96,8 @@ impl Harness {
                 rules.to_str().unwrap().to_string(),
             ),
             ("ADT_ROUTER__ROUTING__RELOAD_SECS", "1".to_string()),
+            // These tests read what routing wrote; delivery has tests of its own.
+            ("ADT_ROUTER__DELIVERY__ENABLED", "false".to_string()),
             (
                 "ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS",
                 "true".to_string(),

@@ -1,0 +1,129 @@
+//! What the deliverers read and write: the notification to send (with its endpoint's
+//! secret from the directory override), and each attempt with the row's new status in
+//! one transaction, so the attempt log and the outbox never disagree.
+
+use super::{on_pool, Store, StoreError};
+use sqlx::Row;
+
+/// A claimed notification, ready to send.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub id: i64,
+    pub notification_key: String,
+    pub channel: String,
+    pub endpoint: String,
+    pub payload: Vec<u8>,
+    pub attempts: i32,
+    pub created_at_us: i64,
+    pub recipient_npi: String,
+    /// The directory override's secret for this endpoint (webhook signing).
+    pub secret: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttemptRow {
+    pub outbox_id: i64,
+    pub attempt: i32,
+    pub started_at_us: i64,
+    pub channel: String,
+    pub endpoint: String,
+    pub request_sha256: String,
+    pub outcome: String,
+    pub response_code: Option<i32>,
+    pub response_text: String,
+    pub latency_us: i64,
+}
+
+impl Store {
+    /// A notification and its endpoint's secret.
+    pub async fn outgoing(&self, id: i64) -> Result<Option<Outgoing>, StoreError> {
+        const SQL: &str = "SELECT o.id, o.notification_key, o.channel, o.endpoint, o.payload, o.attempts, o.created_at_us, \
+             COALESCE(o.recipient_npi, ''), \
+             (SELECT d.secret FROM directory_override d WHERE d.npi = o.recipient_npi AND d.endpoint_type = o.channel \
+                AND d.secret IS NOT NULL AND (d.endpoint = o.endpoint OR d.endpoint || '/' = o.endpoint) ORDER BY d.id LIMIT 1) \
+             FROM outbox o WHERE o.id = $1";
+        on_pool!(self, |p, sql| {
+            let row = sqlx::query(&sql(SQL)).bind(id).fetch_optional(p).await?;
+            row.map(|r| {
+                Ok(Outgoing {
+                    id: r.try_get(0)?,
+                    notification_key: r.try_get(1)?,
+                    channel: r.try_get(2)?,
+                    endpoint: r.try_get(3)?,
+                    payload: r.try_get(4)?,
+                    attempts: r.try_get(5)?,
+                    created_at_us: r.try_get(6)?,
+                    recipient_npi: r.try_get(7)?,
+                    secret: r.try_get(8)?,
+                })
+            })
+            .transpose()
+            .map_err(|e: sqlx::Error| StoreError::from(e))
+        })
+    }
+
+    /// Records an attempt and settles the row (`status`, next `due_at_us`, error,
+    /// proof) in one transaction, if `owner` still holds the lease; `false` otherwise
+    /// (the attempt is still recorded: it happened).
+    pub async fn record_attempt(
+        &self,
+        a: &AttemptRow,
+        owner: &str,
+        status: &str,
+        due_at_us: i64,
+        error: Option<&str>,
+        proof: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        const ATTEMPT: &str = "INSERT INTO delivery_attempt (outbox_id, attempt, started_at_us, channel, endpoint, request_sha256, outcome, response_code, response_text, latency_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+        const SETTLE: &str = "UPDATE outbox SET status = $1, due_at_us = $2, last_error = $3, proof = COALESCE($4, proof), \
+             delivered_at_us = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at_us END, lease_owner = NULL, lease_until_us = NULL \
+             WHERE id = $6 AND lease_owner = $7 AND status = 'sending'";
+        let now = super::now_us();
+        let kept = on_pool!(self, |p, sql| {
+            let mut tx = p.begin().await?;
+            sqlx::query(&sql(ATTEMPT))
+                .bind(a.outbox_id)
+                .bind(a.attempt)
+                .bind(a.started_at_us)
+                .bind(&a.channel)
+                .bind(&a.endpoint)
+                .bind(&a.request_sha256)
+                .bind(&a.outcome)
+                .bind(a.response_code)
+                .bind(&a.response_text)
+                .bind(a.latency_us)
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query(&sql(SETTLE))
+                .bind(status)
+                .bind(due_at_us)
+                .bind(error)
+                .bind(proof)
+                .bind(now)
+                .bind(a.outbox_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            n == 1
+        });
+        Ok(kept)
+    }
+
+    /// The attempts of one notification, oldest first: (attempt, outcome, code, text).
+    pub async fn attempts_of(
+        &self,
+        outbox_id: i64,
+    ) -> Result<Vec<(i32, String, Option<i32>, String)>, StoreError> {
+        const SQL: &str = "SELECT attempt, outcome, response_code, response_text FROM delivery_attempt WHERE outbox_id = $1 ORDER BY id";
+        on_pool!(self, |p, sql| {
+            let rows = sqlx::query(&sql(SQL)).bind(outbox_id).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        })
+    }
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""A webhook receiver for the delivery tests, written against the official Standard
+Webhooks library (`pip install standardwebhooks`): it verifies every request's
+signature with the shared secret and answers per path:
+
+  /ok      200
+  /flaky   503 with Retry-After: 1 for the first two requests, then 200
+  /gone    410
+  /hang    never answers (sleeps 60 s)
+
+Prints its port on the first line of stdout; appends one JSON line per request to LOG.
+
+    webhook_receiver.py SECRET LOG
+"""
+import hashlib
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from standardwebhooks.webhooks import Webhook
+
+SECRET, LOG = sys.argv[1], sys.argv[2]
+verifier = Webhook(SECRET)
+seen = {}
+lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            verifier.verify(body, headers)
+            verified = True
+        except Exception:  # noqa: BLE001 - any failure means "not verified"
+            verified = False
+        with lock:
+            n = seen.get(self.path, 0) + 1
+            seen[self.path] = n
+        status, extra = 200, {}
+        if self.path == "/flaky" and n <= 2:
+            status, extra = 503, {"Retry-After": "1"}
+        elif self.path == "/gone":
+            status = 410
+        elif self.path == "/hang":
+            time.sleep(60)
+        with lock, open(LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps({
+                "path": self.path, "n": n, "at": time.time(), "status": status,
+                "webhook_id": headers.get("webhook-id"), "verified": verified,
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+            }) + "\n")
+        self.send_response(status)
+        for k, v in extra.items():
+            self.send_header(k, v)
+        answer = b'{"ok": true}' if status == 200 else b'{"error": "try later"}'
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server.daemon_threads = True
+print(server.server_address[1], flush=True)
+server.serve_forever()

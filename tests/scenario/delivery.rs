@@ -1,0 +1,234 @@
+//! Step 5, delivery (REST webhooks): an admission routed to three providers whose
+//! webhook receivers (written against the official Standard Webhooks library, which
+//! verifies every signature) misbehave in three ways: one fails twice with 503 and
+//! Retry-After, one answers 410, one hangs. SQLite and PostgreSQL.
+
+use crate::helpers::*;
+use crate::postgres::TestDb;
+use adt_router::directory::npi::Npi;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn npi(n: u32) -> String {
+    Npi::from_base(400_000_000 + n).to_string()
+}
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &Path) -> Receiver {
+        let log = dir.join("receiver.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/webhook_receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(SECRET)
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 webhook receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the receiver prints its port");
+        Receiver { child, port, log }
+    }
+
+    fn requests(&self, path: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["path"] == path)
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn webhooks(dir: &Path, db_url: Option<&str>) {
+    let rx = Receiver::start(dir);
+    let cli = Cli::new(
+        dir,
+        db_url,
+        &[
+            ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
+            ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{}", rx.port);
+    for (n, path) in [(1, "flaky"), (2, "gone"), (3, "hang")] {
+        cli.json(&[
+            "directory",
+            "override",
+            "--npi",
+            &npi(n),
+            "--type",
+            "REST",
+            "--endpoint",
+            &format!("{base}/{path}"),
+            "--secret",
+            SECRET,
+        ]);
+    }
+    let roster = dir.join("roster.csv");
+    std::fs::write(
+        &roster,
+        format!(
+            "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n\
+             MRN-W,GENHOSP,Doe,Jane,1970-01-01,F,{},pcp\n\
+             MRN-W,GENHOSP,Doe,Jane,1970-01-01,F,{},post_acute\n\
+             MRN-W,GENHOSP,Doe,Jane,1970-01-01,F,{},care_manager\n",
+            npi(1),
+            npi(2),
+            npi(3)
+        ),
+    )
+    .unwrap();
+    cli.json(&[
+        "roster",
+        "import",
+        roster.to_str().unwrap(),
+        "--source",
+        "practices",
+    ]);
+
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
+    let mut env = vec![
+        (
+            "ADT_ROUTER__ROUTING__RULES_DIR",
+            rules.to_str().unwrap().to_string(),
+        ),
+        (
+            "ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS",
+            "true".into(),
+        ),
+        ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false".into()),
+        ("ADT_ROUTER__DELIVERY__TIMEOUT_MS", "20000".into()),
+    ];
+    if let Some(u) = db_url {
+        env.push(("ADT_ROUTER__DATABASE__URL", u.to_string()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(dir, &env);
+    let msg = dir.join("a01.hl7");
+    std::fs::write(
+        &msg,
+        "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280800||ADT^A01|W1|P|2.5.1\r\
+EVN|A01|202611280800\r\
+PID|1||MRN-W^^^GENHOSP^MR||DOE^JANE||19700101|F\r\
+PV1|1|I|4W^1^A^GENHOSP||||||||||||||||||V1\r",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = server.run(&["send", "--to", &server.mllp, msg.to_str().unwrap()]);
+    assert!(out.status.success());
+
+    let export = || -> Vec<Value> {
+        let out = server.run(&["notifications", "export", "--format", "jsonl"]);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let row = |ns: &[Value], n: u32| -> Value {
+        ns.iter()
+            .find(|x| x["recipient_npi"] == npi(n))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the flaky receiver's delivery",
+        || row(&export(), 1)["status"] == "delivered",
+    );
+    let took = started.elapsed();
+    let ns = export();
+
+    // Delivered once, after two 503s, every attempt recorded and signed the same way.
+    let pcp = row(&ns, 1);
+    assert_eq!(pcp["attempts"], 3, "{pcp}");
+    assert_eq!(pcp["proof"]["http_status"], 200, "{pcp}");
+    assert!(pcp["delivered_at"].is_string());
+    let reqs = rx.requests("/flaky");
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert!(
+        reqs.iter().all(|r| r["verified"] == true),
+        "signatures: {reqs:?}"
+    );
+    assert!(reqs
+        .iter()
+        .all(|r| r["webhook_id"] == pcp["idempotency_key"]));
+    assert!(reqs
+        .iter()
+        .all(|r| r["body_sha256"] == reqs[0]["body_sha256"]));
+    assert_eq!(pcp["proof"]["request_sha256"], reqs[0]["body_sha256"]);
+    // Retry-After: 1 was honoured (no retry sooner than a second).
+    for w in reqs.windows(2) {
+        let gap = w[1]["at"].as_f64().unwrap() - w[0]["at"].as_f64().unwrap();
+        assert!(
+            gap >= 0.95,
+            "retried after {gap:.3} s despite Retry-After: 1"
+        );
+    }
+
+    // 410: failed at once, one attempt, with the reason.
+    let gone = row(&ns, 2);
+    assert_eq!(gone["status"], "failed", "{gone}");
+    assert_eq!(gone["attempts"], 1);
+    assert!(
+        gone["last_error"].as_str().unwrap().contains("HTTP 410"),
+        "{gone}"
+    );
+    assert_eq!(rx.requests("/gone").len(), 1);
+
+    // The hanging receiver did not hold the others up: the flaky one was done in about
+    // its two one-second waits while the hanging request was still open.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let hang = row(&ns, 3);
+    assert_eq!(hang["status"], "sending", "{hang}");
+    assert!(
+        rx.requests("/hang").is_empty(),
+        "the hanging request never finished"
+    );
+
+    assert!(
+        server.metric("adt_router_delivery_attempts_total{channel=\"REST\",outcome=\"retry\"}")
+            >= 2.0
+    );
+    assert!(
+        server.metric("adt_router_delivery_attempts_total{channel=\"REST\",outcome=\"delivered\"}")
+            >= 1.0
+    );
+}
+
+#[test]
+fn webhooks_retry_fail_and_do_not_wait_on_each_other_sqlite() {
+    let dir = tempdir();
+    webhooks(dir.path(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_retry_fail_and_do_not_wait_on_each_other_postgres() {
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || webhooks(dir.path(), Some(&url)))
+        .await
+        .unwrap();
+}
