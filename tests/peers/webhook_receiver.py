@@ -7,6 +7,7 @@ signature with the shared secret and answers per path:
   /flaky   503 with Retry-After: 1 for the first two requests, then 200
   /gone    410
   /hang    never answers (sleeps 60 s)
+  /hang-once  the first request is logged as it arrives and never answered; then 200
 
 Prints its port on the first line of stdout; appends one JSON line per request to LOG.
 
@@ -25,6 +26,15 @@ SECRET, LOG = sys.argv[1], sys.argv[2]
 verifier = Webhook(SECRET)
 seen = {}
 lock = threading.Lock()
+
+
+def log(path, n, status, headers, verified, body):
+    with lock, open(LOG, "a", encoding="utf-8") as f:
+        f.write(json.dumps({
+            "path": path, "n": n, "at": time.time(), "status": status,
+            "webhook_id": headers.get("webhook-id"), "verified": verified,
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }) + "\n")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -47,14 +57,12 @@ class Handler(BaseHTTPRequestHandler):
             status, extra = 503, {"Retry-After": "1"}
         elif self.path == "/gone":
             status = 410
-        elif self.path == "/hang":
+        elif self.path == "/hang" or (self.path == "/hang-once" and n == 1):
+            if self.path == "/hang-once":
+                log(self.path, n, "hung", headers, verified, body)
             time.sleep(60)
-        with lock, open(LOG, "a", encoding="utf-8") as f:
-            f.write(json.dumps({
-                "path": self.path, "n": n, "at": time.time(), "status": status,
-                "webhook_id": headers.get("webhook-id"), "verified": verified,
-                "body_sha256": hashlib.sha256(body).hexdigest(),
-            }) + "\n")
+            return
+        log(self.path, n, status, headers, verified, body)
         self.send_response(status)
         for k, v in extra.items():
             self.send_header(k, v)

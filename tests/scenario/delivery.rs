@@ -60,8 +60,15 @@ impl Drop for Receiver {
     }
 }
 
-fn webhooks(dir: &Path, db_url: Option<&str>) {
-    let rx = Receiver::start(dir);
+/// Directory overrides (provider `n` at receiver path) and a roster attributing them
+/// all to patient MRN-W; returns the server's environment.
+fn setup(
+    dir: &Path,
+    db_url: Option<&str>,
+    rx: &Receiver,
+    providers: &[(u32, &str, &str)],
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let cli = Cli::new(
         dir,
         db_url,
@@ -70,61 +77,59 @@ fn webhooks(dir: &Path, db_url: Option<&str>) {
             ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
         ],
     );
-    let base = format!("http://127.0.0.1:{}", rx.port);
-    for (n, path) in [(1, "flaky"), (2, "gone"), (3, "hang")] {
+    let mut roster =
+        "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n"
+            .to_string();
+    for (n, path, relationship) in providers {
         cli.json(&[
             "directory",
             "override",
             "--npi",
-            &npi(n),
+            &npi(*n),
             "--type",
             "REST",
             "--endpoint",
-            &format!("{base}/{path}"),
+            &format!("http://127.0.0.1:{}/{path}", rx.port),
             "--secret",
             SECRET,
         ]);
+        roster.push_str(&format!(
+            "MRN-W,GENHOSP,Doe,Jane,1970-01-01,F,{},{relationship}\n",
+            npi(*n)
+        ));
     }
-    let roster = dir.join("roster.csv");
-    std::fs::write(
-        &roster,
-        format!(
-            "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n\
-             MRN-W,GENHOSP,Doe,Jane,1970-01-01,F,{},pcp\n\
-             MRN-W,GENHOSP,Doe,Jane,1970-01-01,F,{},post_acute\n\
-             MRN-W,GENHOSP,Doe,Jane,1970-01-01,F,{},care_manager\n",
-            npi(1),
-            npi(2),
-            npi(3)
-        ),
-    )
-    .unwrap();
+    let file = dir.join("roster.csv");
+    std::fs::write(&file, roster).unwrap();
     cli.json(&[
         "roster",
         "import",
-        roster.to_str().unwrap(),
+        file.to_str().unwrap(),
         "--source",
         "practices",
     ]);
-
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
-    let mut env = vec![
-        (
-            "ADT_ROUTER__ROUTING__RULES_DIR",
-            rules.to_str().unwrap().to_string(),
-        ),
-        (
-            "ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS",
-            "true".into(),
-        ),
-        ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false".into()),
-        ("ADT_ROUTER__DELIVERY__TIMEOUT_MS", "20000".into()),
-    ];
+    let mut env: Vec<(String, String)> = [
+        ("ADT_ROUTER__ROUTING__RULES_DIR", rules.to_str().unwrap()),
+        ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+        ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     if let Some(u) = db_url {
-        env.push(("ADT_ROUTER__DATABASE__URL", u.to_string()));
+        env.push(("ADT_ROUTER__DATABASE__URL".into(), u.to_string()));
     }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let server = Server::start(dir, &env);
+    env
+}
+
+fn start(dir: &Path, env: &[(String, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Server::start(dir, &env)
+}
+
+/// Sends an admission for MRN-W.
+fn admit(server: &Server, dir: &Path) {
     let msg = dir.join("a01.hl7");
     std::fs::write(
         &msg,
@@ -134,24 +139,43 @@ PID|1||MRN-W^^^GENHOSP^MR||DOE^JANE||19700101|F\r\
 PV1|1|I|4W^1^A^GENHOSP||||||||||||||||||V1\r",
     )
     .unwrap();
-    let started = Instant::now();
     let out = server.run(&["send", "--to", &server.mllp, msg.to_str().unwrap()]);
     assert!(out.status.success());
+}
 
-    let export = || -> Vec<Value> {
-        let out = server.run(&["notifications", "export", "--format", "jsonl"]);
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let row = |ns: &[Value], n: u32| -> Value {
-        ns.iter()
-            .find(|x| x["recipient_npi"] == npi(n))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+fn export(server: &Server) -> Vec<Value> {
+    let out = server.run(&["notifications", "export", "--format", "jsonl"]);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn row(ns: &[Value], n: u32) -> Value {
+    ns.iter()
+        .find(|x| x["recipient_npi"] == npi(n))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn webhooks(dir: &Path, db_url: Option<&str>) {
+    let rx = Receiver::start(dir);
+    let env = setup(
+        dir,
+        db_url,
+        &rx,
+        &[
+            (1, "flaky", "pcp"),
+            (2, "gone", "post_acute"),
+            (3, "hang", "care_manager"),
+        ],
+        &[("ADT_ROUTER__DELIVERY__TIMEOUT_MS", "20000")],
+    );
+    let server = start(dir, &env);
+    let started = Instant::now();
+    admit(&server, dir);
+    let export = || export(&server);
     wait_for(
         Duration::from_secs(20),
         "the flaky receiver's delivery",
@@ -229,6 +253,58 @@ async fn webhooks_retry_fail_and_do_not_wait_on_each_other_postgres() {
     let dir = tempdir();
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || webhooks(dir.path(), Some(&url)))
+        .await
+        .unwrap();
+}
+
+/// kill -9 while a request is open: after the restart the notification is sent again
+/// with the same idempotency key (the receiver can tell it is a repeat) and delivered.
+fn crash_mid_send(dir: &Path, db_url: Option<&str>) {
+    let rx = Receiver::start(dir);
+    let env = setup(
+        dir,
+        db_url,
+        &rx,
+        &[(11, "hang-once", "pcp")],
+        &[("ADT_ROUTER__DELIVERY__TIMEOUT_MS", "1500")],
+    );
+    let mut server = start(dir, &env);
+    admit(&server, dir);
+    wait_for(
+        Duration::from_secs(20),
+        "the first request to arrive",
+        || !rx.requests("/hang-once").is_empty(),
+    );
+    server.kill9();
+    let server = start(dir, &env);
+    wait_for(
+        Duration::from_secs(30),
+        "delivery after the restart",
+        || row(&export(&server), 11)["status"] == "delivered",
+    );
+    let reqs = rx.requests("/hang-once");
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0]["status"], "hung");
+    assert_eq!(reqs[1]["status"], 200);
+    assert_eq!(reqs[0]["webhook_id"], reqs[1]["webhook_id"]);
+    assert!(reqs.iter().all(|r| r["verified"] == true));
+    let n = row(&export(&server), 11);
+    assert_eq!(n["idempotency_key"], reqs[0]["webhook_id"]);
+    assert_eq!(n["attempts"], 2, "{n}");
+}
+
+#[test]
+fn crash_mid_send_resends_with_the_same_key_sqlite() {
+    let dir = tempdir();
+    crash_mid_send(dir.path(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_mid_send_resends_with_the_same_key_postgres() {
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || crash_mid_send(dir.path(), Some(&url)))
         .await
         .unwrap();
 }
