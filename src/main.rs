@@ -106,6 +106,17 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Send notifications again, with the same idempotency key (recorded as a resend):
+    /// one by id, or a recipient's since a time.
+    Resend {
+        #[arg(long, conflicts_with_all = ["recipient", "since"])]
+        notification: Option<i64>,
+        #[arg(long, requires = "since")]
+        recipient: Option<String>,
+        /// RFC 3339; with --recipient.
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Run the router outside `serve`.
     Route {
         #[command(subcommand)]
@@ -467,6 +478,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cli::routing::rules_simulate(&settings, &since, until.as_deref(), &rules).await
                 }
             }
+        }
+        Command::Resend {
+            notification,
+            recipient,
+            since,
+        } => {
+            cli::routing::resend(
+                &load(&cli.config)?,
+                notification,
+                recipient,
+                since.as_deref(),
+            )
+            .await
         }
         Command::Route {
             command: RouteCommand::Drain,

@@ -206,6 +206,32 @@ pub async fn route_drain(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn resend(
+    settings: &Settings,
+    notification: Option<i64>,
+    recipient: Option<String>,
+    since: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if notification.is_none() && recipient.is_none() {
+        anyhow::bail!("give --notification ID, or --recipient NPI --since RFC3339");
+    }
+    let since_us = since
+        .map(|s| parse_time("--since", s))
+        .transpose()?
+        .unwrap_or(i64::MIN);
+    let store = open_store(settings).await?;
+    let ids = store
+        .resend(notification, recipient.as_deref(), since_us)
+        .await?;
+    store.close().await;
+    println!("{}", serde_json::json!({"resent": ids.len(), "ids": ids}));
+    if ids.is_empty() {
+        eprintln!("nothing to resend (unknown id, none since then, or being sent right now)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn notifications_export(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = open_store(settings).await?;
     let stdout = std::io::stdout();

@@ -127,3 +127,47 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Makes notifications due again now, keeping their idempotency keys, and records a
+    /// `resend` line in each one's attempt log. Rows being sent right now, and
+    /// suppressed ones (a decision, not a delivery), are left alone. Returns the ids.
+    pub async fn resend(
+        &self,
+        id: Option<i64>,
+        recipient_npi: Option<&str>,
+        since_us: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        const PICK: &str =
+            "SELECT id FROM outbox WHERE ($1 < 0 OR id = $1) AND ($2 = '' OR recipient_npi = $2) \
+             AND created_at_us >= $3 AND status NOT IN ('sending', 'suppressed') ORDER BY id";
+        const NOTE: &str = "INSERT INTO delivery_attempt (outbox_id, attempt, started_at_us, channel, endpoint, request_sha256, outcome, response_code, response_text, latency_us) \
+             SELECT id, attempts, $1, channel, endpoint, '', 'resend', NULL, 'resend requested by an operator', 0 FROM outbox WHERE id = $2";
+        const DUE: &str = "UPDATE outbox SET status = 'pending', due_at_us = $1, last_error = NULL WHERE id = $2 AND status <> 'sending'";
+        let now = super::now_us();
+        let ids = on_pool!(self, |p, sql| {
+            let mut tx = p.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(&sql(PICK))
+                .bind(id.unwrap_or(-1))
+                .bind(recipient_npi.unwrap_or(""))
+                .bind(since_us)
+                .fetch_all(&mut *tx)
+                .await?;
+            for i in &ids {
+                sqlx::query(&sql(NOTE))
+                    .bind(now)
+                    .bind(i)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&sql(DUE))
+                    .bind(now)
+                    .bind(i)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            ids
+        });
+        Ok(ids)
+    }
+}

@@ -94,6 +94,8 @@ pub struct ExportedNotification {
     /// What proves delivery (HTTP status, hashes, time), once delivered.
     pub proof: Option<serde_json::Value>,
     pub delivered_at: Option<String>,
+    /// Operator resends (`adt-router resend`).
+    pub resends: i64,
 }
 
 /// A recipient already sent a transition (for retractions).
@@ -257,7 +259,8 @@ impl Store {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<ExportedNotification>, StoreError> {
-        const SQL: &str = "SELECT id, notification_key, control_id, sending_facility, encounter, kind, recipient_npi, channel, endpoint, status, attempts, last_error, content_profile, rule_ids, transition_key, created_at_us, proof, delivered_at_us \
+        const SQL: &str = "SELECT id, notification_key, control_id, sending_facility, encounter, kind, recipient_npi, channel, endpoint, status, attempts, last_error, content_profile, rule_ids, transition_key, created_at_us, proof, delivered_at_us, \
+             (SELECT COUNT(*) FROM delivery_attempt a WHERE a.outbox_id = outbox.id AND a.outcome = 'resend') \
              FROM outbox WHERE id > $1 ORDER BY id LIMIT $2";
         on_pool!(self, |p, sql| {
             let rows = sqlx::query(&sql(SQL))
@@ -296,6 +299,7 @@ impl Store {
                         delivered_at: r
                             .try_get::<Option<i64>, _>(17)?
                             .map(crate::directory::rfc3339_us),
+                        resends: r.try_get(18)?,
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()
