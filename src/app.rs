@@ -211,6 +211,11 @@ impl App {
                 owner: format!("{}-{}", std::process::id(), crate::store::now_us()),
                 metrics: self.metrics.clone(),
                 batch: self.settings.delivery.batch.max(1),
+                breakers: Arc::new(crate::deliver::Breakers::new(
+                    self.settings.delivery.per_endpoint_concurrency,
+                    self.settings.delivery.breaker_failures,
+                    Duration::from_secs(self.settings.delivery.breaker_cooldown_secs),
+                )),
             };
             tokio::spawn(d.run(rx.clone()))
         });

@@ -270,6 +270,12 @@ pub struct DeliverySettings {
     pub max_age_hours: u64,
     /// ...or after this many attempts.
     pub max_attempts: i32,
+    /// Requests in flight to one endpoint at most (per node).
+    pub per_endpoint_concurrency: usize,
+    /// Failures in a row that open an endpoint's circuit breaker...
+    pub breaker_failures: u32,
+    /// ...for this long.
+    pub breaker_cooldown_secs: u64,
 }
 
 impl Default for DeliverySettings {
@@ -285,6 +291,9 @@ impl Default for DeliverySettings {
             retry_cap_secs: 3_600,
             max_age_hours: 24,
             max_attempts: 50,
+            per_endpoint_concurrency: 4,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub rule_reloads: IntCounterVec,
     /// Delivery attempts, by channel and outcome (delivered, retry, failed, dead).
     pub delivery_attempts: IntCounterVec,
+    /// Times an endpoint's circuit breaker opened.
+    pub delivery_circuit_opens: IntCounter,
 }
 
 const FACILITY_LABEL_MAX: usize = 64;
@@ -98,6 +100,11 @@ impl Metrics {
             delivery_attempts: IntCounterVec::new(
                 Opts::new("delivery_attempts_total", "Delivery attempts, by channel and outcome."),
                 &["channel", "outcome"],
+            )
+            .expect("metric"),
+            delivery_circuit_opens: IntCounter::new(
+                "delivery_circuit_opens_total",
+                "Times an endpoint failed often enough in a row that its circuit breaker opened.",
             )
             .expect("metric"),
             roster_uploads: IntCounterVec::new(
@@ -175,6 +182,7 @@ impl Metrics {
             Box::new(m.notifications_created.clone()),
             Box::new(m.rule_reloads.clone()),
             Box::new(m.delivery_attempts.clone()),
+            Box::new(m.delivery_circuit_opens.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

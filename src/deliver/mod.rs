@@ -16,8 +16,10 @@ use crate::metrics::Metrics;
 use crate::store::delivery::{AttemptRow, Outgoing};
 use crate::store::{now_us, Store, StoreError};
 use rand::Rng;
-use std::sync::Arc;
-use std::time::Duration;
+use sha2::Digest;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// `[delivery]` retry settings.
 #[derive(Clone, Debug)]
@@ -70,6 +72,104 @@ impl RetryPolicy {
     }
 }
 
+/// One endpoint, as this node sees it: requests in flight, and the circuit breaker.
+#[derive(Debug, Default)]
+struct EndpointState {
+    inflight: usize,
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Per-endpoint concurrency limit and circuit breaker, so that one dead practice
+/// endpoint costs the others nothing: after `threshold` failures in a row (connection
+/// errors, timeouts, 408/429/5xx) its circuit opens for `cooldown`, and its rows are not
+/// even claimed meanwhile; then one try decides (success closes it, a failure reopens).
+#[derive(Debug)]
+pub struct Breakers {
+    state: Mutex<HashMap<String, EndpointState>>,
+    pub limit: usize,
+    pub threshold: u32,
+    pub cooldown: Duration,
+}
+
+/// Whether an endpoint may take one more request now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    Go,
+    /// At its concurrency limit, or its circuit is open until then.
+    Wait(Instant),
+}
+
+impl Breakers {
+    pub fn new(limit: usize, threshold: u32, cooldown: Duration) -> Self {
+        Breakers {
+            state: Mutex::new(HashMap::new()),
+            limit: limit.max(1),
+            threshold: threshold.max(1),
+            cooldown,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, EndpointState>) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Endpoints not to claim for now.
+    pub fn skip_list(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.with(|m| {
+            m.iter()
+                .filter(|(_, s)| s.inflight >= self.limit || s.open_until.is_some_and(|t| t > now))
+                .map(|(e, _)| e.clone())
+                .collect()
+        })
+    }
+
+    /// Takes a slot for `endpoint`, or says until when to wait.
+    pub fn admit(&self, endpoint: &str) -> Admit {
+        let now = Instant::now();
+        self.with(|m| {
+            let s = m.entry(endpoint.to_string()).or_default();
+            if let Some(t) = s.open_until.filter(|t| *t > now) {
+                return Admit::Wait(t);
+            }
+            if s.inflight >= self.limit {
+                return Admit::Wait(now + Duration::from_millis(200));
+            }
+            s.inflight += 1;
+            Admit::Go
+        })
+    }
+
+    /// Gives the slot back. `reachable`: `Some(true)` answered (any status that is not
+    /// a server failure), `Some(false)` failed (connection, timeout, 408/429/5xx).
+    /// Returns true when this failure opened the circuit.
+    pub fn release(&self, endpoint: &str, reachable: Option<bool>) -> bool {
+        self.with(|m| {
+            let s = m.entry(endpoint.to_string()).or_default();
+            s.inflight = s.inflight.saturating_sub(1);
+            match reachable {
+                Some(true) => {
+                    s.failures = 0;
+                    s.open_until = None;
+                    false
+                }
+                Some(false) => {
+                    s.failures += 1;
+                    if s.failures >= self.threshold {
+                        let was_open = s.open_until.is_some();
+                        s.open_until = Some(Instant::now() + self.cooldown);
+                        !was_open
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Deliverer {
     pub store: Store,
@@ -80,6 +180,7 @@ pub struct Deliverer {
     pub metrics: Arc<Metrics>,
     /// Rows claimed per round.
     pub batch: i64,
+    pub breakers: Arc<Breakers>,
 }
 
 impl Deliverer {
@@ -135,7 +236,14 @@ impl Deliverer {
             now + i64::try_from((self.policy.timeout * 2).as_micros()).unwrap_or(60_000_000);
         Ok(self
             .store
-            .claim_due_on(&self.owner, now, lease, limit, &["REST"])
+            .claim_due_on(
+                &self.owner,
+                now,
+                lease,
+                limit,
+                &["REST"],
+                &self.breakers.skip_list(),
+            )
             .await?
             .into_iter()
             .map(|c| c.id)
@@ -146,6 +254,14 @@ impl Deliverer {
         let Some(n) = self.store.outgoing(id).await? else {
             return Ok(());
         };
+        // Claimed in the same round as others for this endpoint, or its circuit opened
+        // meanwhile: hand the row back untried.
+        if let Admit::Wait(until) = self.breakers.admit(&n.endpoint) {
+            let wait = until.saturating_duration_since(Instant::now());
+            let due = now_us() + i64::try_from(wait.as_micros()).unwrap_or(0);
+            self.store.release_claim(n.id, &self.owner, due).await?;
+            return Ok(());
+        }
         let started = now_us();
         let clock = std::time::Instant::now();
         let (outcome, request_sha256) = match n.channel.as_str() {
@@ -159,6 +275,21 @@ impl Deliverer {
             ),
         };
         let latency_us = i64::try_from(clock.elapsed().as_micros()).unwrap_or(i64::MAX);
+        let reachable = match &outcome {
+            Outcome::Delivered { .. } => Some(true),
+            Outcome::Transient { .. } => Some(false),
+            Outcome::Permanent { code: Some(_), .. } => Some(true),
+            Outcome::Permanent { code: None, .. } => None,
+        };
+        if self.breakers.release(&n.endpoint, reachable) {
+            self.metrics.delivery_circuit_opens.inc();
+            tracing::warn!(
+                notification = n.id,
+                endpoint_sha256 = %hex::encode(&sha2::Sha256::digest(n.endpoint.as_bytes())[..8]),
+                cooldown_s = self.breakers.cooldown.as_secs(),
+                "Endpoint keeps failing: circuit open, its notifications wait."
+            );
+        }
         self.settle(&n, outcome, request_sha256, started, latency_us)
             .await
     }
@@ -254,6 +385,27 @@ fn report(r: Result<Result<(), StoreError>, tokio::task::JoinError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn breaker_opens_limits_and_closes() {
+        let b = Breakers::new(1, 2, Duration::from_secs(60));
+        assert_eq!(b.admit("a"), Admit::Go);
+        assert!(matches!(b.admit("a"), Admit::Wait(_)), "limit 1");
+        assert_eq!(b.skip_list(), ["a"]);
+        assert!(!b.release("a", Some(false)));
+        assert!(b.skip_list().is_empty());
+        assert_eq!(b.admit("a"), Admit::Go);
+        assert!(
+            b.release("a", Some(false)),
+            "the second failure in a row opens it"
+        );
+        assert_eq!(b.skip_list(), ["a"]);
+        assert!(matches!(b.admit("a"), Admit::Wait(_)));
+        assert_eq!(b.admit("b"), Admit::Go, "other endpoints are not affected");
+        // An answer (even a 4xx) closes it.
+        b.release("a", Some(true));
+        assert_eq!(b.admit("a"), Admit::Go);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_stops() {

@@ -112,6 +112,26 @@ impl Store {
         Ok(kept)
     }
 
+    /// Hands a claimed row back untried (no attempt counted), due at `due_at_us`.
+    pub async fn release_claim(
+        &self,
+        id: i64,
+        owner: &str,
+        due_at_us: i64,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE outbox SET status = 'pending', attempts = attempts - 1, due_at_us = $1, \
+             lease_owner = NULL, lease_until_us = NULL WHERE id = $2 AND lease_owner = $3 AND status = 'sending'";
+        on_pool!(self, |p, sql| {
+            sqlx::query(&sql(SQL))
+                .bind(due_at_us)
+                .bind(id)
+                .bind(owner)
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// The attempts of one notification, oldest first: (attempt, outcome, code, text).
     pub async fn attempts_of(
         &self,

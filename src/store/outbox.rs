@@ -65,12 +65,13 @@ impl Store {
         lease_until_us: i64,
         limit: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.claim_due_on(owner, now_us, lease_until_us, limit, &[])
+        self.claim_due_on(owner, now_us, lease_until_us, limit, &[], &[])
             .await
     }
 
-    /// [`Self::claim_due`] for rows of the given channels only (all when empty): a
-    /// deliverer claims what it can send.
+    /// [`Self::claim_due`] for rows of the given channels only (all when empty), and
+    /// not for `skip_endpoints` (open circuits, endpoints at their concurrency limit):
+    /// a deliverer claims what it can send now.
     pub async fn claim_due_on(
         &self,
         owner: &str,
@@ -78,6 +79,7 @@ impl Store {
         lease_until_us: i64,
         limit: i64,
         channels: &[&str],
+        skip_endpoints: &[String],
     ) -> Result<Vec<Claimed>, StoreError> {
         // SQLite has one writer, so the statement is already exclusive there.
         let lock = match self {
@@ -97,17 +99,26 @@ impl Store {
                     .join(", ")
             )
         };
+        // Endpoints are untrusted text: bound as one JSON array, never spliced in.
+        let skip = match self {
+            Store::Postgres(_) => {
+                "AND o.endpoint NOT IN (SELECT jsonb_array_elements_text(CAST($5 AS TEXT)::jsonb))"
+            }
+            Store::Sqlite(_) => "AND o.endpoint NOT IN (SELECT value FROM json_each($5))",
+        };
         let query = format!(
             "UPDATE outbox SET status = 'sending', lease_owner = $1, lease_until_us = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT o.id FROM outbox o WHERE {CLAIMABLE} {only} ORDER BY o.due_at_us, o.id LIMIT $4 {lock}) \
+             WHERE id IN (SELECT o.id FROM outbox o WHERE {CLAIMABLE} {only} {skip} ORDER BY o.due_at_us, o.id LIMIT $4 {lock}) \
              RETURNING id, ordering_key, attempts"
         )
         .replace("{now}", "$3");
+        let skipped = serde_json::to_string(skip_endpoints).unwrap_or_else(|_| "[]".into());
         let rows = on_pool!(self, |p, sql| sqlx::query(&sql(&query))
             .bind(owner)
             .bind(lease_until_us)
             .bind(now_us)
             .bind(limit)
+            .bind(&skipped)
             .fetch_all(p)
             .await?
             .iter()

@@ -6,6 +6,7 @@ signature with the shared secret and answers per path:
   /ok      200
   /flaky   503 with Retry-After: 1 for the first two requests, then 200
   /gone    410
+  /down    503 every time, no Retry-After
   /hang    never answers (sleeps 60 s)
   /hang-once  the first request is logged as it arrives and never answered; then 200
 
@@ -57,6 +58,8 @@ class Handler(BaseHTTPRequestHandler):
             status, extra = 503, {"Retry-After": "1"}
         elif self.path == "/gone":
             status = 410
+        elif self.path == "/down":
+            status = 503
         elif self.path == "/hang" or (self.path == "/hang-once" and n == 1):
             if self.path == "/hang-once":
                 log(self.path, n, "hung", headers, verified, body)

@@ -61,11 +61,12 @@ impl Drop for Receiver {
 }
 
 /// Directory overrides (provider `n` at receiver path) and a roster attributing them
-/// all to patient MRN-W; returns the server's environment.
+/// all to each patient; returns the server's environment.
 fn setup(
     dir: &Path,
     db_url: Option<&str>,
     rx: &Receiver,
+    patients: &[&str],
     providers: &[(u32, &str, &str)],
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
@@ -93,10 +94,12 @@ fn setup(
             "--secret",
             SECRET,
         ]);
-        roster.push_str(&format!(
-            "MRN-W,GENHOSP,Doe,Jane,1970-01-01,F,{},{relationship}\n",
-            npi(*n)
-        ));
+        for p in patients {
+            roster.push_str(&format!(
+                "{p},GENHOSP,Doe,Jane,1970-01-01,F,{},{relationship}\n",
+                npi(*n)
+            ));
+        }
     }
     let file = dir.join("roster.csv");
     std::fs::write(&file, roster).unwrap();
@@ -128,17 +131,21 @@ fn start(dir: &Path, env: &[(String, String)]) -> Server {
     Server::start(dir, &env)
 }
 
-/// Sends an admission for MRN-W.
-fn admit(server: &Server, dir: &Path) {
-    let msg = dir.join("a01.hl7");
-    std::fs::write(
-        &msg,
-        "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280800||ADT^A01|W1|P|2.5.1\r\
+/// Sends an admission for each patient.
+fn admit(server: &Server, dir: &Path, patients: &[&str]) {
+    let msgs: Vec<String> = patients
+        .iter()
+        .map(|p| {
+            format!(
+                "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280800||ADT^A01|A-{p}|P|2.5.1\r\
 EVN|A01|202611280800\r\
-PID|1||MRN-W^^^GENHOSP^MR||DOE^JANE||19700101|F\r\
-PV1|1|I|4W^1^A^GENHOSP||||||||||||||||||V1\r",
-    )
-    .unwrap();
+PID|1||{p}^^^GENHOSP^MR||DOE^JANE||19700101|F\r\
+PV1|1|I|4W^1^A^GENHOSP||||||||||||||||||V-{p}\r"
+            )
+        })
+        .collect();
+    let msg = dir.join("a01.hl7");
+    std::fs::write(&msg, msgs.join("\n\n")).unwrap();
     let out = server.run(&["send", "--to", &server.mllp, msg.to_str().unwrap()]);
     assert!(out.status.success());
 }
@@ -165,6 +172,7 @@ fn webhooks(dir: &Path, db_url: Option<&str>) {
         dir,
         db_url,
         &rx,
+        &["MRN-W"],
         &[
             (1, "flaky", "pcp"),
             (2, "gone", "post_acute"),
@@ -174,7 +182,7 @@ fn webhooks(dir: &Path, db_url: Option<&str>) {
     );
     let server = start(dir, &env);
     let started = Instant::now();
-    admit(&server, dir);
+    admit(&server, dir, &["MRN-W"]);
     let export = || export(&server);
     wait_for(
         Duration::from_secs(20),
@@ -265,11 +273,12 @@ fn crash_mid_send(dir: &Path, db_url: Option<&str>) {
         dir,
         db_url,
         &rx,
+        &["MRN-W"],
         &[(11, "hang-once", "pcp")],
         &[("ADT_ROUTER__DELIVERY__TIMEOUT_MS", "1500")],
     );
     let mut server = start(dir, &env);
-    admit(&server, dir);
+    admit(&server, dir, &["MRN-W"]);
     wait_for(
         Duration::from_secs(20),
         "the first request to arrive",
@@ -305,6 +314,76 @@ async fn crash_mid_send_resends_with_the_same_key_postgres() {
     let dir = tempdir();
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || crash_mid_send(dir.path(), Some(&url)))
+        .await
+        .unwrap();
+}
+
+/// A dead endpoint opens its circuit after a few failures; its notifications wait (no
+/// more requests, not dead), while another endpoint's go out untouched.
+fn circuit_breaker(dir: &Path, db_url: Option<&str>) {
+    let rx = Receiver::start(dir);
+    let patients = ["MRN-B1", "MRN-B2", "MRN-B3", "MRN-B4", "MRN-B5", "MRN-B6"];
+    let env = setup(
+        dir,
+        db_url,
+        &rx,
+        &patients,
+        &[(21, "down", "pcp"), (22, "ok", "care_manager")],
+        &[
+            ("ADT_ROUTER__DELIVERY__BREAKER_FAILURES", "2"),
+            ("ADT_ROUTER__DELIVERY__BREAKER_COOLDOWN_SECS", "600"),
+            ("ADT_ROUTER__DELIVERY__PER_ENDPOINT_CONCURRENCY", "1"),
+            ("ADT_ROUTER__DELIVERY__RETRY_BASE_MS", "50"),
+        ],
+    );
+    let server = start(dir, &env);
+    admit(&server, dir, &patients);
+    wait_for(
+        Duration::from_secs(20),
+        "every notification to the healthy endpoint",
+        || {
+            export(&server)
+                .iter()
+                .filter(|n| n["recipient_npi"] == npi(22) && n["status"] == "delivered")
+                .count()
+                == patients.len()
+        },
+    );
+    wait_for(Duration::from_secs(20), "the circuit to open", || {
+        server.metric("adt_router_delivery_circuit_opens_total") >= 1.0
+    });
+    // Give the deliverer time to (wrongly) keep trying, then count.
+    std::thread::sleep(Duration::from_millis(1500));
+    let down = rx.requests("/down");
+    assert!(
+        (2..=3).contains(&down.len()),
+        "the dead endpoint got {} requests; the circuit should have stopped them at 2 (one may have been in flight)",
+        down.len()
+    );
+    let waiting: Vec<Value> = export(&server)
+        .into_iter()
+        .filter(|n| n["recipient_npi"] == npi(21))
+        .collect();
+    assert_eq!(waiting.len(), patients.len());
+    assert!(
+        waiting.iter().all(|n| n["status"] == "pending"),
+        "{waiting:?}"
+    );
+    assert!(server.log().contains("circuit open"));
+}
+
+#[test]
+fn circuit_breaker_sqlite() {
+    let dir = tempdir();
+    circuit_breaker(dir.path(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn circuit_breaker_postgres() {
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || circuit_breaker(dir.path(), Some(&url)))
         .await
         .unwrap();
 }
