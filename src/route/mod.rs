@@ -93,9 +93,13 @@ fn hash_key(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..16])
 }
 
-/// The usable endpoint of the first channel in `channels` (or any usable one when the
-/// rule names none), overrides first.
-fn pick_endpoint(entry: &DirectoryEntry, channels: &[String]) -> Result<(String, String), String> {
+/// The usable endpoints, best first and one per channel: of the channels in `channels`
+/// (any deliverable one when the rule names none), overrides first, then by the rule's
+/// order. The first is used; the others are the fallbacks.
+fn rank_endpoints(
+    entry: &DirectoryEntry,
+    channels: &[String],
+) -> Result<Vec<(String, String)>, String> {
     let rank = |kind: &str| {
         if channels.is_empty() {
             EndpointKind::parse(kind)
@@ -105,18 +109,25 @@ fn pick_endpoint(entry: &DirectoryEntry, channels: &[String]) -> Result<(String,
             channels.iter().position(|c| c.eq_ignore_ascii_case(kind))
         }
     };
-    let best = entry
+    let mut ranked: Vec<_> = entry
         .endpoints
         .iter()
         .filter(|e| e.usable)
         .filter_map(|e| rank(&e.kind).map(|r| (e.source.kind != "override", !e.preferred, r, e)))
-        .min_by_key(|(o, p, r, _)| (*o, *p, *r));
-    match best {
-        Some((_, _, _, e)) => Ok((
-            e.kind.clone(),
-            e.normalized.clone().unwrap_or_else(|| e.value.clone()),
-        )),
-        None => Err(entry.no_endpoint_reason.clone().unwrap_or_else(|| {
+        .collect();
+    ranked.sort_by_key(|(o, p, r, _)| (*o, *p, *r));
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (_, _, _, e) in ranked {
+        if !out.iter().any(|(k, _)| *k == e.kind) {
+            out.push((
+                e.kind.clone(),
+                e.normalized.clone().unwrap_or_else(|| e.value.clone()),
+            ));
+        }
+    }
+    match out.is_empty() {
+        false => Ok(out),
+        true => Err(entry.no_endpoint_reason.clone().unwrap_or_else(|| {
             if channels.is_empty() {
                 "no usable endpoint in the directory".into()
             } else {
@@ -436,6 +447,7 @@ impl Router {
             status: String::new(),
             due_at_us: now,
             last_error: None,
+            fallbacks: None,
             transition_key: t.key.clone(),
             kind: t.kind.clone(),
             encounter: enc_id.to_string(),
@@ -464,8 +476,12 @@ impl Router {
             row.status = "suppressed".into();
             row.last_error = Some(d.reason.clone());
         } else {
-            match pick_endpoint(&p.directory, &v.channels) {
-                Ok((channel, endpoint)) => {
+            match rank_endpoints(&p.directory, &v.channels) {
+                Ok(mut ranked) => {
+                    let (channel, endpoint) = ranked.remove(0);
+                    if !ranked.is_empty() {
+                        row.fallbacks = serde_json::to_string(&ranked).ok();
+                    }
                     d.outcome = "notify".into();
                     d.reason = format!(
                         "selected by rule {}",
@@ -541,6 +557,7 @@ impl Router {
                 status: "pending".into(),
                 due_at_us: now_us(),
                 last_error: None,
+                fallbacks: None,
                 transition_key: t.key.clone(),
                 kind: "retraction".into(),
                 encounter: enc_id.to_string(),

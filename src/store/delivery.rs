@@ -79,9 +79,51 @@ impl Store {
         const SETTLE: &str = "UPDATE outbox SET status = $1, due_at_us = $2, last_error = $3, proof = COALESCE($4, proof), \
              delivered_at_us = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at_us END, lease_owner = NULL, lease_until_us = NULL \
              WHERE id = $6 AND lease_owner = $7 AND status = 'sending'";
+        const FALLBACKS: &str = "SELECT fallbacks, notification_key FROM outbox WHERE id = $1";
+        const FALL_BACK: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, created_at_us, \
+             transition_key, kind, encounter, control_id, sending_facility, recipient_npi, rule_ids, content_profile, fallbacks) \
+             SELECT $1, ordering_key, $2, $3, payload, 'pending', $4, $4, transition_key, kind, encounter, control_id, \
+             sending_facility, recipient_npi, rule_ids, content_profile, $5 FROM outbox WHERE id = $6 \
+             ON CONFLICT (notification_key) DO NOTHING";
         let now = super::now_us();
+        let final_failure = matches!(status, "dead" | "failed");
         let kept = on_pool!(self, |p, sql| {
             let mut tx = p.begin().await?;
+            // Failed for good on this channel: the next one in the rule's order, if any,
+            // gets a notification of its own (same content, its own key).
+            let mut error = error.map(String::from);
+            if final_failure {
+                let row: Option<(Option<String>, String)> = sqlx::query_as(&sql(FALLBACKS))
+                    .bind(a.outbox_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some((Some(json), key)) = row {
+                    let mut rest: Vec<(String, String)> =
+                        serde_json::from_str(&json).unwrap_or_default();
+                    if !rest.is_empty() {
+                        let (channel, endpoint) = rest.remove(0);
+                        let new_key = hex::encode(
+                            &<sha2::Sha256 as sha2::Digest>::digest(format!("{key}|{channel}"))
+                                [..16],
+                        );
+                        let rest = (!rest.is_empty())
+                            .then(|| serde_json::to_string(&rest).unwrap_or_default());
+                        sqlx::query(&sql(FALL_BACK))
+                            .bind(&new_key)
+                            .bind(&channel)
+                            .bind(&endpoint)
+                            .bind(now)
+                            .bind(rest)
+                            .bind(a.outbox_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        error = Some(format!(
+                            "{}; falling back to {channel}",
+                            error.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
             sqlx::query(&sql(ATTEMPT))
                 .bind(a.outbox_id)
                 .bind(a.attempt)
@@ -98,7 +140,7 @@ impl Store {
             let n = sqlx::query(&sql(SETTLE))
                 .bind(status)
                 .bind(due_at_us)
-                .bind(error)
+                .bind(&error)
                 .bind(proof)
                 .bind(now)
                 .bind(a.outbox_id)

@@ -49,6 +49,8 @@ pub struct OutboxRow {
     pub status: String,
     pub due_at_us: i64,
     pub last_error: Option<String>,
+    /// Channels to fall back to, JSON `[[channel, endpoint], ...]`.
+    pub fallbacks: Option<String>,
     pub transition_key: String,
     pub kind: String,
     pub encounter: String,
@@ -117,8 +119,8 @@ const TR: &str = "INSERT INTO encounter_transition (transition_key, encounter, k
 const DEC: &str = "INSERT INTO routing_decision (transition_key, recipient_npi, outcome, reason, rule_ids, created_at_us) \
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (transition_key, recipient_npi) DO NOTHING";
 const OUT: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, last_error, created_at_us, \
-     transition_key, kind, encounter, control_id, sending_facility, recipient_npi, rule_ids, content_profile) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (notification_key) DO NOTHING";
+     transition_key, kind, encounter, control_id, sending_facility, recipient_npi, rule_ids, content_profile, fallbacks) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT (notification_key) DO NOTHING";
 const MERGE: &str = "UPDATE encounter SET patient_key = $1 WHERE patient_key = $2";
 const DONE: &str = "UPDATE inbound_messages SET routed_at_us = $1 WHERE id = $2";
 
@@ -146,7 +148,7 @@ macro_rules! routing_rows {
             $run!(OUT; &o.notification_key, &o.ordering_key, &o.channel, &o.endpoint,
                 &o.payload, &o.status, o.due_at_us, &o.last_error, $now, &o.transition_key,
                 &o.kind, &o.encounter, &o.control_id, &o.sending_facility, &o.recipient_npi,
-                &o.rule_ids, &o.content_profile);
+                &o.rule_ids, &o.content_profile, &o.fallbacks);
         }
         for id in &$w.routed_inbound {
             $run!(DONE; $now, id);

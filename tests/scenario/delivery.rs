@@ -387,3 +387,82 @@ async fn circuit_breaker_postgres() {
         .await
         .unwrap();
 }
+
+/// A permanent failure on the rule's first channel hands the notification to the next
+/// one (same content, its own key); the failed row says so.
+fn fallback(dir: &Path, db_url: Option<&str>) {
+    let rx = Receiver::start(dir);
+    let rules = tempdir();
+    std::fs::write(
+        rules.path().join("rules.toml"),
+        "[[rule]]\nid = \"rest-then-direct\"\naction = \"notify\"\nmatch.events = [\"admission\"]\n\
+         recipients = [\"any\"]\nchannels = [\"REST\", \"DIRECT\"]\n",
+    )
+    .unwrap();
+    let env = setup(
+        dir,
+        db_url,
+        &rx,
+        &["MRN-F"],
+        &[(31, "gone", "pcp")],
+        &[(
+            "ADT_ROUTER__ROUTING__RULES_DIR",
+            rules.path().to_str().unwrap(),
+        )],
+    );
+    // `setup` put the shipped rules first; the later setting wins.
+    Cli::new(dir, db_url, &[]).json(&[
+        "directory",
+        "override",
+        "--npi",
+        &npi(31),
+        "--type",
+        "DIRECT",
+        "--endpoint",
+        "intake@direct.clinic.example.org",
+    ]);
+    let server = start(dir, &env);
+    admit(&server, dir, &["MRN-F"]);
+    wait_for(Duration::from_secs(20), "the fallback row", || {
+        export(&server).len() == 2
+    });
+    let ns = export(&server);
+    let (rest, direct) = (&ns[0], &ns[1]);
+    assert_eq!(
+        (rest["channel"].as_str(), rest["status"].as_str()),
+        (Some("REST"), Some("failed")),
+        "{rest}"
+    );
+    assert!(
+        rest["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("falling back to DIRECT"),
+        "{rest}"
+    );
+    assert_eq!(direct["channel"], "DIRECT");
+    assert_eq!(direct["endpoint"], "intake@direct.clinic.example.org");
+    assert_eq!(
+        direct["status"], "pending",
+        "no Direct sender yet: it waits"
+    );
+    assert_eq!(direct["kind"], rest["kind"]);
+    assert_eq!(direct["transition_key"], rest["transition_key"]);
+    assert_ne!(direct["idempotency_key"], rest["idempotency_key"]);
+}
+
+#[test]
+fn fallback_to_the_next_channel_sqlite() {
+    let dir = tempdir();
+    fallback(dir.path(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fallback_to_the_next_channel_postgres() {
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || fallback(dir.path(), Some(&url)))
+        .await
+        .unwrap();
+}
