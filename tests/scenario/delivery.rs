@@ -18,6 +18,32 @@ fn npi(n: u32) -> String {
     Npi::from_base(400_000_000 + n).to_string()
 }
 
+/// A scenario `fn(dir, database url)` as two tests: on SQLite and on a PostgreSQL
+/// database of its own.
+macro_rules! on_both_backends {
+    ($name:ident, $scenario:ident) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn sqlite() {
+                let dir = tempdir();
+                $scenario(dir.path(), None);
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                let db = TestDb::create().await;
+                let dir = tempdir();
+                let url = db.url.clone();
+                tokio::task::spawn_blocking(move || $scenario(dir.path(), Some(&url)))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+}
+
 struct Receiver {
     child: Child,
     port: u16,
@@ -249,21 +275,7 @@ fn webhooks(dir: &Path, db_url: Option<&str>) {
     );
 }
 
-#[test]
-fn webhooks_retry_fail_and_do_not_wait_on_each_other_sqlite() {
-    let dir = tempdir();
-    webhooks(dir.path(), None);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn webhooks_retry_fail_and_do_not_wait_on_each_other_postgres() {
-    let db = TestDb::create().await;
-    let dir = tempdir();
-    let url = db.url.clone();
-    tokio::task::spawn_blocking(move || webhooks(dir.path(), Some(&url)))
-        .await
-        .unwrap();
-}
+on_both_backends!(webhooks_retry_fail_and_do_not_wait_on_each_other, webhooks);
 
 /// kill -9 while a request is open: after the restart the notification is sent again
 /// with the same idempotency key (the receiver can tell it is a repeat) and delivered.
@@ -302,21 +314,7 @@ fn crash_mid_send(dir: &Path, db_url: Option<&str>) {
     assert_eq!(n["attempts"], 2, "{n}");
 }
 
-#[test]
-fn crash_mid_send_resends_with_the_same_key_sqlite() {
-    let dir = tempdir();
-    crash_mid_send(dir.path(), None);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn crash_mid_send_resends_with_the_same_key_postgres() {
-    let db = TestDb::create().await;
-    let dir = tempdir();
-    let url = db.url.clone();
-    tokio::task::spawn_blocking(move || crash_mid_send(dir.path(), Some(&url)))
-        .await
-        .unwrap();
-}
+on_both_backends!(crash_mid_send_resends_with_the_same_key, crash_mid_send);
 
 /// A dead endpoint opens its circuit after a few failures; its notifications wait (no
 /// more requests, not dead), while another endpoint's go out untouched.
@@ -372,21 +370,7 @@ fn circuit_breaker(dir: &Path, db_url: Option<&str>) {
     assert!(server.log().contains("circuit open"));
 }
 
-#[test]
-fn circuit_breaker_sqlite() {
-    let dir = tempdir();
-    circuit_breaker(dir.path(), None);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn circuit_breaker_postgres() {
-    let db = TestDb::create().await;
-    let dir = tempdir();
-    let url = db.url.clone();
-    tokio::task::spawn_blocking(move || circuit_breaker(dir.path(), Some(&url)))
-        .await
-        .unwrap();
-}
+on_both_backends!(circuit_breaker, circuit_breaker);
 
 /// A permanent failure on the rule's first channel hands the notification to the next
 /// one (same content, its own key); the failed row says so.
@@ -451,18 +435,4 @@ fn fallback(dir: &Path, db_url: Option<&str>) {
     assert_ne!(direct["idempotency_key"], rest["idempotency_key"]);
 }
 
-#[test]
-fn fallback_to_the_next_channel_sqlite() {
-    let dir = tempdir();
-    fallback(dir.path(), None);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn fallback_to_the_next_channel_postgres() {
-    let db = TestDb::create().await;
-    let dir = tempdir();
-    let url = db.url.clone();
-    tokio::task::spawn_blocking(move || fallback(dir.path(), Some(&url)))
-        .await
-        .unwrap();
-}
+on_both_backends!(fallback_to_the_next_channel, fallback);
