@@ -32,14 +32,18 @@ port=$(head -n1 receiver.out)
 NPI=1234567893
 "$BIN" directory override --npi "$NPI" --type REST --endpoint "http://127.0.0.1:$port/ok" --secret "$SECRET" > /dev/null
 python3 - "$N" "$NPI" <<'PY'
+import datetime
 import sys
 n, npi = int(sys.argv[1]), sys.argv[2]
+# Distinct birth dates: patients sharing one would all be demographic candidates of each
+# other (a roster artefact, not what this measures).
+dob = lambda i: datetime.date(1930, 1, 1) + datetime.timedelta(days=i % 30000)
 with open("roster.csv", "w") as r, open("adm.hl7", "w") as m:
     r.write("patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n")
     for i in range(n):
-        r.write(f"P{i:07},GENHOSP,Doe,Pat{i},1970-01-01,F,{npi},pcp\n")
+        r.write(f"P{i:07},GENHOSP,Doe,Pat{i},{dob(i).isoformat()},F,{npi},pcp\n")
         m.write(f"MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280800||ADT^A01|B{i:07}|P|2.5.1\r"
-                f"EVN|A01|202611280800\rPID|1||P{i:07}^^^GENHOSP^MR||DOE^PAT{i}||19700101|F\r"
+                f"EVN|A01|202611280800\rPID|1||P{i:07}^^^GENHOSP^MR||DOE^PAT{i}||{dob(i).strftime('%Y%m%d')}|F\r"
                 f"PV1|1|I|4W^1^A^GENHOSP||||||||||||||||||V{i:07}\r\n\n")
 PY
 "$BIN" roster import roster.csv --source bench > /dev/null

@@ -216,6 +216,7 @@ impl App {
                     self.settings.delivery.breaker_failures,
                     Duration::from_secs(self.settings.delivery.breaker_cooldown_secs),
                 )),
+                settler: None,
             };
             tokio::spawn(d.run(rx.clone()))
         });

@@ -13,7 +13,7 @@ pub mod webhook;
 
 use crate::directory::endpoint::EndpointPolicy;
 use crate::metrics::Metrics;
-use crate::store::delivery::{AttemptRow, Outgoing};
+use crate::store::delivery::{AttemptRow, Outgoing, Settle};
 use crate::store::{now_us, Store, StoreError};
 use rand::Rng;
 use sha2::Digest;
@@ -181,19 +181,55 @@ pub struct Deliverer {
     /// Rows claimed per round.
     pub batch: i64,
     pub breakers: Arc<Breakers>,
+    /// The settle writer (started by [`Deliverer::run`]).
+    pub settler: Option<tokio::sync::mpsc::Sender<SettleRequest>>,
+}
+
+/// A settled attempt on its way to the writer, and where to say it is written.
+pub type SettleRequest = (
+    Settle,
+    tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+);
+
+/// Writes settled attempts in groups: whatever has queued up while the last commit ran
+/// goes into the next one, so many deliveries share one fsync (as the event log's group
+/// commit does for inbound messages).
+async fn settle_writer(store: Store, mut rx: tokio::sync::mpsc::Receiver<SettleRequest>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let (rows, waiters): (Vec<Settle>, Vec<_>) = batch.drain(..).unzip();
+        match store.record_attempts(&rows).await {
+            Ok(kept) => {
+                for (w, k) in waiters.into_iter().zip(kept) {
+                    let _ = w.send(Ok(k));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for w in waiters {
+                    let _ = w.send(Err(StoreError::Db(sqlx::Error::Protocol(msg.clone()))));
+                }
+            }
+        }
+    }
 }
 
 impl Deliverer {
     /// Claims and delivers until `shutdown` fires. Up to `batch` notifications are in
     /// flight at once, each settled on its own: a receiver that hangs holds up only its
     /// own rows (until the request's time limit), never the others.
-    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let writer = tokio::spawn(settle_writer(self.store.clone(), rx));
+        self.settler = Some(tx);
         let mut inflight = tokio::task::JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 // Unfinished sends are abandoned; their leases run out and they are sent
                 // again (same idempotency key) by the next worker.
                 inflight.shutdown().await;
+                drop(self);
+                let _ = writer.await;
                 return;
             }
             while let Some(r) = inflight.try_join_next() {
@@ -359,11 +395,27 @@ impl Deliverer {
             response_text: text.clone(),
             latency_us,
         };
-        let error = (!text.is_empty()).then_some(text.as_str());
-        let kept = self
-            .store
-            .record_attempt(&attempt, &self.owner, status, due, error, proof.as_deref())
-            .await?;
+        let settle = Settle {
+            attempt,
+            owner: self.owner.clone(),
+            status: status.to_string(),
+            due_at_us: due,
+            error: (!text.is_empty()).then_some(text),
+            proof,
+        };
+        let kept = match &self.settler {
+            Some(tx) => {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                if tx.send((settle, done)).await.is_err() {
+                    return Ok(()); // shutting down: the lease runs out, it is sent again
+                }
+                match wait.await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(()),
+                }
+            }
+            None => self.store.record_attempts(&[settle]).await?[0],
+        };
         if !kept {
             tracing::warn!(
                 notification = n.id,

@@ -34,6 +34,17 @@ pub struct AttemptRow {
     pub latency_us: i64,
 }
 
+/// One settled attempt: the attempt, and the notification's new state.
+#[derive(Clone, Debug)]
+pub struct Settle {
+    pub attempt: AttemptRow,
+    pub owner: String,
+    pub status: String,
+    pub due_at_us: i64,
+    pub error: Option<String>,
+    pub proof: Option<String>,
+}
+
 impl Store {
     /// A notification and its endpoint's secret.
     pub async fn outgoing(&self, id: i64) -> Result<Option<Outgoing>, StoreError> {
@@ -62,18 +73,11 @@ impl Store {
         })
     }
 
-    /// Records an attempt and settles the row (`status`, next `due_at_us`, error,
-    /// proof) in one transaction, if `owner` still holds the lease; `false` otherwise
-    /// (the attempt is still recorded: it happened).
-    pub async fn record_attempt(
-        &self,
-        a: &AttemptRow,
-        owner: &str,
-        status: &str,
-        due_at_us: i64,
-        error: Option<&str>,
-        proof: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    /// Records attempts and settles their rows (`status`, next `due_at_us`, error,
+    /// proof), all in one transaction (one commit for many: the deliverer's group
+    /// commit). For each: whether the owner still held the lease (`false`: another
+    /// worker owns the row now; the attempt is recorded anyway, it happened).
+    pub async fn record_attempts(&self, batch: &[Settle]) -> Result<Vec<bool>, StoreError> {
         const ATTEMPT: &str = "INSERT INTO delivery_attempt (outbox_id, attempt, started_at_us, channel, endpoint, request_sha256, outcome, response_code, response_text, latency_us) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
         const SETTLE: &str = "UPDATE outbox SET status = $1, due_at_us = $2, last_error = $3, proof = COALESCE($4, proof), \
@@ -86,70 +90,75 @@ impl Store {
              sending_facility, recipient_npi, rule_ids, content_profile, $5 FROM outbox WHERE id = $6 \
              ON CONFLICT (notification_key) DO NOTHING";
         let now = super::now_us();
-        let final_failure = matches!(status, "dead" | "failed");
         let kept = on_pool!(self, |p, sql| {
             let mut tx = p.begin().await?;
-            // Failed for good on this channel: the next one in the rule's order, if any,
-            // gets a notification of its own (same content, its own key).
-            let mut error = error.map(String::from);
-            if final_failure {
-                let row: Option<(Option<String>, String)> = sqlx::query_as(&sql(FALLBACKS))
-                    .bind(a.outbox_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some((Some(json), key)) = row {
-                    let mut rest: Vec<(String, String)> =
-                        serde_json::from_str(&json).unwrap_or_default();
-                    if !rest.is_empty() {
-                        let (channel, endpoint) = rest.remove(0);
-                        let new_key = hex::encode(
-                            &<sha2::Sha256 as sha2::Digest>::digest(format!("{key}|{channel}"))
-                                [..16],
-                        );
-                        let rest = (!rest.is_empty())
-                            .then(|| serde_json::to_string(&rest).unwrap_or_default());
-                        sqlx::query(&sql(FALL_BACK))
-                            .bind(&new_key)
-                            .bind(&channel)
-                            .bind(&endpoint)
-                            .bind(now)
-                            .bind(rest)
-                            .bind(a.outbox_id)
-                            .execute(&mut *tx)
-                            .await?;
-                        error = Some(format!(
-                            "{}; falling back to {channel}",
-                            error.unwrap_or_default()
-                        ));
+            let mut kept = Vec::with_capacity(batch.len());
+            for st in batch {
+                let a = &st.attempt;
+                // Failed for good on this channel: the next one in the rule's order, if
+                // any, gets a notification of its own (same content, its own key).
+                let mut error = st.error.clone();
+                if matches!(st.status.as_str(), "dead" | "failed") {
+                    let row: Option<(Option<String>, String)> = sqlx::query_as(&sql(FALLBACKS))
+                        .bind(a.outbox_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some((Some(json), key)) = row {
+                        let mut rest: Vec<(String, String)> =
+                            serde_json::from_str(&json).unwrap_or_default();
+                        if !rest.is_empty() {
+                            let (channel, endpoint) = rest.remove(0);
+                            let new_key = hex::encode(
+                                &<sha2::Sha256 as sha2::Digest>::digest(format!(
+                                    "{key}|{channel}"
+                                ))[..16],
+                            );
+                            let rest = (!rest.is_empty())
+                                .then(|| serde_json::to_string(&rest).unwrap_or_default());
+                            sqlx::query(&sql(FALL_BACK))
+                                .bind(&new_key)
+                                .bind(&channel)
+                                .bind(&endpoint)
+                                .bind(now)
+                                .bind(rest)
+                                .bind(a.outbox_id)
+                                .execute(&mut *tx)
+                                .await?;
+                            error = Some(format!(
+                                "{}; falling back to {channel}",
+                                error.unwrap_or_default()
+                            ));
+                        }
                     }
                 }
+                sqlx::query(&sql(ATTEMPT))
+                    .bind(a.outbox_id)
+                    .bind(a.attempt)
+                    .bind(a.started_at_us)
+                    .bind(&a.channel)
+                    .bind(&a.endpoint)
+                    .bind(&a.request_sha256)
+                    .bind(&a.outcome)
+                    .bind(a.response_code)
+                    .bind(&a.response_text)
+                    .bind(a.latency_us)
+                    .execute(&mut *tx)
+                    .await?;
+                let n = sqlx::query(&sql(SETTLE))
+                    .bind(&st.status)
+                    .bind(st.due_at_us)
+                    .bind(&error)
+                    .bind(&st.proof)
+                    .bind(now)
+                    .bind(a.outbox_id)
+                    .bind(&st.owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                kept.push(n == 1);
             }
-            sqlx::query(&sql(ATTEMPT))
-                .bind(a.outbox_id)
-                .bind(a.attempt)
-                .bind(a.started_at_us)
-                .bind(&a.channel)
-                .bind(&a.endpoint)
-                .bind(&a.request_sha256)
-                .bind(&a.outcome)
-                .bind(a.response_code)
-                .bind(&a.response_text)
-                .bind(a.latency_us)
-                .execute(&mut *tx)
-                .await?;
-            let n = sqlx::query(&sql(SETTLE))
-                .bind(status)
-                .bind(due_at_us)
-                .bind(&error)
-                .bind(proof)
-                .bind(now)
-                .bind(a.outbox_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
             tx.commit().await?;
-            n == 1
+            kept
         });
         Ok(kept)
     }
