@@ -109,9 +109,8 @@ impl Store {
                         if !rest.is_empty() {
                             let (channel, endpoint) = rest.remove(0);
                             let new_key = hex::encode(
-                                &<sha2::Sha256 as sha2::Digest>::digest(format!(
-                                    "{key}|{channel}"
-                                ))[..16],
+                                &<sha2::Sha256 as sha2::Digest>::digest(format!("{key}|{channel}"))
+                                    [..16],
                             );
                             let rest = (!rest.is_empty())
                                 .then(|| serde_json::to_string(&rest).unwrap_or_default());
