@@ -184,15 +184,12 @@ impl App {
             _ => None,
         };
         let routing = self.settings.routing.enabled.then(|| {
-            let r = crate::route::Router {
-                store: self.store.clone(),
-                rules: self.rules.clone(),
-                attribution: self.settings.attribution_policy(),
-                encounters: self.settings.encounter_config(),
-                fallback: self.settings.fallback_charset(),
-                digest_hour_utc: self.settings.routing.digest_hour_utc,
-                metrics: self.metrics.clone(),
-            };
+            let r = crate::route::Router::new(
+                &self.settings,
+                self.store.clone(),
+                self.rules.clone(),
+                self.metrics.clone(),
+            );
             let watch = tokio::spawn(crate::route::watch_rules(
                 self.settings.routing.rules_dir.clone().into(),
                 self.rules.clone(),

@@ -651,11 +651,7 @@ async fn export(
     with_body: bool,
 ) -> anyhow::Result<ExitCode> {
     let since_us = match since {
-        Some(s) => {
-            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .with_context(|| format!("--since '{s}' is not an RFC 3339 time"))?;
-            (t.unix_timestamp_nanos() / 1000) as i64
-        }
+        Some(s) => cli::routing::parse_time("--since", s)?,
         None => i64::MIN,
     };
     let store = Store::connect(&settings.store_options())

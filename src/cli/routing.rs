@@ -43,15 +43,12 @@ pub fn rules_check(settings: &Settings, dir: Option<PathBuf>) -> anyhow::Result<
 }
 
 fn router(settings: &Settings, store: Store, set: RuleSet) -> Router {
-    Router {
+    Router::new(
+        settings,
         store,
-        rules: Arc::new(RwLock::new(Arc::new(set))),
-        attribution: settings.attribution_policy(),
-        encounters: settings.encounter_config(),
-        fallback: settings.fallback_charset(),
-        digest_hour_utc: settings.routing.digest_hour_utc,
-        metrics: Arc::new(adt_router::metrics::Metrics::new()),
-    }
+        Arc::new(RwLock::new(Arc::new(set))),
+        Arc::new(adt_router::metrics::Metrics::new()),
+    )
 }
 
 fn load_rules(dir: &Path) -> anyhow::Result<RuleSet> {
@@ -73,7 +70,8 @@ pub async fn rules_explain(
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_time(flag: &str, s: &str) -> anyhow::Result<i64> {
+/// An RFC 3339 command-line time, as microseconds since the epoch.
+pub fn parse_time(flag: &str, s: &str) -> anyhow::Result<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .with_context(|| format!("{flag} '{s}' is not an RFC 3339 time"))?;
     Ok(i64::try_from(t.unix_timestamp_nanos() / 1000)?)

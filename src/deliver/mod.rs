@@ -16,7 +16,6 @@ use crate::metrics::Metrics;
 use crate::store::delivery::{AttemptRow, Outgoing, Settle};
 use crate::store::{now_us, Store, StoreError};
 use rand::Rng;
-use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -321,7 +320,7 @@ impl Deliverer {
             self.metrics.delivery_circuit_opens.inc();
             tracing::warn!(
                 notification = n.id,
-                endpoint_sha256 = %hex::encode(&sha2::Sha256::digest(n.endpoint.as_bytes())[..8]),
+                endpoint_hash = %crate::store::key_hash(&n.endpoint),
                 cooldown_s = self.breakers.cooldown.as_secs(),
                 "Endpoint keeps failing: circuit open, its notifications wait."
             );

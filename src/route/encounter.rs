@@ -286,7 +286,8 @@ impl Encounter {
         Some(Transition {
             key: format!("{}|ed-timeout|{gen}", self.id()),
             kind: "ed-timeout".into(),
-            notifiable: true,
+            // Recorded: a timed-out visit is not a real discharge (docs/routing.md).
+            notifiable: false,
             retracts: None,
             retracted_kind: None,
             note: format!(

@@ -20,11 +20,10 @@ use crate::hl7::adt::AdtEvent;
 use crate::hl7::charset;
 use crate::hl7::patient::PatientFacts;
 use crate::store::routing::{DecisionRow, EncounterRow, OutboxRow, RoutingWrite, TransitionRow};
-use crate::store::{now_us, Store, StoreError, StoredMessage};
+use crate::store::{key_hash, now_us, Store, StoreError, StoredMessage};
 use encounter::{Encounter, EncounterConfig, Transition};
 use rules::{Candidate, Facts, RuleSet, Verdict};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -89,8 +88,38 @@ pub struct Sim {
     pub attributions: std::collections::HashMap<String, Vec<AttributedProvider>>,
 }
 
-fn hash_key(s: &str) -> String {
-    hex::encode(&Sha256::digest(s.as_bytes())[..16])
+/// The row that stores an encounter's state.
+fn encounter_row(enc: &Encounter) -> EncounterRow {
+    EncounterRow {
+        facility: enc.facility.clone(),
+        visit_number: enc.visit_number.clone(),
+        patient_key: enc.patient_key.clone(),
+        status: enc.status.clone(),
+        state: serde_json::to_string(enc).unwrap_or_default(),
+        last_event_us: enc.last_event_us,
+    }
+}
+
+/// The row that records a transition; `ev` is the message that caused it, if any.
+fn transition_row(
+    enc: &Encounter,
+    t: &Transition,
+    ev: Option<&AdtEvent>,
+    inbound_id: Option<i64>,
+) -> TransitionRow {
+    TransitionRow {
+        transition_key: t.key.clone(),
+        encounter: enc.id(),
+        kind: t.kind.clone(),
+        notifiable: t.notifiable,
+        retracts: t.retracts.clone(),
+        note: t.note.clone(),
+        inbound_id,
+        control_id: ev.map(|e| e.msh.control_id.clone()),
+        sending_facility: enc.facility.clone(),
+        trigger_event: ev.map(|e| e.msh.trigger.clone()).unwrap_or_default(),
+        event_at_us: t.at_us,
+    }
 }
 
 /// The usable endpoints, best first and one per channel: of the channels in `channels`
@@ -152,7 +181,7 @@ fn payload(
     let mut patient = serde_json::json!({
         "family": ev.pid.family, "given": ev.pid.given,
     });
-    let mut encounter = serde_json::json!({ "id_hash": hash_key(enc_id) });
+    let mut encounter = serde_json::json!({ "id_hash": key_hash(enc_id) });
     if matches!(v.content, Standard | Full) {
         if keep("birth_date") {
             patient["birth_date"] = serde_json::json!(ev.pid.birth_date);
@@ -211,6 +240,24 @@ fn payload(
 }
 
 impl Router {
+    /// A router with the settings' policies.
+    pub fn new(
+        settings: &crate::config::Settings,
+        store: Store,
+        rules: Arc<RwLock<Arc<RuleSet>>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Router {
+        Router {
+            store,
+            rules,
+            attribution: settings.attribution_policy(),
+            encounters: settings.encounter_config(),
+            fallback: settings.fallback_charset(),
+            digest_hour_utc: settings.routing.digest_hour_utc,
+            metrics,
+        }
+    }
+
     fn rules(&self) -> Arc<RuleSet> {
         self.rules
             .read()
@@ -285,14 +332,7 @@ impl Router {
                 }
             }
         }
-        plan.write.encounters.push(EncounterRow {
-            facility: enc.facility.clone(),
-            visit_number: enc.visit_number.clone(),
-            patient_key: enc.patient_key.clone(),
-            status: enc.status.clone(),
-            state: serde_json::to_string(&enc).unwrap_or_default(),
-            last_event_us: enc.last_event_us,
-        });
+        plan.write.encounters.push(encounter_row(&enc));
         let rules = self.rules();
         let opted_out = rules.opted_out(ev.pid.identifiers.iter().flat_map(|i| {
             [
@@ -303,19 +343,9 @@ impl Router {
         let diagnoses: Vec<String> = ev.diagnoses.iter().map(|d| d.code.clone()).collect();
         let mut attributed: Option<Vec<AttributedProvider>> = None;
         for t in &transitions {
-            plan.write.transitions.push(TransitionRow {
-                transition_key: t.key.clone(),
-                encounter: enc.id(),
-                kind: t.kind.clone(),
-                notifiable: t.notifiable,
-                retracts: t.retracts.clone(),
-                note: t.note.clone(),
-                inbound_id,
-                control_id: Some(ev.msh.control_id.clone()),
-                sending_facility: facility.clone(),
-                trigger_event: ev.msh.trigger.clone(),
-                event_at_us: t.at_us,
-            });
+            plan.write
+                .transitions
+                .push(transition_row(&enc, t, Some(&ev), inbound_id));
             if !t.notifiable {
                 continue;
             }
@@ -345,7 +375,7 @@ impl Router {
                 if sim.as_deref().is_none_or(|s| s.overlay) {
                     sent.extend(self.store.sent_to(retracted).await?);
                 }
-                self.plan_retraction(&mut plan, &ev, t, sent, &enc.id());
+                self.plan_retraction(&mut plan, &ev, t, sent, &enc.id(), now);
                 continue;
             }
             if attributed.is_none() {
@@ -424,7 +454,7 @@ impl Router {
     ) {
         let ids = v.rule_ids();
         let mut d = RecipientDecision {
-            transition: hash_key(&t.key),
+            transition: key_hash(&t.key),
             kind: t.kind.clone(),
             npi: p.npi.clone(),
             relationships: p.relationships.clone(),
@@ -437,10 +467,10 @@ impl Router {
             timing: None,
             redacted: v.redact.iter().cloned().collect(),
         };
-        let key = hash_key(&format!("{}|{}", t.key, p.npi));
+        let key = key_hash(&format!("{}|{}", t.key, p.npi));
         let mut row = OutboxRow {
             notification_key: key.clone(),
-            ordering_key: hash_key(&format!("{enc_id}|{}", p.npi)),
+            ordering_key: key_hash(&format!("{enc_id}|{}", p.npi)),
             channel: String::new(),
             endpoint: String::new(),
             payload: Vec::new(),
@@ -527,9 +557,10 @@ impl Router {
         t: &Transition,
         sent: Vec<crate::store::routing::SentTo>,
         enc_id: &str,
+        now: i64,
     ) {
         for s in sent {
-            let key = hash_key(&format!("{}|{}", t.key, s.recipient_npi));
+            let key = key_hash(&format!("{}|{}", t.key, s.recipient_npi));
             let v = Verdict {
                 content: match s.content_profile.as_str() {
                     "full" => rules::ContentProfile::Full,
@@ -555,7 +586,7 @@ impl Router {
                 endpoint: s.endpoint.clone(),
                 payload: payload(ev, t, enc_id, &key, &v),
                 status: "pending".into(),
-                due_at_us: now_us(),
+                due_at_us: now,
                 last_error: None,
                 fallbacks: None,
                 transition_key: t.key.clone(),
@@ -568,7 +599,7 @@ impl Router {
                 content_profile: s.content_profile.clone(),
             });
             plan.recipients.push(RecipientDecision {
-                transition: hash_key(&t.key),
+                transition: key_hash(&t.key),
                 kind: "retraction".into(),
                 npi: s.recipient_npi,
                 relationships: vec![],
@@ -614,28 +645,25 @@ impl Router {
             all.encounters.extend(w.encounters);
             all.transitions.extend(w.transitions);
             all.decisions.extend(w.decisions);
-            all.outbox.extend(w.outbox.iter().cloned());
+            all.outbox.extend(w.outbox);
             all.merges.extend(w.merges);
             all.routed_inbound.push(m.id);
-            plan.write.outbox = w.outbox;
             plans.push(plan);
         }
         self.store.commit_routing(&all, now).await?;
         for plan in &plans {
+            let outcome = if plan.skipped.is_some() {
+                "skipped"
+            } else {
+                "routed"
+            };
+            self.metrics.routed.with_label_values(&[outcome]).inc();
+        }
+        for o in &all.outbox {
             self.metrics
-                .routed
-                .with_label_values(&[if plan.skipped.is_some() {
-                    "skipped"
-                } else {
-                    "routed"
-                }])
+                .notifications_created
+                .with_label_values(&[o.status.as_str()])
                 .inc();
-            for o in &plan.write.outbox {
-                self.metrics
-                    .notifications_created
-                    .with_label_values(&[o.status.as_str()])
-                    .inc();
-            }
         }
         Ok(plans)
     }
@@ -655,28 +683,11 @@ impl Router {
             let Some(t) = enc.sweep(&self.encounters, now) else {
                 continue;
             };
-            let mut w = RoutingWrite::default();
-            w.encounters.push(EncounterRow {
-                facility: enc.facility.clone(),
-                visit_number: enc.visit_number.clone(),
-                patient_key: enc.patient_key.clone(),
-                status: enc.status.clone(),
-                state: serde_json::to_string(&enc).unwrap_or_default(),
-                last_event_us: enc.last_event_us,
-            });
-            w.transitions.push(TransitionRow {
-                transition_key: t.key.clone(),
-                encounter: enc.id(),
-                kind: t.kind.clone(),
-                notifiable: false,
-                retracts: None,
-                note: t.note.clone(),
-                inbound_id: None,
-                control_id: None,
-                sending_facility: enc.facility.clone(),
-                trigger_event: String::new(),
-                event_at_us: now,
-            });
+            let w = RoutingWrite {
+                encounters: vec![encounter_row(&enc)],
+                transitions: vec![transition_row(&enc, &t, None, None)],
+                ..RoutingWrite::default()
+            };
             self.store.commit_routing(&w, now).await?;
             closed += 1;
         }

@@ -15,7 +15,6 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
     pub attempts: i32,
     pub created_at_us: i64,
-    pub recipient_npi: String,
     /// The directory override's secret for this endpoint (webhook signing).
     pub secret: Option<String>,
 }
@@ -49,7 +48,6 @@ impl Store {
     /// A notification and its endpoint's secret.
     pub async fn outgoing(&self, id: i64) -> Result<Option<Outgoing>, StoreError> {
         const SQL: &str = "SELECT o.id, o.notification_key, o.channel, o.endpoint, o.payload, o.attempts, o.created_at_us, \
-             COALESCE(o.recipient_npi, ''), \
              (SELECT d.secret FROM directory_override d WHERE d.npi = o.recipient_npi AND d.endpoint_type = o.channel \
                 AND d.secret IS NOT NULL AND (d.endpoint = o.endpoint OR d.endpoint || '/' = o.endpoint) ORDER BY d.id LIMIT 1) \
              FROM outbox o WHERE o.id = $1";
@@ -64,8 +62,7 @@ impl Store {
                     payload: r.try_get(4)?,
                     attempts: r.try_get(5)?,
                     created_at_us: r.try_get(6)?,
-                    recipient_npi: r.try_get(7)?,
-                    secret: r.try_get(8)?,
+                    secret: r.try_get(7)?,
                 })
             })
             .transpose()
@@ -108,10 +105,7 @@ impl Store {
                             serde_json::from_str(&json).unwrap_or_default();
                         if !rest.is_empty() {
                             let (channel, endpoint) = rest.remove(0);
-                            let new_key = hex::encode(
-                                &<sha2::Sha256 as sha2::Digest>::digest(format!("{key}|{channel}"))
-                                    [..16],
-                            );
+                            let new_key = super::key_hash(&format!("{key}|{channel}"));
                             let rest = (!rest.is_empty())
                                 .then(|| serde_json::to_string(&rest).unwrap_or_default());
                             sqlx::query(&sql(FALL_BACK))
@@ -180,21 +174,6 @@ impl Store {
                 .await?;
         });
         Ok(())
-    }
-
-    /// The attempts of one notification, oldest first: (attempt, outcome, code, text).
-    pub async fn attempts_of(
-        &self,
-        outbox_id: i64,
-    ) -> Result<Vec<(i32, String, Option<i32>, String)>, StoreError> {
-        const SQL: &str = "SELECT attempt, outcome, response_code, response_text FROM delivery_attempt WHERE outbox_id = $1 ORDER BY id";
-        on_pool!(self, |p, sql| {
-            let rows = sqlx::query(&sql(SQL)).bind(outbox_id).fetch_all(p).await?;
-            rows.iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(StoreError::from)
-        })
     }
 }
 

@@ -571,6 +571,13 @@ where
 }
 
 /// Wall-clock time in microseconds since the epoch, the unit of every `*_us` column.
+/// A PHI-free key: the first 16 bytes of the SHA-256 of `s`, as hex. Idempotency keys,
+/// ordering keys and fallback keys are made this way.
+pub fn key_hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..16])
+}
+
 pub fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
