@@ -34,6 +34,9 @@ pub struct App {
     mllp_listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     http_listener: TcpListener,
+    /// Where the HISP delivers Direct MDNs and DSNs (`direct.inbound_listen`).
+    direct_intake: Option<TcpListener>,
+    direct: Option<crate::deliver::direct::DirectSender>,
     event_log: &'static str,
     rules: Arc<std::sync::RwLock<Arc<crate::route::rules::RuleSet>>>,
 }
@@ -104,6 +107,26 @@ impl App {
         let http_listener = TcpListener::bind(&settings.http.listen)
             .await
             .with_context(|| format!("binding HTTP listener on {}", settings.http.listen))?;
+        let direct = crate::deliver::direct::DirectSender::new(
+            &settings.direct,
+            Duration::from_millis(settings.delivery.timeout_ms.max(1)),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("setting up Direct")?;
+        let direct_intake = if settings.direct.inbound_listen.is_empty() {
+            None
+        } else {
+            Some(
+                TcpListener::bind(&settings.direct.inbound_listen)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "binding the Direct report intake on {}",
+                            settings.direct.inbound_listen
+                        )
+                    })?,
+            )
+        };
         Ok(App {
             mllp_addr: mllp_listener.local_addr()?,
             http_addr: http_listener.local_addr()?,
@@ -115,6 +138,8 @@ impl App {
             kafka,
             mllp_listener,
             http_listener,
+            direct_intake,
+            direct,
             tls,
             event_log,
             rules,
@@ -140,8 +165,20 @@ impl App {
             (Some(_), true) => "MLLP over TLS",
             (Some(_), false) => "MLLP over mutual TLS",
         };
+        let direct = match (&self.direct, &self.direct_intake) {
+            (None, _) => String::new(),
+            (Some(_), intake) => format!(
+                ", Direct via {}{}",
+                redact_url(&self.settings.direct.smtp_url),
+                intake
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok())
+                    .map(|a| format!(" with report intake on {a}"))
+                    .unwrap_or_else(|| " (no report intake: MDNs are not read)".into())
+            ),
+        };
         format!(
-            "adt-router listening: {mllp} on {}, HTTP on {} (database {}, event log {})",
+            "adt-router listening: {mllp} on {}, HTTP on {} (database {}, event log {}{direct})",
             self.mllp_addr,
             self.http_addr,
             redact_url(&self.settings.database.url),
@@ -199,8 +236,26 @@ impl App {
             ));
             (tokio::spawn(r.run(rx.clone())), watch)
         });
+        let mdns = self.direct.as_ref().map(|_| {
+            Arc::new(crate::deliver::direct::Mdns::new(
+                self.store.clone(),
+                self.metrics.clone(),
+                &self.settings.direct,
+            ))
+        });
+        let intake = match (self.direct_intake, &mdns) {
+            (Some(l), Some(m)) => Some(tokio::spawn(crate::deliver::intake::serve(
+                l,
+                m.clone(),
+                self.settings.direct.inbound_max_bytes,
+                rx.clone(),
+            ))),
+            _ => None,
+        };
         let delivering = self.settings.delivery.enabled.then(|| {
             let d = crate::deliver::Deliverer {
+                direct: self.direct.clone(),
+                mdns: mdns.clone(),
                 store: self.store.clone(),
                 http: reqwest::Client::new(),
                 policy: self.settings.retry_policy(),
@@ -252,6 +307,9 @@ impl App {
         }
         if let Some(d) = delivering {
             d.await.context("delivery task")?;
+        }
+        if let Some(i) = intake {
+            i.await.context("Direct report intake")?;
         }
         if let Some((r, w)) = routing {
             r.await.context("routing task")?;

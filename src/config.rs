@@ -18,6 +18,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub directory: DirectorySettings,
     pub delivery: DeliverySettings,
+    pub direct: DirectSettings,
     pub attribution: AttributionSettings,
     pub auth: AuthSettings,
     pub routing: RoutingSettings,
@@ -246,6 +247,47 @@ impl Default for DirectorySettings {
     }
 }
 
+/// Direct secure email: our HISP's SMTP submission service, and the intake for the
+/// MDNs and DSNs it sends back (docs/delivery.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectSettings {
+    /// `smtp://host:port` (add `?tls=required` for STARTTLS) or `smtps://host:port`.
+    /// Empty: Direct is off and DIRECT notifications wait.
+    pub smtp_url: String,
+    /// Our sending Direct address; MDNs are requested back to it.
+    pub from: String,
+    /// SMTP AUTH at the HISP (may also be given in the URL).
+    pub username: String,
+    pub password: String,
+    /// No processed MDN (or failure) this long after the HISP accepted: failed.
+    pub processed_timeout_secs: u64,
+    /// No dispatched MDN this long after the processed one: failed.
+    pub dispatched_timeout_secs: u64,
+    /// Delivered only on a dispatched MDN (timely and reliable); false: processed is enough.
+    pub require_dispatched: bool,
+    /// Where the HISP delivers MDNs and DSNs by SMTP (`host:port`); empty: no intake.
+    pub inbound_listen: String,
+    /// Largest report accepted by the intake.
+    pub inbound_max_bytes: usize,
+}
+
+impl Default for DirectSettings {
+    fn default() -> Self {
+        DirectSettings {
+            smtp_url: String::new(),
+            from: String::new(),
+            username: String::new(),
+            password: String::new(),
+            processed_timeout_secs: 3_600,
+            dispatched_timeout_secs: 3_600,
+            require_dispatched: true,
+            inbound_listen: String::new(),
+            inbound_max_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
 /// Where notifications may go.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -413,6 +455,43 @@ impl Settings {
                     ),
                 );
             }
+        }
+        let d = &self.direct;
+        if !d.smtp_url.is_empty() {
+            match url::Url::parse(&d.smtp_url) {
+                Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => {}
+                _ => {
+                    return bad(
+                        "direct.smtp_url",
+                        "must be smtp://host:port or smtps://host:port".into(),
+                    )
+                }
+            }
+            if d.from.parse::<lettre::Address>().is_err() {
+                return bad(
+                    "direct.from",
+                    format!("'{}' is not a mail address (needed with smtp_url)", d.from),
+                );
+            }
+        }
+        if !d.inbound_listen.is_empty() && d.inbound_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(
+                "direct.inbound_listen",
+                format!("'{}' is not HOST:PORT", d.inbound_listen),
+            );
+        }
+        if !d.inbound_listen.is_empty() && d.smtp_url.is_empty() {
+            return bad(
+                "direct.inbound_listen",
+                "the report intake needs direct.smtp_url (Direct is off without it)".into(),
+            );
+        }
+        if d.processed_timeout_secs == 0 || d.dispatched_timeout_secs == 0 {
+            return bad(
+                "direct.processed_timeout_secs",
+                "timeouts must be above 0".into(),
+            );
         }
         if self.routing.digest_hour_utc > 23 {
             return bad("routing.digest_hour_utc", "must be 0 to 23".into());

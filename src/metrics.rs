@@ -44,6 +44,8 @@ pub struct Metrics {
     pub delivery_attempts: IntCounterVec,
     /// Times an endpoint's circuit breaker opened.
     pub delivery_circuit_opens: IntCounter,
+    /// MDNs and DSNs received by the Direct intake, by kind and what they did.
+    pub direct_reports: IntCounterVec,
 }
 
 const FACILITY_LABEL_MAX: usize = 64;
@@ -105,6 +107,14 @@ impl Metrics {
             delivery_circuit_opens: IntCounter::new(
                 "delivery_circuit_opens_total",
                 "Times an endpoint failed often enough in a row that its circuit breaker opened.",
+            )
+            .expect("metric"),
+            direct_reports: IntCounterVec::new(
+                Opts::new(
+                    "direct_reports_total",
+                    "Reports received from the HISP, by kind (mdn, dsn, other) and effect (applied, recorded, late, unmatched).",
+                ),
+                &["kind", "effect"],
             )
             .expect("metric"),
             roster_uploads: IntCounterVec::new(
@@ -183,6 +193,7 @@ impl Metrics {
             Box::new(m.rule_reloads.clone()),
             Box::new(m.delivery_attempts.clone()),
             Box::new(m.delivery_circuit_opens.clone()),
+            Box::new(m.direct_reports.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

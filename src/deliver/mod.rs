@@ -1,7 +1,8 @@
 //! Step 5, the deliverers: claim due notifications from the outbox, send them, record
 //! every attempt, and settle each one as delivered, retried later, failed (permanent)
-//! or dead (out of retries). This first slice delivers the REST channel ([`webhook`]);
-//! Direct and FHIR rows stay pending until their senders land.
+//! or dead (out of retries). REST webhooks ([`webhook`]) and Direct secure email
+//! ([`direct`], with the MDN and DSN intake in [`intake`] and [`report`]); FHIR rows
+//! stay pending until their sender lands.
 //!
 //! Retry policy: transient failures (connection errors, timeouts, HTTP 408, 429 and 5xx)
 //! come back after an exponential backoff with full jitter (a random wait between zero
@@ -9,6 +10,9 @@
 //! one, until the notification is older than `max_age` or has had `max_attempts`.
 //! Other 4xx answers and unusable endpoints fail at once.
 
+pub mod direct;
+pub mod intake;
+pub mod report;
 pub mod webhook;
 
 use crate::directory::endpoint::EndpointPolicy;
@@ -35,6 +39,8 @@ pub struct RetryPolicy {
 pub enum Outcome {
     /// 2xx: the receiver has it. `proof` is what is kept (status, body hash, time).
     Delivered { code: u16, proof: String },
+    /// Direct: our HISP accepted it (SMTP 250); the MDNs decide the rest.
+    Submitted { code: u16, proof: String },
     /// Worth trying again; `retry_after` when the receiver said when.
     Transient {
         code: Option<u16>,
@@ -180,6 +186,9 @@ pub struct Deliverer {
     /// Rows claimed per round.
     pub batch: i64,
     pub breakers: Arc<Breakers>,
+    /// Direct, when `[direct]` names a HISP, and its MDN bookkeeping (timeouts).
+    pub direct: Option<direct::DirectSender>,
+    pub mdns: Option<Arc<direct::Mdns>>,
     /// The settle writer (started by [`Deliverer::run`]).
     pub settler: Option<tokio::sync::mpsc::Sender<SettleRequest>>,
 }
@@ -222,7 +231,18 @@ impl Deliverer {
         let writer = tokio::spawn(settle_writer(self.store.clone(), rx));
         self.settler = Some(tx);
         let mut inflight = tokio::task::JoinSet::new();
+        let mut last_expiry = Instant::now();
         loop {
+            if let Some(m) = self
+                .mdns
+                .as_ref()
+                .filter(|_| last_expiry.elapsed() >= Duration::from_secs(1))
+            {
+                last_expiry = Instant::now();
+                if let Err(e) = m.expire().await {
+                    tracing::warn!(error = %e, "Checking Direct MDN timeouts failed; retrying.");
+                }
+            }
             if *shutdown.borrow() {
                 // Unfinished sends are abandoned; their leases run out and they are sent
                 // again (same idempotency key) by the next worker.
@@ -269,6 +289,11 @@ impl Deliverer {
         // The lease outlives the request's time limit, so no one else takes it meanwhile.
         let lease =
             now + i64::try_from((self.policy.timeout * 2).as_micros()).unwrap_or(60_000_000);
+        let channels: &[&str] = if self.direct.is_some() {
+            &["REST", "DIRECT"]
+        } else {
+            &["REST"]
+        };
         Ok(self
             .store
             .claim_due_on(
@@ -276,7 +301,7 @@ impl Deliverer {
                 now,
                 lease,
                 limit,
-                &["REST"],
+                channels,
                 &self.breakers.skip_list(),
             )
             .await?
@@ -301,6 +326,17 @@ impl Deliverer {
         let clock = std::time::Instant::now();
         let (outcome, request_sha256) = match n.channel.as_str() {
             "REST" => webhook::send(&self.http, &n, self.endpoints, self.policy.timeout).await,
+            "DIRECT" => match &self.direct {
+                Some(d) => d.send(&n).await,
+                None => (
+                    Outcome::Transient {
+                        code: None,
+                        reason: "Direct is not configured".into(),
+                        retry_after: None,
+                    },
+                    String::new(),
+                ),
+            },
             other => (
                 Outcome::Permanent {
                     code: None,
@@ -311,7 +347,7 @@ impl Deliverer {
         };
         let latency_us = i64::try_from(clock.elapsed().as_micros()).unwrap_or(i64::MAX);
         let reachable = match &outcome {
-            Outcome::Delivered { .. } => Some(true),
+            Outcome::Delivered { .. } | Outcome::Submitted { .. } => Some(true),
             Outcome::Transient { .. } => Some(false),
             Outcome::Permanent { code: Some(_), .. } => Some(true),
             Outcome::Permanent { code: None, .. } => None,
@@ -347,6 +383,16 @@ impl Deliverer {
                 now,
                 Some(proof.clone()),
             ),
+            Outcome::Submitted { code, proof } => (
+                "submitted",
+                Some(*code),
+                String::new(),
+                "submitted",
+                now + self.direct.as_ref().map_or(3_600_000_000, |d| {
+                    i64::try_from(d.processed_timeout.as_micros()).unwrap_or(i64::MAX / 4)
+                }),
+                Some(proof.clone()),
+            ),
             Outcome::Transient {
                 code,
                 reason,
@@ -373,7 +419,7 @@ impl Deliverer {
             .delivery_attempts
             .with_label_values(&[n.channel.as_str(), label])
             .inc();
-        if label != "delivered" {
+        if !matches!(label, "delivered" | "submitted") {
             tracing::info!(
                 notification = n.id,
                 channel = n.channel,

@@ -17,6 +17,8 @@ pub struct Outgoing {
     pub created_at_us: i64,
     /// The directory override's secret for this endpoint (webhook signing).
     pub secret: Option<String>,
+    /// Direct only: the inbound HL7 v2 message behind the notification.
+    pub raw_hl7: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +39,8 @@ pub struct AttemptRow {
 #[derive(Clone, Debug)]
 pub struct Settle {
     pub attempt: AttemptRow,
+    /// The lease holder settling its claim; empty for a Direct row awaiting its MDNs
+    /// (settled by a report or its timeout, from `submitted` or `processed` only).
     pub owner: String,
     pub status: String,
     pub due_at_us: i64,
@@ -49,7 +53,9 @@ impl Store {
     pub async fn outgoing(&self, id: i64) -> Result<Option<Outgoing>, StoreError> {
         const SQL: &str = "SELECT o.id, o.notification_key, o.channel, o.endpoint, o.payload, o.attempts, o.created_at_us, \
              (SELECT d.secret FROM directory_override d WHERE d.npi = o.recipient_npi AND d.endpoint_type = o.channel \
-                AND d.secret IS NOT NULL AND (d.endpoint = o.endpoint OR d.endpoint || '/' = o.endpoint) ORDER BY d.id LIMIT 1) \
+                AND d.secret IS NOT NULL AND (d.endpoint = o.endpoint OR d.endpoint || '/' = o.endpoint) ORDER BY d.id LIMIT 1), \
+             CASE WHEN o.channel = 'DIRECT' THEN (SELECT i.raw FROM encounter_transition t JOIN inbound_messages i ON i.id = t.inbound_id \
+                WHERE t.transition_key = o.transition_key) END \
              FROM outbox o WHERE o.id = $1";
         on_pool!(self, |p, sql| {
             let row = sqlx::query(&sql(SQL)).bind(id).fetch_optional(p).await?;
@@ -63,6 +69,7 @@ impl Store {
                     attempts: r.try_get(5)?,
                     created_at_us: r.try_get(6)?,
                     secret: r.try_get(7)?,
+                    raw_hl7: r.try_get(8)?,
                 })
             })
             .transpose()
@@ -79,7 +86,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
         const SETTLE: &str = "UPDATE outbox SET status = $1, due_at_us = $2, last_error = $3, proof = COALESCE($4, proof), \
              delivered_at_us = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at_us END, lease_owner = NULL, lease_until_us = NULL \
-             WHERE id = $6 AND lease_owner = $7 AND status = 'sending'";
+             WHERE id = $6 AND ((lease_owner = $7 AND status = 'sending') OR ($7 = '' AND status IN ('submitted', 'processed')))";
         const FALLBACKS: &str = "SELECT fallbacks, notification_key FROM outbox WHERE id = $1";
         const FALL_BACK: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, created_at_us, \
              transition_key, kind, encounter, control_id, sending_facility, recipient_npi, rule_ids, content_profile, fallbacks) \

@@ -12,6 +12,7 @@
 
 pub mod bulk;
 pub mod delivery;
+pub mod direct;
 pub mod outbox;
 pub mod routing;
 pub mod sqlite_reads;

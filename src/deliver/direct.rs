@@ -1,0 +1,598 @@
+//! Direct secure email (standards.md §6): adt-router is a Direct edge system. It submits
+//! each notification to its HISP over SMTP (STARTTLS or TLS, with AUTH); the HISP signs
+//! and encrypts it (S/MIME) and relays it to the recipient's HISP.
+//!
+//! The message follows the DirectTrust event-notification conventions: a readable text
+//! body with the CoP content, the structured notification (`notification.json`, cut to
+//! the rule's content profile), the HL7 v2 message itself when the profile is `full`
+//! and nothing is redacted (`notification.hl7`), and a Context attachment
+//! (`metadata.txt`, named by `X-Direct-Context`). It asks for timely and reliable
+//! delivery, so the recipient side answers with processed and then dispatched MDNs.
+//!
+//! The Message-ID is `<idempotency key@our domain>`: the same on every retry and resend,
+//! so the recipient can tell a repeat, and the MDNs that come back (their
+//! `Original-Message-ID`) lead straight to the notification.
+
+use super::report::{self, Signal};
+use super::Outcome;
+use crate::config::DirectSettings;
+use crate::metrics::Metrics;
+use crate::store::delivery::{AttemptRow, Outgoing, Settle};
+use crate::store::direct::{DirectRow, ReportRow};
+use crate::store::{Store, StoreError};
+use lettre::message::header::{ContentDisposition, ContentId, ContentType};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What Direct needs at send time.
+#[derive(Clone)]
+pub struct DirectSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Address,
+    pub processed_timeout: Duration,
+    pub dispatched_timeout: Duration,
+    pub require_dispatched: bool,
+}
+
+impl std::fmt::Debug for DirectSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectSender")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectSender {
+    /// `None` when Direct is not configured (`direct.smtp_url` empty).
+    pub fn new(s: &DirectSettings, timeout: Duration) -> Result<Option<DirectSender>, String> {
+        if s.smtp_url.is_empty() {
+            return Ok(None);
+        }
+        let from: Address = s
+            .from
+            .parse()
+            .map_err(|e| format!("direct.from '{}': {e}", s.from))?;
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.smtp_url)
+            .map_err(|e| format!("direct.smtp_url: {e}"))?
+            .timeout(Some(timeout));
+        if !s.username.is_empty() {
+            b = b.credentials(Credentials::new(s.username.clone(), s.password.clone()));
+        }
+        Ok(Some(DirectSender {
+            transport: b.build(),
+            from,
+            processed_timeout: Duration::from_secs(s.processed_timeout_secs),
+            dispatched_timeout: Duration::from_secs(s.dispatched_timeout_secs),
+            require_dispatched: s.require_dispatched,
+        }))
+    }
+
+    /// Builds the RFC 5322 message for a notification.
+    pub fn compose(&self, n: &Outgoing) -> Result<(Vec<u8>, String), String> {
+        compose(&self.from, n)
+    }
+
+    /// Submits one notification; the outcome and the SHA-256 of the message sent.
+    pub async fn send(&self, n: &Outgoing) -> (Outcome, String) {
+        let permanent = |reason: String| Outcome::Permanent { code: None, reason };
+        let to: Address = match n.endpoint.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                return (
+                    permanent(format!("not a Direct address: {e}")),
+                    String::new(),
+                )
+            }
+        };
+        let (bytes, message_id) = match self.compose(n) {
+            Ok(m) => m,
+            Err(e) => return (permanent(e), String::new()),
+        };
+        let hash = hex::encode(Sha256::digest(&bytes));
+        let envelope = match lettre::address::Envelope::new(Some(self.from.clone()), vec![to]) {
+            Ok(e) => e,
+            Err(e) => return (permanent(format!("envelope: {e}")), hash),
+        };
+        let outcome = match self.transport.send_raw(&envelope, &bytes).await {
+            Ok(resp) => {
+                let code = u16::from(resp.code());
+                let reply: String = resp.message().collect::<Vec<_>>().join(" ");
+                Outcome::Submitted {
+                    code,
+                    proof: serde_json::json!({
+                        "smtp_code": code,
+                        "smtp_reply": reply.chars().take(200).collect::<String>(),
+                        "message_id": message_id,
+                        "message_sha256": hash,
+                        "submitted_at": crate::directory::rfc3339_us(crate::store::now_us()),
+                    })
+                    .to_string(),
+                }
+            }
+            Err(e) => {
+                let code = e.status().map(u16::from);
+                let reason = format!("SMTP: {e}");
+                if e.is_permanent() {
+                    Outcome::Permanent { code, reason }
+                } else {
+                    // 4xx, connection and TLS trouble, timeouts: the HISP may be back soon.
+                    Outcome::Transient {
+                        code,
+                        reason,
+                        retry_after: None,
+                    }
+                }
+            }
+        };
+        (outcome, hash)
+    }
+}
+
+/// `<key@domain>` for a notification key.
+pub fn message_id(key: &str, from: &Address) -> String {
+    format!("<{key}@{}>", from.domain())
+}
+
+/// The notification key inside one of our Message-IDs.
+pub fn key_of(message_id: &str) -> Option<&str> {
+    let inner = message_id.trim().strip_prefix('<')?.strip_suffix('>')?;
+    let (key, _) = inner.split_once('@')?;
+    (!key.is_empty()).then_some(key)
+}
+
+/// A readable label for an event kind.
+fn kind_words(kind: &str) -> &str {
+    match kind {
+        "ed-registration" => "Emergency department registration",
+        "admission" => "Inpatient admission",
+        "discharge" => "Discharge",
+        "transfer" => "Transfer to another facility",
+        "move" => "Transfer within the hospital",
+        "update" => "Update",
+        "retraction" => "Cancellation",
+        other => other,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The readable body: one `Label: value` line per known fact, CRLF line breaks.
+fn body_text(p: &Value) -> String {
+    let mut lines = vec![
+        "This is an electronic event notification from a hospital (CMS Conditions of Participation, 42 CFR 482.24(d)).".to_string(),
+        String::new(),
+    ];
+    let mut line = |label: &str, value: Option<String>| {
+        if let Some(v) = value {
+            lines.push(format!("{label}: {v}"));
+        }
+    };
+    let kind = p["kind"].as_str().unwrap_or("event");
+    line("Event", Some(kind_words(kind).to_string()));
+    if let Some(r) = p["retracts_kind"].as_str() {
+        line("Cancels", Some(kind_words(r).to_string()));
+    }
+    line("Event time", text(&p["event_time"]));
+    let pt = &p["patient"];
+    let name = [text(&pt["given"]), text(&pt["family"])]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    line("Patient", (!name.is_empty()).then_some(name));
+    line("Date of birth", text(&pt["birth_date"]));
+    line("Sex", text(&pt["sex"]));
+    line("Sending facility", text(&p["sending_facility"]));
+    line("Treating facility", text(&p["treating_facility"]));
+    let pr = &p["treating_practitioner"];
+    line(
+        "Treating practitioner",
+        text(&pr["name"]).map(|n| match text(&pr["npi"]) {
+            Some(npi) => format!("{n} (NPI {npi})"),
+            None => n,
+        }),
+    );
+    let enc = &p["encounter"];
+    line("Patient class", text(&enc["patient_class"]));
+    line("Admitted", text(&enc["admit_time"]));
+    line("Discharged", text(&enc["discharge_time"]));
+    line("Discharge disposition", text(&enc["discharge_disposition"]));
+    line("Discharged to", text(&enc["discharged_to"]));
+    line("Admit reason", text(&enc["admit_reason"]));
+    line("Notification id", text(&p["idempotency_key"]));
+    let mut s = lines.join("\r\n");
+    s.push_str("\r\n");
+    s
+}
+
+/// The Context attachment (Implementation Guide for Expressing Context in Direct
+/// Messaging): `name: value` lines.
+fn context(p: &Value, key: &str, hl7: bool) -> String {
+    let pt = &p["patient"];
+    let mut lines = vec!["version: 1.0".to_string(), format!("id: {key}")];
+    if let Some(id) = pt["identifiers"].as_array().and_then(|a| a.first()) {
+        let v = [
+            text(&id["id"]),
+            text(&id["authority_namespace"]).or_else(|| text(&id["authority_universal"])),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("^^^");
+        if !v.is_empty() {
+            lines.push(format!("patient-id: {v}"));
+        }
+    }
+    lines.push("type: general/notification".into());
+    lines.push("purpose: treatment".into());
+    let mut m = Vec::new();
+    for (k, f) in [
+        ("givenName", "given"),
+        ("surname", "family"),
+        ("dateOfBirth", "birth_date"),
+        ("gender", "sex"),
+    ] {
+        if let Some(v) = text(&pt[f]) {
+            m.push(format!("{k}={v}"));
+        }
+    }
+    if !m.is_empty() {
+        lines.push(format!("patient: {}", m.join("; ")));
+    }
+    if hl7 {
+        lines.push("encapsulation: hl7v2".into());
+    }
+    let mut s = lines.join("\r\n");
+    s.push_str("\r\n");
+    s
+}
+
+/// Builds the message; returns its bytes and its Message-ID.
+pub fn compose(from: &Address, n: &Outgoing) -> Result<(Vec<u8>, String), String> {
+    let p: Value = serde_json::from_slice(&n.payload)
+        .map_err(|e| format!("the notification body is not JSON: {e}"))?;
+    let to: Address = n
+        .endpoint
+        .parse()
+        .map_err(|e| format!("not a Direct address: {e}"))?;
+    let id = message_id(&n.notification_key, from);
+    let ctx_id = format!("<ctx.{}@{}>", n.notification_key, from.domain());
+    // The HL7 v2 message goes only where the rule allows everything in it.
+    let hl7 = n.raw_hl7.as_ref().filter(|_| {
+        p["content_profile"] == "full" && p["redacted"].as_array().is_none_or(|r| r.is_empty())
+    });
+    let kind = p["kind"].as_str().unwrap_or("event");
+    let mut parts = MultiPart::mixed()
+        .singlepart(SinglePart::plain(body_text(&p)))
+        .singlepart(Attachment::new("notification.json".into()).body(
+            n.payload.clone(),
+            ContentType::parse("application/json").map_err(|e| e.to_string())?,
+        ));
+    if let Some(raw) = hl7 {
+        parts = parts.singlepart(Attachment::new("notification.hl7".into()).body(
+            raw.clone(),
+            ContentType::parse("x-application/hl7-v2+er7").map_err(|e| e.to_string())?,
+        ));
+    }
+    parts = parts.singlepart(
+        SinglePart::builder()
+            .header(ContentType::TEXT_PLAIN)
+            .header(ContentDisposition::attachment("metadata.txt"))
+            .header(ContentId::from(ctx_id.clone()))
+            .body(context(&p, &n.notification_key, hl7.is_some())),
+    );
+    let raw = |name: &'static str, value: String| {
+        lettre::message::header::HeaderValue::new(
+            lettre::message::header::HeaderName::new_from_ascii_str(name),
+            value,
+        )
+    };
+    let msg = lettre::Message::builder()
+        .from(Mailbox::new(None, from.clone()))
+        .to(Mailbox::new(None, to))
+        // No PHI in the subject: it travels outside the encryption in some set-ups.
+        .subject(format!("Event notification: {}", kind_words(kind)))
+        .message_id(Some(id.clone()))
+        .raw_header(raw("Disposition-Notification-To", from.to_string()))
+        .raw_header(raw(
+            "Disposition-Notification-Options",
+            "X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true".into(),
+        ))
+        .raw_header(raw("X-Direct-Context", ctx_id))
+        .raw_header(raw("X-ADT-Router-Notification", n.notification_key.clone()))
+        .multipart(parts)
+        .map_err(|e| format!("cannot build the message: {e}"))?;
+    Ok((msg.formatted(), id))
+}
+
+/// What a report does to a Direct notification now in `status`: its new status, or
+/// `None` (recorded only). Final states never change: a late MDN after a timeout is
+/// kept and flagged, not turned into a delivery.
+pub fn on_report(status: &str, signal: Signal, require_dispatched: bool) -> Option<&'static str> {
+    if !matches!(status, "submitted" | "processed") {
+        return None;
+    }
+    match signal {
+        Signal::Failed => Some("failed"),
+        Signal::Dispatched => Some("delivered"),
+        Signal::Processed if status == "submitted" => Some(if require_dispatched {
+            "processed"
+        } else {
+            "delivered"
+        }),
+        Signal::Processed | Signal::Informational => None,
+    }
+}
+
+/// Applies the reports the HISP sends back, and fails the notifications whose reports
+/// never came. One at a time, so two MDNs for one message never race on its proof.
+pub struct Mdns {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub require_dispatched: bool,
+    pub dispatched_timeout: Duration,
+    pub processed_timeout: Duration,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// The intake's answer when a report cannot be kept right now (SMTP 451: resend later).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("the notification is still being sent; try again later")]
+    TooEarly,
+}
+
+fn us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
+/// Adds one step to a notification's proof (a JSON object, one key per step).
+fn add_proof(old: Option<&str>, step: &str, v: Value) -> String {
+    let mut p: serde_json::Map<String, Value> = old
+        .and_then(|o| serde_json::from_str(o).ok())
+        .unwrap_or_default();
+    p.insert(step.to_string(), v);
+    Value::Object(p).to_string()
+}
+
+impl Mdns {
+    pub fn new(store: Store, metrics: Arc<Metrics>, s: &DirectSettings) -> Mdns {
+        Mdns {
+            store,
+            metrics,
+            require_dispatched: s.require_dispatched,
+            dispatched_timeout: Duration::from_secs(s.dispatched_timeout_secs),
+            processed_timeout: Duration::from_secs(s.processed_timeout_secs),
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads, keeps and applies one report. Returns what it did, in words.
+    pub async fn apply(&self, raw: &[u8]) -> Result<String, ReportError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let r = report::parse(raw);
+        let key = r.original_message_id.as_deref().and_then(key_of);
+        // The HISP can answer before our own record of the submission is written.
+        let mut row = None;
+        if let Some(k) = key {
+            for _ in 0..100 {
+                row = self.store.direct_row(k).await?;
+                if row.as_ref().is_some_and(|r| r.status == "sending") {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                break;
+            }
+            if row.as_ref().is_some_and(|r| r.status == "sending") {
+                return Err(ReportError::TooEarly);
+            }
+        }
+        let now = crate::store::now_us();
+        let sha = hex::encode(Sha256::digest(raw));
+        let next = row
+            .as_ref()
+            .and_then(|n| on_report(&n.status, r.signal, self.require_dispatched));
+        let (effect, label) = match (&row, next) {
+            (None, _) => (
+                "unmatched: no Direct notification has this Message-ID".to_string(),
+                "unmatched",
+            ),
+            (Some(n), Some(new)) => (format!("{} -> {new}", n.status), "applied"),
+            (Some(n), None) if matches!(n.status.as_str(), "submitted" | "processed") => {
+                ("recorded; no change".to_string(), "recorded")
+            }
+            (Some(n), None) => (
+                format!(
+                    "late: the notification was already {}; recorded, not applied",
+                    n.status
+                ),
+                "late",
+            ),
+        };
+        self.metrics
+            .direct_reports
+            .with_label_values(&[r.kind.as_str(), label])
+            .inc();
+        let what = format!(
+            "{} {}{}",
+            r.kind.as_str().to_uppercase(),
+            if r.disposition.is_empty() {
+                "(unreadable)"
+            } else {
+                &r.disposition
+            },
+            r.detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
+        if label == "late" || label == "unmatched" {
+            tracing::warn!(kind = r.kind.as_str(), disposition = %r.disposition, effect = %effect, "Direct report not applied.");
+        } else {
+            tracing::info!(notification = row.as_ref().map(|n| n.id), kind = r.kind.as_str(), disposition = %r.disposition, effect = %effect, "Direct report received.");
+        }
+        self.store
+            .record_report(&ReportRow {
+                received_at_us: now,
+                kind: r.kind.as_str().into(),
+                disposition: r.disposition.clone(),
+                final_recipient: r.final_recipient.clone(),
+                original_message_id: r.original_message_id.clone(),
+                outbox_id: row.as_ref().map(|n| n.id),
+                effect: effect.clone(),
+                sha256: sha.clone(),
+                raw: raw.to_vec(),
+            })
+            .await?;
+        if let (Some(n), Some(new)) = (row, next) {
+            let step = match r.signal {
+                Signal::Processed => "mdn_processed",
+                Signal::Dispatched => "mdn_dispatched",
+                _ => "failure",
+            };
+            let proof = add_proof(
+                n.proof.as_deref(),
+                step,
+                serde_json::json!({
+                    "kind": r.kind.as_str(),
+                    "disposition": r.disposition,
+                    "final_recipient": r.final_recipient,
+                    "final_destination_delivery": r.final_destination,
+                    "detail": r.detail,
+                    "report_sha256": sha,
+                    "received_at": crate::directory::rfc3339_us(now),
+                }),
+            );
+            let outcome = match new {
+                "processed" => "processed",
+                "delivered" => "delivered",
+                _ => "failed",
+            };
+            self.settle(&n, new, outcome, &sha, &what, now, proof)
+                .await?;
+        }
+        Ok(effect)
+    }
+
+    /// Fails the Direct notifications whose MDN did not come in time (then their
+    /// fallback, if the rule names one). Returns how many.
+    pub async fn expire(&self) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let now = crate::store::now_us();
+        let overdue = self.store.direct_overdue(now, 200).await?;
+        for n in &overdue {
+            let what = if n.status == "submitted" {
+                format!(
+                    "no processed MDN within {} s of submission",
+                    self.processed_timeout.as_secs()
+                )
+            } else {
+                format!(
+                    "no dispatched MDN within {} s of the processed one",
+                    self.dispatched_timeout.as_secs()
+                )
+            };
+            tracing::warn!(notification = n.id, status = %n.status, "Direct notification timed out waiting for its MDN.");
+            let proof = add_proof(
+                n.proof.as_deref(),
+                "failure",
+                serde_json::json!({ "timeout": what, "at": crate::directory::rfc3339_us(now) }),
+            );
+            self.settle(n, "failed", "timeout", "", &what, now, proof)
+                .await?;
+        }
+        Ok(overdue.len())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        n: &DirectRow,
+        status: &str,
+        outcome: &str,
+        sha: &str,
+        what: &str,
+        now: i64,
+        proof: String,
+    ) -> Result<(), StoreError> {
+        self.metrics
+            .delivery_attempts
+            .with_label_values(&["DIRECT", outcome])
+            .inc();
+        let due = if status == "processed" {
+            now + us(self.dispatched_timeout)
+        } else {
+            now
+        };
+        let settle = Settle {
+            attempt: AttemptRow {
+                outbox_id: n.id,
+                attempt: n.attempts,
+                started_at_us: now,
+                channel: "DIRECT".into(),
+                endpoint: n.endpoint.clone(),
+                request_sha256: sha.to_string(),
+                outcome: outcome.to_string(),
+                response_code: None,
+                response_text: what.chars().take(200).collect(),
+                latency_us: 0,
+            },
+            owner: String::new(),
+            status: status.to_string(),
+            due_at_us: due,
+            error: (status == "failed").then(|| what.to_string()),
+            proof: Some(proof),
+        };
+        self.store.record_attempts(&[settle]).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_move_forward_only() {
+        use Signal::*;
+        assert_eq!(on_report("submitted", Processed, true), Some("processed"));
+        assert_eq!(on_report("submitted", Processed, false), Some("delivered"));
+        assert_eq!(on_report("processed", Processed, true), None, "a repeat");
+        assert_eq!(
+            on_report("submitted", Dispatched, true),
+            Some("delivered"),
+            "out of order"
+        );
+        assert_eq!(on_report("processed", Dispatched, true), Some("delivered"));
+        assert_eq!(on_report("processed", Failed, true), Some("failed"));
+        assert_eq!(on_report("submitted", Informational, true), None);
+        for done in ["delivered", "failed", "dead", "pending", "sending"] {
+            for sig in [Processed, Dispatched, Failed] {
+                assert_eq!(on_report(done, sig, true), None, "{done} {sig:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn message_ids_round_trip() {
+        let from: Address = "router@direct.hospital.example".parse().unwrap();
+        let id = message_id("0123abcd", &from);
+        assert_eq!(id, "<0123abcd@direct.hospital.example>");
+        assert_eq!(key_of(&id), Some("0123abcd"));
+        assert_eq!(key_of("no-brackets@x"), None);
+        assert_eq!(key_of("<@x>"), None);
+    }
+}

@@ -1,0 +1,110 @@
+//! Direct's second half: the notifications waiting for their MDNs, and the reports
+//! (MDNs, DSNs, anything else the HISP sends back), each kept raw with its effect.
+
+use super::{on_pool, Store, StoreError};
+
+/// A Direct notification as a report or a timeout sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectRow {
+    pub id: i64,
+    pub status: String,
+    pub attempts: i32,
+    pub endpoint: String,
+    pub proof: Option<String>,
+}
+
+/// One report as received.
+#[derive(Clone, Debug)]
+pub struct ReportRow {
+    pub received_at_us: i64,
+    pub kind: String,
+    pub disposition: String,
+    pub final_recipient: Option<String>,
+    pub original_message_id: Option<String>,
+    pub outbox_id: Option<i64>,
+    pub effect: String,
+    pub sha256: String,
+    pub raw: Vec<u8>,
+}
+
+type Row = (i64, String, i32, String, Option<String>);
+
+fn row(r: Row) -> DirectRow {
+    DirectRow {
+        id: r.0,
+        status: r.1,
+        attempts: r.2,
+        endpoint: r.3,
+        proof: r.4,
+    }
+}
+
+impl Store {
+    /// The Direct notification with this idempotency key.
+    pub async fn direct_row(&self, key: &str) -> Result<Option<DirectRow>, StoreError> {
+        const SQL: &str = "SELECT id, status, attempts, endpoint, proof FROM outbox \
+             WHERE notification_key = $1 AND channel = 'DIRECT'";
+        let r: Option<Row> = on_pool!(self, |p, sql| {
+            sqlx::query_as(&sql(SQL))
+                .bind(key)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(r.map(row))
+    }
+
+    /// Direct notifications whose MDN did not come in time.
+    pub async fn direct_overdue(
+        &self,
+        now_us: i64,
+        limit: i64,
+    ) -> Result<Vec<DirectRow>, StoreError> {
+        const SQL: &str = "SELECT id, status, attempts, endpoint, proof FROM outbox \
+             WHERE channel = 'DIRECT' AND status IN ('submitted', 'processed') AND due_at_us <= $1 \
+             ORDER BY due_at_us LIMIT $2";
+        let rows: Vec<Row> = on_pool!(self, |p, sql| {
+            sqlx::query_as(&sql(SQL))
+                .bind(now_us)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.into_iter().map(row).collect())
+    }
+
+    /// Keeps a report. Returns its id.
+    pub async fn record_report(&self, r: &ReportRow) -> Result<i64, StoreError> {
+        const SQL: &str = "INSERT INTO direct_report (received_at_us, kind, disposition, final_recipient, original_message_id, outbox_id, effect, sha256, raw) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
+        let id: i64 = on_pool!(self, |p, sql| {
+            sqlx::query_scalar(&sql(SQL))
+                .bind(r.received_at_us)
+                .bind(&r.kind)
+                .bind(&r.disposition)
+                .bind(&r.final_recipient)
+                .bind(&r.original_message_id)
+                .bind(r.outbox_id)
+                .bind(&r.effect)
+                .bind(&r.sha256)
+                .bind(&r.raw)
+                .fetch_one(p)
+                .await?
+        });
+        Ok(id)
+    }
+
+    /// The reports matched to a notification: (kind, disposition, effect, received).
+    pub async fn reports_of(
+        &self,
+        outbox_id: i64,
+    ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+        const SQL: &str = "SELECT kind, disposition, effect, received_at_us FROM direct_report WHERE outbox_id = $1 ORDER BY id";
+        let rows = on_pool!(self, |p, sql| {
+            sqlx::query_as(&sql(SQL))
+                .bind(outbox_id)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows)
+    }
+}
