@@ -46,6 +46,12 @@ if ! python3 -c "import standardwebhooks" 2>/dev/null; then
 fi
 python3 -c "import standardwebhooks"
 
+step "Python peers: aiosmtpd (the HISP stand-in for Direct)"
+if ! python3 -c "import aiosmtpd" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
+fi
+python3 -c "import aiosmtpd"
+
 step "Kafka-protocol broker: tansu 0.6.0 (built once, cached in $CACHE/tansu)"
 if ! [ -x "$CACHE/tansu/bin/tansu" ]; then
   cargo install tansu --locked --version 0.6.0 --features dynostore --root "$CACHE/tansu"

@@ -586,6 +586,88 @@ mod tests {
         }
     }
 
+    fn outgoing(profile: &str, redacted: &[&str]) -> Outgoing {
+        Outgoing {
+            id: 1,
+            notification_key: "k1".into(),
+            channel: "DIRECT".into(),
+            endpoint: "Dr.Smith@direct.example.org".into(),
+            payload: serde_json::to_vec(&serde_json::json!({
+                "schema": "adt-router.notification/v1", "idempotency_key": "k1",
+                "kind": "discharge", "event_time": "2026-11-28T08:00:00Z",
+                "sending_facility": "GENHOSP",
+                "patient": {"family": "DOE", "given": "JANE", "birth_date": "1970-01-01", "sex": "F",
+                            "identifiers": [{"id": "MRN1", "authority_namespace": "GENHOSP"}]},
+                "encounter": {"discharge_disposition": "01"},
+                "content_profile": profile, "redacted": redacted,
+            }))
+            .unwrap(),
+            attempts: 1,
+            created_at_us: 0,
+            secret: None,
+            raw_hl7: Some(b"MSH|^~\\&|EPIC|GENHOSP\rPID|1||MRN1\r".to_vec()),
+        }
+    }
+
+    /// Reads a composed message back with an independent MIME parser.
+    fn parts(raw: &[u8]) -> Vec<(String, Option<String>, Vec<u8>)> {
+        use mail_parser::{MessageParser, MimeHeaders};
+        let m = MessageParser::default().parse(raw).expect("parses");
+        m.parts
+            .iter()
+            .filter(|p| p.sub_parts().is_none())
+            .map(|p| {
+                let ct = p.content_type().unwrap();
+                (
+                    format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")),
+                    p.attachment_name().map(str::to_string),
+                    p.contents().to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn full_content_carries_the_hl7_message_and_redactions_remove_it() {
+        let from: Address = "router@direct.hospital.example".parse().unwrap();
+        let (raw, id) = compose(&from, &outgoing("full", &[])).unwrap();
+        assert_eq!(id, "<k1@direct.hospital.example>");
+        let p = parts(&raw);
+        let names: Vec<_> = p.iter().map(|x| x.1.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                None,
+                Some("notification.json".into()),
+                Some("notification.hl7".into()),
+                Some("metadata.txt".into())
+            ]
+        );
+        // The HL7 message arrives byte for byte (segment CRs included).
+        assert_eq!(p[2].2, b"MSH|^~\\&|EPIC|GENHOSP\rPID|1||MRN1\r");
+        let body = String::from_utf8_lossy(&p[0].2);
+        assert!(body.contains("Event: Discharge\r\n"), "{body}");
+        assert!(body.contains("Date of birth: 1970-01-01"));
+        let meta = String::from_utf8_lossy(&p[3].2);
+        assert!(meta.contains("patient-id: MRN1^^^GENHOSP"), "{meta}");
+        assert!(meta.contains("encapsulation: hl7v2"), "{meta}");
+        let head = String::from_utf8_lossy(&raw);
+        assert!(head.contains(
+            "Disposition-Notification-Options: X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true"
+        ));
+        assert!(head.contains("X-Direct-Context: <ctx.k1@direct.hospital.example>"));
+
+        for (profile, redacted) in [("standard", &[][..]), ("full", &["diagnosis"][..])] {
+            let (raw, _) = compose(&from, &outgoing(profile, redacted)).unwrap();
+            let p = parts(&raw);
+            assert!(
+                p.iter().all(|x| x.1.as_deref() != Some("notification.hl7")),
+                "{profile} {redacted:?}"
+            );
+            assert!(!String::from_utf8_lossy(&p[p.len() - 1].2).contains("encapsulation"));
+        }
+    }
+
     #[test]
     fn message_ids_round_trip() {
         let from: Address = "router@direct.hospital.example".parse().unwrap();

@@ -92,19 +92,4 @@ impl Store {
         });
         Ok(id)
     }
-
-    /// The reports matched to a notification: (kind, disposition, effect, received).
-    pub async fn reports_of(
-        &self,
-        outbox_id: i64,
-    ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
-        const SQL: &str = "SELECT kind, disposition, effect, received_at_us FROM direct_report WHERE outbox_id = $1 ORDER BY id";
-        let rows = on_pool!(self, |p, sql| {
-            sqlx::query_as(&sql(SQL))
-                .bind(outbox_id)
-                .fetch_all(p)
-                .await?
-        });
-        Ok(rows)
-    }
 }

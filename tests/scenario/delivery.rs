@@ -4,7 +4,6 @@
 //! Retry-After, one answers 410, one hangs. SQLite and PostgreSQL.
 
 use crate::helpers::*;
-use crate::postgres::TestDb;
 use adt_router::directory::npi::Npi;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn npi(n: u32) -> String {
+pub(crate) fn npi(n: u32) -> String {
     Npi::from_base(400_000_000 + n).to_string()
 }
 
@@ -33,7 +32,7 @@ macro_rules! on_both_backends {
 
             #[tokio::test(flavor = "multi_thread")]
             async fn postgres() {
-                let db = TestDb::create().await;
+                let db = crate::postgres::TestDb::create().await;
                 let dir = tempdir();
                 let url = db.url.clone();
                 tokio::task::spawn_blocking(move || $scenario(dir.path(), Some(&url)))
@@ -43,15 +42,16 @@ macro_rules! on_both_backends {
         }
     };
 }
+pub(crate) use on_both_backends;
 
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
-    port: u16,
+    pub port: u16,
     log: std::path::PathBuf,
 }
 
 impl Receiver {
-    fn start(dir: &Path) -> Receiver {
+    pub fn start(dir: &Path) -> Receiver {
         let log = dir.join("receiver.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/webhook_receiver.py");
         let mut child = Command::new("python3")
@@ -69,7 +69,7 @@ impl Receiver {
         Receiver { child, port, log }
     }
 
-    fn requests(&self, path: &str) -> Vec<Value> {
+    pub fn requests(&self, path: &str) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -88,7 +88,7 @@ impl Drop for Receiver {
 
 /// Directory overrides (provider `n` at receiver path) and a roster attributing them
 /// all to each patient; returns the server's environment.
-fn setup(
+pub(crate) fn setup(
     dir: &Path,
     db_url: Option<&str>,
     rx: &Receiver,
@@ -152,13 +152,13 @@ fn setup(
     env
 }
 
-fn start(dir: &Path, env: &[(String, String)]) -> Server {
+pub(crate) fn start(dir: &Path, env: &[(String, String)]) -> Server {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Server::start(dir, &env)
 }
 
 /// Sends an admission for each patient.
-fn admit(server: &Server, dir: &Path, patients: &[&str]) {
+pub(crate) fn admit(server: &Server, dir: &Path, patients: &[&str]) {
     let msgs: Vec<String> = patients
         .iter()
         .map(|p| {
@@ -176,7 +176,7 @@ PV1|1|I|4W^1^A^GENHOSP||||||||||||||||||V-{p}\r"
     assert!(out.status.success());
 }
 
-fn export(server: &Server) -> Vec<Value> {
+pub(crate) fn export(server: &Server) -> Vec<Value> {
     let out = server.run(&["notifications", "export", "--format", "jsonl"]);
     String::from_utf8(out.stdout)
         .unwrap()
@@ -428,7 +428,7 @@ fn fallback(dir: &Path, db_url: Option<&str>) {
     assert_eq!(direct["endpoint"], "intake@direct.clinic.example.org");
     assert_eq!(
         direct["status"], "pending",
-        "no Direct sender yet: it waits"
+        "Direct is not configured here: it waits"
     );
     assert_eq!(direct["kind"], rest["kind"]);
     assert_eq!(direct["transition_key"], rest["transition_key"]);

@@ -7,6 +7,7 @@ mod attribution;
 mod corpus;
 mod crash;
 mod delivery;
+mod direct;
 mod directory;
 mod framing;
 mod kafka;

@@ -1,0 +1,387 @@
+//! Step 5, Direct secure email: admissions routed to providers whose Direct addresses
+//! sit behind a HISP stand-in built on aiosmtpd (tests/peers/hisp.py). It stores each
+//! message, reads it back with Python's `email` parser, and answers as the recipient's
+//! HISP would: processed and dispatched MDNs, a processed MDN only, a failure DSN, a
+//! failed MDN, nothing at all, or an SMTP 550. SQLite and PostgreSQL.
+
+use crate::delivery::{admit, export, npi, on_both_backends, setup, start, Receiver};
+use crate::helpers::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const FROM: &str = "router@direct.hospital.example";
+
+struct Hisp {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Hisp {
+    fn start(dir: &Path, intake: u16) -> Hisp {
+        let log = dir.join("hisp.jsonl");
+        let maildir = dir.join("maildir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/hisp.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(&maildir)
+            .arg(&log)
+            .arg(format!("127.0.0.1:{intake}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 HISP stand-in (aiosmtpd)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the HISP prints its port");
+        Hisp { child, port, log }
+    }
+
+    /// The messages it received, as Python's email parser read them.
+    fn messages(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|m| m.get("message_id").is_some())
+            .collect()
+    }
+}
+
+impl Drop for Hisp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn of(ns: &[Value], n: u32, channel: &str) -> Value {
+    ns.iter()
+        .find(|x| x["recipient_npi"] == npi(n) && x["channel"] == channel)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn direct(dir: &Path, db_url: Option<&str>) {
+    let intake = free_port();
+    let hisp = Hisp::start(dir, intake);
+    let rx = Receiver::start(dir);
+    // Provider 43 also has a REST endpoint (its fallback); `setup` gives every listed
+    // provider one, so only 43 is listed there.
+    let env = setup(
+        dir,
+        db_url,
+        &rx,
+        &["MRN-D"],
+        &[(43, "ok", "care_manager")],
+        &[
+            (
+                "ADT_ROUTER__DIRECT__SMTP_URL",
+                &format!("smtp://127.0.0.1:{}", hisp.port),
+            ),
+            ("ADT_ROUTER__DIRECT__FROM", FROM),
+            (
+                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
+                &format!("127.0.0.1:{intake}"),
+            ),
+            ("ADT_ROUTER__DIRECT__PROCESSED_TIMEOUT_SECS", "3"),
+            ("ADT_ROUTER__DIRECT__DISPATCHED_TIMEOUT_SECS", "3"),
+        ],
+    );
+    let cli = Cli::new(dir, db_url, &[]);
+    let providers = [
+        (41, "ok", "pcp"),
+        (42, "dsn", "post_acute"),
+        (43, "silent", "care_manager"),
+        (44, "processed-only", "specialist"),
+        (45, "reject", "specialist"),
+        (46, "denied", "specialist"),
+    ];
+    let mut roster =
+        "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n"
+            .to_string();
+    for (n, local, rel) in providers {
+        cli.json(&[
+            "directory",
+            "override",
+            "--npi",
+            &npi(n),
+            "--type",
+            "DIRECT",
+            "--endpoint",
+            &format!("{local}@direct.practice.example"),
+        ]);
+        roster.push_str(&format!(
+            "MRN-D,GENHOSP,Doe,Jane,1970-01-01,F,{},{rel}\n",
+            npi(n)
+        ));
+    }
+    let file = dir.join("roster-direct.csv");
+    std::fs::write(&file, roster).unwrap();
+    cli.json(&[
+        "roster",
+        "import",
+        file.to_str().unwrap(),
+        "--source",
+        "direct-practices",
+    ]);
+    let server = start(dir, &env);
+    admit(&server, dir, &["MRN-D"]);
+    let settled = |ns: &[Value]| {
+        providers.iter().all(|(n, _, _)| {
+            matches!(
+                of(ns, *n, "DIRECT")["status"].as_str(),
+                Some("delivered" | "failed" | "dead")
+            )
+        }) && of(ns, 43, "REST")["status"] == "delivered"
+    };
+    wait_for(
+        Duration::from_secs(40),
+        "every Direct notification to settle",
+        || settled(&export(&server)),
+    );
+    let ns = export(&server);
+    let msgs = hisp.messages();
+
+    // ok@: SMTP 250, processed, dispatched (timely and reliable): delivered, with the
+    // proof of each step.
+    let ok = of(&ns, 41, "DIRECT");
+    assert_eq!(ok["status"], "delivered", "{ok}");
+    assert_eq!(ok["attempts"], 1, "{ok}");
+    assert_eq!(ok["proof"]["smtp_code"], 250, "{ok}");
+    assert!(ok["proof"]["smtp_reply"]
+        .as_str()
+        .unwrap()
+        .contains("queued as"));
+    assert_eq!(ok["proof"]["mdn_processed"]["disposition"], "processed");
+    assert_eq!(ok["proof"]["mdn_dispatched"]["disposition"], "dispatched");
+    assert_eq!(
+        ok["proof"]["mdn_dispatched"]["final_destination_delivery"],
+        true
+    );
+    assert!(ok["delivered_at"].is_string());
+
+    // The message as the HISP stored and parsed it.
+    let key = ok["idempotency_key"].as_str().unwrap();
+    let m = msgs
+        .iter()
+        .find(|m| m["to"] == "ok@direct.practice.example")
+        .unwrap_or_else(|| panic!("no message to ok@ in {msgs:?}"));
+    assert_eq!(m["message_id"], format!("<{key}@direct.hospital.example>"));
+    assert_eq!(ok["proof"]["message_id"], m["message_id"]);
+    assert_eq!(m["from"], FROM);
+    assert_eq!(
+        m["disposition_notification_options"],
+        "X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true"
+    );
+    assert_eq!(m["content_type"], "multipart/mixed");
+    assert_eq!(m["defects"], serde_json::json!([]), "{m}");
+    let subject = m["subject"].as_str().unwrap();
+    assert!(subject.starts_with("Event notification: "), "{subject}");
+    assert!(
+        !subject.to_uppercase().contains("DOE"),
+        "no PHI in the subject"
+    );
+    let parts = m["parts"].as_array().unwrap();
+    let body = &parts[0];
+    assert_eq!(body["content_type"], "text/plain");
+    let text = body["text"].as_str().unwrap();
+    for want in [
+        "Event: Inpatient admission",
+        "Patient: JANE DOE",
+        "Sending facility: GENHOSP",
+    ] {
+        assert!(text.contains(want), "{want:?} not in body:\n{text}");
+    }
+    let json = parts
+        .iter()
+        .find(|p| p["filename"] == "notification.json")
+        .expect("notification.json");
+    assert_eq!(json["content_type"], "application/json");
+    let payload: Value = serde_json::from_str(json["text"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["idempotency_key"], key);
+    assert_eq!(payload["schema"], "adt-router.notification/v1");
+    let meta = parts
+        .iter()
+        .find(|p| p["filename"] == "metadata.txt")
+        .expect("metadata.txt");
+    assert_eq!(meta["content_id"], m["x_direct_context"]);
+    let meta_text = meta["text"].as_str().unwrap();
+    for want in [
+        "version: 1.0",
+        "type: general/notification",
+        "purpose: treatment",
+        "patient: givenName=JANE; surname=DOE",
+    ] {
+        assert!(meta_text.contains(want), "{want:?} not in:\n{meta_text}");
+    }
+    // Standard content: the HL7 v2 message is not attached (only `full` carries it).
+    assert!(parts.iter().all(|p| p["filename"] != "notification.hl7"));
+
+    // dsn@: a failure DSN fails it, with the status.
+    let dsn = of(&ns, 42, "DIRECT");
+    assert_eq!(dsn["status"], "failed", "{dsn}");
+    assert!(
+        dsn["last_error"].as_str().unwrap().contains("5.1.1"),
+        "{dsn}"
+    );
+    // denied@: a failed MDN.
+    let denied = of(&ns, 46, "DIRECT");
+    assert_eq!(denied["status"], "failed", "{denied}");
+    assert!(
+        denied["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("certificate not trusted"),
+        "{denied}"
+    );
+    // silent@: no MDN in time: failed, and the next channel (REST) delivered it.
+    let silent = of(&ns, 43, "DIRECT");
+    assert_eq!(silent["status"], "failed", "{silent}");
+    let why = silent["last_error"].as_str().unwrap();
+    assert!(why.contains("no processed MDN within 3 s"), "{why}");
+    assert!(why.contains("falling back to REST"), "{why}");
+    let rest = of(&ns, 43, "REST");
+    assert_eq!(rest["status"], "delivered", "{rest}");
+    assert_eq!(rest["transition_key"], silent["transition_key"]);
+    assert_eq!(rx.requests("/ok").len(), 1);
+    // processed-only@: processed, then no dispatched MDN in time.
+    let half = of(&ns, 44, "DIRECT");
+    assert_eq!(half["status"], "failed", "{half}");
+    assert!(
+        half["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no dispatched MDN"),
+        "{half}"
+    );
+    assert_eq!(half["proof"]["mdn_processed"]["disposition"], "processed");
+    // reject@: SMTP 550 at the HISP: failed at once, never stored.
+    let rejected = of(&ns, 45, "DIRECT");
+    assert_eq!(rejected["status"], "failed", "{rejected}");
+    assert_eq!(rejected["attempts"], 1);
+    assert!(
+        rejected["last_error"].as_str().unwrap().contains("550"),
+        "{rejected}"
+    );
+    assert!(msgs
+        .iter()
+        .all(|m| m["to"] != "reject@direct.practice.example"));
+
+    assert!(
+        server.metric("adt_router_direct_reports_total{effect=\"applied\",kind=\"mdn\"}") >= 4.0
+    );
+    assert!(
+        server.metric("adt_router_direct_reports_total{effect=\"applied\",kind=\"dsn\"}") >= 1.0
+    );
+    assert!(
+        server.metric("adt_router_delivery_attempts_total{channel=\"DIRECT\",outcome=\"timeout\"}")
+            >= 2.0
+    );
+}
+
+on_both_backends!(direct_mdns_dsns_timeouts_and_fallback, direct);
+
+/// The report intake is an SMTP server facing the network: wrong order, unknown
+/// commands, over-long lines and oversized messages get SMTP errors, and a message
+/// that is not a report (or names no notification of ours) is still kept.
+#[test]
+fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    let intake = free_port();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER__DIRECT__SMTP_URL", "smtp://127.0.0.1:9"),
+            ("ADT_ROUTER__DIRECT__FROM", FROM),
+            (
+                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
+                &format!("127.0.0.1:{intake}"),
+            ),
+            ("ADT_ROUTER__DIRECT__INBOUND_MAX_BYTES", "4096"),
+            ("ADT_ROUTER__ROUTING__ENABLED", "false"),
+        ],
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", intake)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    // One reply (multi-line replies end with "NNN text").
+    let mut reply = |send: &[u8]| -> String {
+        s.write_all(send).unwrap();
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    };
+    assert!(reply(b"").starts_with("220 "));
+    assert!(reply(b"EHLO hisp.test\r\n").contains("250 SIZE 4096"));
+    assert!(reply(b"HELLO\r\n").starts_with("502 "));
+    assert!(reply(b"DATA\r\n").starts_with("503 "), "DATA before RCPT");
+    assert!(
+        reply(b"RCPT TO:<a@b>\r\n").starts_with("503 "),
+        "RCPT before MAIL"
+    );
+    let long = format!("NOOP {}\r\n", "x".repeat(5000));
+    assert!(reply(long.as_bytes()).starts_with("500 "), "over-long line");
+    assert!(
+        reply(b"NOOP\r\n").starts_with("250 "),
+        "still in step after it"
+    );
+    assert!(reply(b"MAIL FROM:<h@x> SIZE=999999\r\n").starts_with("552 "));
+    // Oversized body: refused after the data, the session goes on.
+    assert!(reply(b"MAIL FROM:<h@x>\r\n").starts_with("250 "));
+    assert!(reply(b"RCPT TO:<router@direct.hospital.example>\r\n").starts_with("250 "));
+    assert!(reply(b"DATA\r\n").starts_with("354 "));
+    let line = format!("{}\r\n", "y".repeat(78));
+    let big = format!("Subject: big\r\n\r\n{}.\r\n", line.repeat(100));
+    assert!(reply(big.as_bytes()).starts_with("552 "));
+    // Not a report (with a dot-stuffed line): kept, matched to nothing.
+    assert!(reply(b"MAIL FROM:<h@x>\r\n").starts_with("250 "));
+    assert!(reply(b"RCPT TO:<router@direct.hospital.example>\r\n").starts_with("250 "));
+    assert!(reply(b"DATA\r\n").starts_with("354 "));
+    let kept = reply(b"Subject: hello\r\n\r\n..a stuffed line\r\njust mail\r\n.\r\n");
+    assert!(
+        kept.starts_with("250 ") && kept.contains("unmatched"),
+        "{kept}"
+    );
+    // An MDN for a message we never sent: kept, unmatched.
+    assert!(reply(b"MAIL FROM:<h@x>\r\n").starts_with("250 "));
+    assert!(reply(b"RCPT TO:<router@direct.hospital.example>\r\n").starts_with("250 "));
+    assert!(reply(b"DATA\r\n").starts_with("354 "));
+    let mdn = "Content-Type: multipart/report; report-type=disposition-notification; boundary=\"b\"\r\n\r\n\
+        --b\r\nContent-Type: message/disposition-notification\r\n\r\n\
+        Original-Message-ID: <nobody@direct.hospital.example>\r\n\
+        Disposition: automatic-action/MDN-sent-automatically; processed\r\n\r\n--b--\r\n.\r\n";
+    assert!(reply(mdn.as_bytes()).contains("unmatched"));
+    assert!(reply(b"QUIT\r\n").starts_with("221 "));
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "closed after QUIT");
+    assert_eq!(
+        server.metric("adt_router_direct_reports_total{effect=\"unmatched\",kind=\"other\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("adt_router_direct_reports_total{effect=\"unmatched\",kind=\"mdn\"}"),
+        1.0
+    );
+    assert!(server.log().contains("Direct report not applied"));
+}
