@@ -257,7 +257,7 @@ impl App {
                 direct: self.direct.clone(),
                 mdns: mdns.clone(),
                 store: self.store.clone(),
-                http: reqwest::Client::new(),
+                http: crate::deliver::webhook::client(self.settings.resolve_policy().endpoints),
                 policy: self.settings.retry_policy(),
                 endpoints: self.settings.resolve_policy().endpoints,
                 owner: format!("{}-{}", std::process::id(), crate::store::now_us()),

@@ -29,22 +29,66 @@ pub fn signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String 
     format!("v1,{}", b64.encode(mac.finalize().into_bytes()))
 }
 
-/// Resolves the URL's host and keeps the addresses the policy allows.
-async fn checked_addr(url: &url::Url, policy: EndpointPolicy) -> Result<SocketAddr, String> {
-    let host = url.host_str().ok_or("the URL has no host")?;
-    let port = url.port_or_known_default().ok_or("the URL has no port")?;
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
-    let mut refused = None;
-    for a in &addrs {
-        match check_ip(a.ip(), policy) {
-            Ok(()) => return Ok(*a),
-            Err(e) => refused = Some(e),
-        }
+/// Why a host name could not be used (the resolver's error, found again in reqwest's).
+#[derive(Debug, thiserror::Error)]
+enum Lookup {
+    #[error("cannot resolve {0}: {1}")]
+    Failed(String, String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The shared client's DNS resolver: it keeps only the addresses the private-network
+/// policy allows, so a connection only ever goes to an address that was checked (no
+/// second lookup can answer differently), and pooled connections are reused.
+struct CheckedResolver(EndpointPolicy);
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| Box::new(Lookup::Failed(host.clone(), e.to_string())))?;
+            let mut refused = None;
+            let ok: Vec<SocketAddr> = found
+                .filter(|a| match check_ip(a.ip(), policy) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refused = Some(e);
+                        false
+                    }
+                })
+                .collect();
+            if ok.is_empty() {
+                let why = refused.unwrap_or_else(|| format!("{host} has no address"));
+                return Err(Box::new(Lookup::Refused(why)) as _);
+            }
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
     }
-    Err(refused.unwrap_or_else(|| format!("{host} has no address")))
+}
+
+/// The webhook client: one for all endpoints (connection reuse), resolving through
+/// the policy check.
+pub fn client(policy: EndpointPolicy) -> reqwest::Client {
+    reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(CheckedResolver(policy)))
+        .build()
+        .unwrap_or_default()
+}
+
+/// The resolver's verdict inside a reqwest error, if that is what failed.
+fn lookup_error(e: &reqwest::Error) -> Option<&Lookup> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(l) = s.downcast_ref::<Lookup>() {
+            return Some(l);
+        }
+        src = s.source();
+    }
+    None
 }
 
 /// Sends one notification; returns the outcome and the SHA-256 of the body sent.
@@ -69,41 +113,18 @@ pub async fn send(
         }
         Err(e) => return (permanent(format!("not a URL: {e}")), body_hash),
     };
-    let addr = match checked_addr(&url, policy).await {
-        Ok(a) => a,
-        // A refused address is permanent; a failed lookup may be DNS having a bad day.
-        Err(e) if e.starts_with("cannot resolve") => {
-            return (
-                Outcome::Transient {
-                    code: None,
-                    reason: e,
-                    retry_after: None,
-                },
-                body_hash,
-            )
-        }
-        Err(e) => return (permanent(e), body_hash),
+    // An IP literal is never resolved, so it is checked here; a name is checked by the
+    // client's resolver.
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
     };
-    // Pin the checked address: a second lookup inside the client could answer differently.
-    let client = match url.host_str() {
-        Some(host)
-            if url
-                .host()
-                .is_some_and(|h| matches!(h, url::Host::Domain(_))) =>
-        {
-            match reqwest::Client::builder()
-                .resolve(host, addr)
-                .timeout(timeout)
-                .build()
-            {
-                Ok(c) => c,
-                Err(e) => return (permanent(format!("HTTP client: {e}")), body_hash),
-            }
-        }
-        _ => http.clone(),
-    };
+    if let Some(Err(e)) = literal.map(|ip| check_ip(ip, policy)) {
+        return (permanent(e), body_hash);
+    }
     let ts = crate::store::now_us() / 1_000_000;
-    let mut req = client
+    let mut req = http
         .post(url)
         .timeout(timeout)
         .header("content-type", "application/json")
@@ -118,6 +139,21 @@ pub async fn send(
     let resp = match req.body(n.payload.clone()).send().await {
         Ok(r) => r,
         Err(e) => {
+            match lookup_error(&e) {
+                // A refused address is permanent; a failed lookup may be DNS having a bad day.
+                Some(Lookup::Refused(why)) => return (permanent(why.clone()), body_hash),
+                Some(l @ Lookup::Failed(..)) => {
+                    return (
+                        Outcome::Transient {
+                            code: None,
+                            reason: l.to_string(),
+                            retry_after: None,
+                        },
+                        body_hash,
+                    )
+                }
+                None => {}
+            }
             let what = if e.is_timeout() {
                 "timed out"
             } else {
@@ -177,6 +213,43 @@ fn without_url(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::directory::endpoint::EndpointPolicy;
+
+    /// A name that resolves to loopback is refused under the default policy, through
+    /// the shared client, before any connection is made; allowed when configured.
+    #[tokio::test]
+    async fn the_resolver_refuses_private_addresses() {
+        let strict = EndpointPolicy {
+            allow_private_networks: false,
+            require_https: false,
+        };
+        let e = super::client(strict)
+            .get("http://localhost:9/")
+            .send()
+            .await
+            .unwrap_err();
+        match super::lookup_error(&e) {
+            Some(super::Lookup::Refused(why)) => assert!(
+                why.contains("127.0.0.1") || why.contains("::1") || why.contains("loopback"),
+                "{why}"
+            ),
+            other => panic!("{other:?}: {e}"),
+        }
+        let open = EndpointPolicy {
+            allow_private_networks: true,
+            require_https: false,
+        };
+        let e = super::client(open)
+            .get("http://localhost:9/")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            super::lookup_error(&e).is_none(),
+            "connects (and is refused by the port): {e}"
+        );
+    }
+
     /// The Standard Webhooks reference example (standardwebhooks.com, the libraries'
     /// test vector): key `whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw`, id
     /// `msg_p5jXN8AQM9LWM0D4loKWxJek`, timestamp 1614265330, body `{"test": 2432232314}`.
