@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Webhook delivery rate (step 5): NOTIFICATIONS admissions are routed to one provider
-# whose REST endpoint is a local receiver (tests/peers/webhook_receiver.py, which
-# verifies every Standard Webhooks signature); then the deliverer alone is timed until
-# every notification is delivered. Also prints the time from each message's receipt
-# to its delivery (p50/p99) for that backlog.
+# whose REST endpoint is a local receiver that verifies every Standard Webhooks
+# signature; then the deliverer alone is timed until every notification is delivered.
+# The receiver is Node's HTTP server (scripts/peers/fast_receiver.mjs) by default, or
+# the tests' Python one built on the official library (RECEIVER=python), which is
+# slower than the deliverer and so measures itself.
 #
 #   scripts/bench-delivery.sh
-#   NOTIFICATIONS=2000 CONCURRENCY=32 scripts/bench-delivery.sh
+#   NOTIFICATIONS=2000 CONCURRENCY=32 RECEIVER=python scripts/bench-delivery.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${NOTIFICATIONS:-5000}"
 CONCURRENCY="${CONCURRENCY:-4}"   # delivery.per_endpoint_concurrency
 cargo build --quiet --release
 BIN="$PWD/target/release/adt-router"
-RECEIVER="$PWD/tests/peers/webhook_receiver.py"
+KIND="${RECEIVER:-node}"
+case "$KIND" in
+  node) RECEIVER=(node "$PWD/scripts/peers/fast_receiver.mjs") ;;
+  python) RECEIVER=(python3 "$PWD/tests/peers/webhook_receiver.py") ;;
+  *) echo "RECEIVER is node or python" >&2; exit 2 ;;
+esac
 RULES="$PWD/routing-rules"
 SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 work=$(mktemp -d /tmp/adt-router-deliverybench.XXXXXX)
@@ -25,7 +31,7 @@ export ADT_ROUTER__DATABASE__URL="sqlite://$work/db.sqlite" ADT_ROUTER__ROUTING_
   ADT_ROUTER__MLLP__LISTEN=127.0.0.1:0 ADT_ROUTER__HTTP__LISTEN=127.0.0.1:0
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; work dir $work"
 
-python3 "$RECEIVER" "$SECRET" "$work/received.jsonl" > receiver.out &
+"${RECEIVER[@]}" "$SECRET" "$work/received.log" > receiver.out &
 pids+=($!)
 for _ in $(seq 1 50); do [ -s receiver.out ] && break; sleep 0.1; done
 port=$(head -n1 receiver.out)
@@ -72,11 +78,11 @@ http=$(sed -n 's/.*HTTP on \([^ ]*\) .*/\1/p' serve.out)
 while [ "$(metric 'adt_router_delivery_attempts_total{channel="REST",outcome="delivered"}')" != "$N" ]; do sleep 0.1; done
 t1=$(date +%s.%N)
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-verified=$(grep -c '"verified": true' received.jsonl || true)
-python3 - "$N" "$t0" "$t1" "$verified" "$CONCURRENCY" <<'PY'
+verified=$(grep -c -E '"verified": true| true$' received.log || true)
+python3 - "$N" "$t0" "$t1" "$verified" "$CONCURRENCY" "$KIND" <<'PY'
 import sys
-n, t0, t1, verified, conc = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+n, t0, t1, verified, conc, kind = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 secs = t1 - t0
-print(f'{{"notifications": {n}, "per_endpoint_concurrency": {conc}, "seconds_incl_startup": {secs:.2f}, '
+print(f'{{"notifications": {n}, "receiver": "{kind}", "per_endpoint_concurrency": {conc}, "seconds_incl_startup": {secs:.2f}, '
       f'"deliveries_per_s": {n / secs:.0f}, "signatures_verified": {verified}}}')
 PY

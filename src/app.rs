@@ -37,6 +37,7 @@ pub struct App {
     /// Where the HISP delivers Direct MDNs and DSNs (`direct.inbound_listen`).
     direct_intake: Option<TcpListener>,
     direct: Option<crate::deliver::direct::DirectSender>,
+    wakers: crate::wake::Wakers,
     event_log: &'static str,
     rules: Arc<std::sync::RwLock<Arc<crate::route::rules::RuleSet>>>,
 }
@@ -81,13 +82,16 @@ impl App {
             (EventLog::Embedded(embedded), Some(writer), None)
         };
         let event_log = log.name();
-        let ingest = Arc::new(Ingest::new(
+        let wakers = crate::wake::Wakers::default();
+        let mut ingest = Ingest::new(
             log,
             store.clone(),
             settings.parse_rules(),
             settings.fallback_charset(),
             metrics.clone(),
-        ));
+        );
+        ingest.stored = Some(wakers.stored.clone());
+        let ingest = Arc::new(ingest);
         let m = &settings.mllp;
         let tls = if m.tls_cert.is_empty() {
             None
@@ -140,6 +144,7 @@ impl App {
             http_listener,
             direct_intake,
             direct,
+            wakers,
             tls,
             event_log,
             rules,
@@ -221,12 +226,13 @@ impl App {
             _ => None,
         };
         let routing = self.settings.routing.enabled.then(|| {
-            let r = crate::route::Router::new(
+            let mut r = crate::route::Router::new(
                 &self.settings,
                 self.store.clone(),
                 self.rules.clone(),
                 self.metrics.clone(),
             );
+            r.wake = self.wakers.clone();
             let watch = tokio::spawn(crate::route::watch_rules(
                 self.settings.routing.rules_dir.clone().into(),
                 self.rules.clone(),
@@ -256,6 +262,7 @@ impl App {
             let d = crate::deliver::Deliverer {
                 direct: self.direct.clone(),
                 mdns: mdns.clone(),
+                routed: self.wakers.routed.clone(),
                 store: self.store.clone(),
                 http: crate::deliver::webhook::client(self.settings.resolve_policy().endpoints),
                 policy: self.settings.retry_policy(),

@@ -25,6 +25,8 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     ack_prefix: String,
     ack_seq: AtomicU64,
+    /// Told after each stored message (the router's wake-up).
+    pub stored: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Ingest {
@@ -45,6 +47,7 @@ impl Ingest {
             metrics,
             ack_prefix,
             ack_seq: AtomicU64::new(0),
+            stored: None,
         }
     }
 
@@ -126,6 +129,9 @@ impl Ingest {
         let trigger = parsed.header.message_type.trigger.clone();
         match self.log.append(record).await {
             Ok(appended) => {
+                if let Some(w) = &self.stored {
+                    w.notify_one();
+                }
                 if appended.duplicate {
                     self.metrics.duplicates.inc();
                     tracing::info!(control_id = %parsed.header.control_id, sending_facility = %facility, "Duplicate message acknowledged again and not routed twice.");

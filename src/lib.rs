@@ -10,7 +10,7 @@
 //! - [`route`]: step 4, typed ADT events, the encounter state machine, routing rules,
 //!   and the outbox rows they produce.
 //! - [`deliver`]: step 5, claims notifications from the outbox and sends them (REST
-//!   webhooks so far), recording every attempt.
+//!   webhooks and Direct secure email), recording every attempt and its proof.
 //! - [`directory`]: providers and their endpoints (NPPES files, local overrides).
 //! - [`attribution`]: which providers a patient's event goes to (rosters, PD1/ROL,
 //!   patient matching), with provenance.
@@ -45,3 +45,5 @@ pub mod route;
 pub mod router;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod wake;

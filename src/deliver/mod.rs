@@ -189,6 +189,8 @@ pub struct Deliverer {
     /// Direct, when `[direct]` names a HISP, and its MDN bookkeeping (timeouts).
     pub direct: Option<direct::DirectSender>,
     pub mdns: Option<Arc<direct::Mdns>>,
+    /// Told when new notifications were routed.
+    pub routed: Arc<tokio::sync::Notify>,
     /// The settle writer (started by [`Deliverer::run`]).
     pub settler: Option<tokio::sync::mpsc::Sender<SettleRequest>>,
 }
@@ -276,6 +278,7 @@ impl Deliverer {
             if claimed == 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = self.routed.notified() => {}
                     _ = shutdown.changed() => {}
                     Some(r) = inflight.join_next(), if !inflight.is_empty() => report(r),
                 }

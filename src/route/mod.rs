@@ -37,6 +37,8 @@ pub struct Router {
     /// UTC hour at which daily-digest notifications fall due.
     pub digest_hour_utc: u32,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Woken when a message is stored; wakes the deliverer after routing.
+    pub wake: crate::wake::Wakers,
 }
 
 /// What routing one message decided, for `rules explain` and for the write.
@@ -255,6 +257,7 @@ impl Router {
             fallback: settings.fallback_charset(),
             digest_hour_utc: settings.routing.digest_hour_utc,
             metrics,
+            wake: crate::wake::Wakers::default(),
         }
     }
 
@@ -723,7 +726,12 @@ impl Router {
                 return;
             }
             let progressed = match self.step().await {
-                Ok(n) => n > 0,
+                Ok(n) => {
+                    if n > 0 {
+                        self.wake.routed.notify_one();
+                    }
+                    n > 0
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "Routing failed; retrying the same message.");
                     false
@@ -740,6 +748,7 @@ impl Router {
             if !progressed {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = self.wake.stored.notified() => {}
                     _ = shutdown.changed() => {}
                 }
             }
