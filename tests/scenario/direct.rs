@@ -385,3 +385,181 @@ fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
     );
     assert!(server.log().contains("Direct report not applied"));
 }
+
+/// End to end: the whole shared corpus in over MLLP, a roster that attributes every
+/// corpus patient to two providers (one with a REST webhook, one with a Direct address
+/// behind the HISP stand-in), and every notification out with its proof in
+/// `notifications export`. Patient names never reach the log.
+fn corpus_end_to_end(dir: &Path, db_url: Option<&str>) {
+    let intake = free_port();
+    let hisp = Hisp::start(dir, intake);
+    let rx = Receiver::start(dir);
+    let env = setup(
+        dir,
+        db_url,
+        &rx,
+        &[],
+        &[(51, "ok", "pcp")],
+        &[
+            (
+                "ADT_ROUTER__DIRECT__SMTP_URL",
+                &format!("smtp://127.0.0.1:{}", hisp.port),
+            ),
+            ("ADT_ROUTER__DIRECT__FROM", FROM),
+            (
+                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
+                &format!("127.0.0.1:{intake}"),
+            ),
+        ],
+    );
+    let cli = Cli::new(dir, db_url, &[]);
+    cli.json(&[
+        "directory",
+        "override",
+        "--npi",
+        &npi(52),
+        "--type",
+        "DIRECT",
+        "--endpoint",
+        "ok@direct.practice.example",
+    ]);
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut roster =
+        "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n"
+            .to_string();
+    let mut names = std::collections::BTreeSet::new();
+    let files: Vec<PathBuf> = corpus_files()
+        .into_iter()
+        .filter(|f| !f.parent().unwrap().ends_with("invalid"))
+        .collect();
+    for f in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+        let Ok(ev) = adt_router::hl7::adt::AdtEvent::parse(&text) else {
+            continue;
+        };
+        let Some(id) = ev.pid.identifiers.first() else {
+            continue;
+        };
+        let authority = if id.authority_namespace.is_empty() {
+            &id.authority_universal
+        } else {
+            &id.authority_namespace
+        };
+        if authority.is_empty() {
+            continue; // cannot be attributed by identifier (the roster refuses it)
+        }
+        // Distinctive surnames only (not words a log line could hold for other reasons).
+        let f = &ev.pid.family;
+        if f.len() >= 6 && f.chars().all(|c| c.is_ascii_uppercase()) && f.chars().any(|c| c != 'X')
+        {
+            names.insert(ev.pid.family.clone());
+        }
+        for (n, rel) in [(51, "pcp"), (52, "care_manager")] {
+            roster.push_str(&format!(
+                "{},{},{},{},{},{},{},{rel}\n",
+                q(&id.id),
+                q(authority),
+                q(&ev.pid.family),
+                q(&ev.pid.given),
+                ev.pid.birth_date.clone().unwrap_or_default(),
+                // A roster carries M, F, U, O or X only (some senders put codes here).
+                if ["M", "F", "U", "O", "X"].contains(&ev.pid.sex.as_str()) {
+                    ev.pid.sex.as_str()
+                } else {
+                    ""
+                },
+                npi(n)
+            ));
+        }
+    }
+    let file = dir.join("roster-corpus.csv");
+    std::fs::write(&file, roster).unwrap();
+    cli.json(&[
+        "roster",
+        "import",
+        file.to_str().unwrap(),
+        "--source",
+        "corpus",
+    ]);
+    let server = start(dir, &env);
+    let mut args = vec!["send", "--to", &server.mllp, "--quiet-ms", "300"];
+    let paths: Vec<String> = corpus_files()
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+    let _ = server.run(&args); // invalid/ files are rejected on purpose
+    let done = |ns: &[Value]| {
+        !ns.is_empty()
+            && ns.iter().all(|n| {
+                matches!(
+                    n["status"].as_str(),
+                    Some("delivered" | "failed" | "dead" | "suppressed")
+                )
+            })
+    };
+    wait_for(
+        Duration::from_secs(90),
+        "every corpus notification to settle",
+        || done(&export(&server)),
+    );
+    let ns = export(&server);
+    let rest: Vec<&Value> = ns.iter().filter(|n| n["channel"] == "REST").collect();
+    let direct: Vec<&Value> = ns.iter().filter(|n| n["channel"] == "DIRECT").collect();
+    // 20 at the time of writing: most corpus messages are updates, registrations and
+    // other events the CoP rule does not notify, or patients without an authority.
+    assert!(rest.len() >= 15, "{} REST notifications", rest.len());
+    assert_eq!(
+        rest.len(),
+        direct.len(),
+        "both providers hear of each event"
+    );
+    for n in &rest {
+        assert_eq!(n["status"], "delivered", "{n}");
+        assert_eq!(n["proof"]["http_status"], 200, "{n}");
+    }
+    for n in &direct {
+        assert_eq!(n["status"], "delivered", "{n}");
+        assert_eq!(n["proof"]["smtp_code"], 250, "{n}");
+        assert_eq!(
+            n["proof"]["mdn_dispatched"]["disposition"], "dispatched",
+            "{n}"
+        );
+    }
+    // What the peers received matches the export, one for one.
+    let hooks: std::collections::BTreeSet<String> = rx
+        .requests("/ok")
+        .iter()
+        .filter(|r| r["verified"] == true)
+        .map(|r| r["webhook_id"].as_str().unwrap().to_string())
+        .collect();
+    let keys: std::collections::BTreeSet<String> = rest
+        .iter()
+        .map(|n| n["idempotency_key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(hooks, keys);
+    let mails: std::collections::BTreeSet<String> = hisp
+        .messages()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_string())
+        .collect();
+    let ids: std::collections::BTreeSet<String> = direct
+        .iter()
+        .map(|n| n["proof"]["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(mails, ids);
+    let log = server.log();
+    assert!(!log.contains("panicked"));
+    assert!(names.len() >= 4, "{names:?}");
+    for name in &names {
+        assert!(
+            !log.contains(name.as_str()),
+            "patient name {name} in the log"
+        );
+    }
+}
+
+on_both_backends!(
+    corpus_end_to_end_webhook_and_direct_with_proof,
+    corpus_end_to_end
+);
