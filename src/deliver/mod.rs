@@ -101,8 +101,10 @@ pub struct Breakers {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admit {
     Go,
-    /// At its concurrency limit, or its circuit is open until then.
-    Wait(Instant),
+    /// At its concurrency limit: wait for a request to finish.
+    Busy,
+    /// Its circuit is open until then.
+    Open(Instant),
 }
 
 impl Breakers {
@@ -136,10 +138,10 @@ impl Breakers {
         self.with(|m| {
             let s = m.entry(endpoint.to_string()).or_default();
             if let Some(t) = s.open_until.filter(|t| *t > now) {
-                return Admit::Wait(t);
+                return Admit::Open(t);
             }
             if s.inflight >= self.limit {
-                return Admit::Wait(now + Duration::from_millis(200));
+                return Admit::Busy;
             }
             s.inflight += 1;
             Admit::Go
@@ -233,6 +235,9 @@ impl Deliverer {
         let writer = tokio::spawn(settle_writer(self.store.clone(), rx));
         self.settler = Some(tx);
         let mut inflight = tokio::task::JoinSet::new();
+        // Claimed rows waiting for a free slot at their endpoint (at most the endpoint's
+        // limit each: the claim takes no more, and skips endpoints that have some).
+        let mut waiting: HashMap<String, std::collections::VecDeque<i64>> = HashMap::new();
         let mut last_expiry = Instant::now();
         loop {
             if let Some(m) = self
@@ -256,16 +261,20 @@ impl Deliverer {
             while let Some(r) = inflight.try_join_next() {
                 report(r);
             }
-            let room = self.batch - inflight.len() as i64;
+            self.dispatch(&mut waiting, &mut inflight).await;
+            let queued: usize = waiting.values().map(|q| q.len()).sum();
+            let room = self.batch - (inflight.len() + queued) as i64;
             let claimed = if room > 0 {
-                match self.claim(room).await {
-                    Ok(ids) => {
-                        for id in &ids {
-                            let me = self.clone();
-                            let id = *id;
-                            inflight.spawn(async move { me.deliver(id).await });
+                let mut skip = self.breakers.skip_list();
+                skip.extend(waiting.keys().cloned());
+                match self.claim(room, &skip).await {
+                    Ok(rows) => {
+                        let n = rows.len();
+                        for c in rows {
+                            waiting.entry(c.endpoint).or_default().push_back(c.id);
                         }
-                        ids.len()
+                        self.dispatch(&mut waiting, &mut inflight).await;
+                        n
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "Claiming notifications failed; retrying.");
@@ -286,8 +295,46 @@ impl Deliverer {
         }
     }
 
+    /// Starts the waiting rows whose endpoints have a free slot. Rows of an endpoint
+    /// whose circuit opened go back to the outbox untried, due when it closes.
+    async fn dispatch(
+        &self,
+        waiting: &mut HashMap<String, std::collections::VecDeque<i64>>,
+        inflight: &mut tokio::task::JoinSet<Result<(), StoreError>>,
+    ) {
+        let mut back = Vec::new();
+        for (endpoint, q) in waiting.iter_mut() {
+            while let Some(&id) = q.front() {
+                match self.breakers.admit(endpoint) {
+                    Admit::Go => {
+                        q.pop_front();
+                        let me = self.clone();
+                        let endpoint = endpoint.clone();
+                        inflight.spawn(async move { me.deliver(id, &endpoint).await });
+                    }
+                    Admit::Busy => break,
+                    Admit::Open(until) => {
+                        let wait = until.saturating_duration_since(Instant::now());
+                        let due = now_us() + i64::try_from(wait.as_micros()).unwrap_or(0);
+                        back.extend(q.drain(..).map(|id| (id, due)));
+                    }
+                }
+            }
+        }
+        waiting.retain(|_, q| !q.is_empty());
+        if !back.is_empty() {
+            if let Err(e) = self.store.release_claims(&back, &self.owner).await {
+                tracing::warn!(error = %e, "Handing back claimed notifications failed; their leases will run out.");
+            }
+        }
+    }
+
     /// Leases up to `limit` due notifications of the channels this deliverer sends.
-    async fn claim(&self, limit: i64) -> Result<Vec<i64>, StoreError> {
+    async fn claim(
+        &self,
+        limit: i64,
+        skip: &[String],
+    ) -> Result<Vec<crate::store::outbox::Claimed>, StoreError> {
         let now = now_us();
         // The lease outlives the request's time limit, so no one else takes it meanwhile.
         let lease =
@@ -297,34 +344,29 @@ impl Deliverer {
         } else {
             &["REST"]
         };
-        Ok(self
-            .store
+        self.store
             .claim_due_on(
                 &self.owner,
                 now,
                 lease,
                 limit,
+                self.breakers.limit as i64,
                 channels,
-                &self.breakers.skip_list(),
+                skip,
             )
-            .await?
-            .into_iter()
-            .map(|c| c.id)
-            .collect())
+            .await
     }
 
-    async fn deliver(&self, id: i64) -> Result<(), StoreError> {
-        let Some(n) = self.store.outgoing(id).await? else {
-            return Ok(());
+    /// Sends one claimed row; its endpoint's slot was taken by [`Self::dispatch`] and is
+    /// given back here whatever happens.
+    async fn deliver(&self, id: i64, endpoint: &str) -> Result<(), StoreError> {
+        let n = match self.store.outgoing(id).await {
+            Ok(Some(n)) => n,
+            other => {
+                self.breakers.release(endpoint, None);
+                return other.map(|_| ());
+            }
         };
-        // Claimed in the same round as others for this endpoint, or its circuit opened
-        // meanwhile: hand the row back untried.
-        if let Admit::Wait(until) = self.breakers.admit(&n.endpoint) {
-            let wait = until.saturating_duration_since(Instant::now());
-            let due = now_us() + i64::try_from(wait.as_micros()).unwrap_or(0);
-            self.store.release_claim(n.id, &self.owner, due).await?;
-            return Ok(());
-        }
         let started = now_us();
         let clock = std::time::Instant::now();
         let (outcome, request_sha256) = match n.channel.as_str() {
@@ -490,7 +532,7 @@ mod tests {
     fn breaker_opens_limits_and_closes() {
         let b = Breakers::new(1, 2, Duration::from_secs(60));
         assert_eq!(b.admit("a"), Admit::Go);
-        assert!(matches!(b.admit("a"), Admit::Wait(_)), "limit 1");
+        assert_eq!(b.admit("a"), Admit::Busy, "limit 1");
         assert_eq!(b.skip_list(), ["a"]);
         assert!(!b.release("a", Some(false)));
         assert!(b.skip_list().is_empty());
@@ -500,7 +542,7 @@ mod tests {
             "the second failure in a row opens it"
         );
         assert_eq!(b.skip_list(), ["a"]);
-        assert!(matches!(b.admit("a"), Admit::Wait(_)));
+        assert!(matches!(b.admit("a"), Admit::Open(_)));
         assert_eq!(b.admit("b"), Admit::Go, "other endpoints are not affected");
         // An answer (even a 4xx) closes it.
         b.release("a", Some(true));

@@ -163,22 +163,22 @@ impl Store {
         Ok(kept)
     }
 
-    /// Hands a claimed row back untried (no attempt counted), due at `due_at_us`.
-    pub async fn release_claim(
-        &self,
-        id: i64,
-        owner: &str,
-        due_at_us: i64,
-    ) -> Result<(), StoreError> {
+    /// Hands claimed rows back untried (no attempt counted), each due at its time; one
+    /// transaction.
+    pub async fn release_claims(&self, rows: &[(i64, i64)], owner: &str) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE outbox SET status = 'pending', attempts = attempts - 1, due_at_us = $1, \
              lease_owner = NULL, lease_until_us = NULL WHERE id = $2 AND lease_owner = $3 AND status = 'sending'";
         on_pool!(self, |p, sql| {
-            sqlx::query(&sql(SQL))
-                .bind(due_at_us)
-                .bind(id)
-                .bind(owner)
-                .execute(p)
-                .await?;
+            let mut tx = p.begin().await?;
+            for (id, due_at_us) in rows {
+                sqlx::query(&sql(SQL))
+                    .bind(due_at_us)
+                    .bind(id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }

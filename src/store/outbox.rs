@@ -31,6 +31,7 @@ pub struct Claimed {
     pub id: i64,
     pub ordering_key: String,
     pub attempts: i32,
+    pub endpoint: String,
 }
 
 const CLAIMABLE: &str = "((o.status = 'pending' AND o.due_at_us <= {now}) \
@@ -65,19 +66,23 @@ impl Store {
         lease_until_us: i64,
         limit: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.claim_due_on(owner, now_us, lease_until_us, limit, &[], &[])
+        self.claim_due_on(owner, now_us, lease_until_us, limit, i64::MAX, &[], &[])
             .await
     }
 
     /// [`Self::claim_due`] for rows of the given channels only (all when empty), and
     /// not for `skip_endpoints` (open circuits, endpoints at their concurrency limit):
     /// a deliverer claims what it can send now.
+    /// At most `per_endpoint` rows of any one endpoint, so a backlog for one endpoint
+    /// never fills a claim that other endpoints' rows could use.
+    #[allow(clippy::too_many_arguments)]
     pub async fn claim_due_on(
         &self,
         owner: &str,
         now_us: i64,
         lease_until_us: i64,
         limit: i64,
+        per_endpoint: i64,
         channels: &[&str],
         skip_endpoints: &[String],
     ) -> Result<Vec<Claimed>, StoreError> {
@@ -106,12 +111,17 @@ impl Store {
             }
             Store::Sqlite(_) => "AND o.endpoint NOT IN (SELECT value FROM json_each($5))",
         };
+        // Candidates (locked on PostgreSQL), then at most `per_endpoint` of each endpoint.
         let query = format!(
-            "UPDATE outbox SET status = 'sending', lease_owner = $1, lease_until_us = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT o.id FROM outbox o WHERE {CLAIMABLE} {only} {skip} ORDER BY o.due_at_us, o.id LIMIT $4 {lock}) \
-             RETURNING id, ordering_key, attempts"
+            "WITH c AS (SELECT o.id, o.endpoint, o.due_at_us FROM outbox o WHERE {CLAIMABLE} {only} {skip} \
+                        ORDER BY o.due_at_us, o.id LIMIT $6 {lock}), \
+                  r AS (SELECT id, due_at_us, ROW_NUMBER() OVER (PARTITION BY endpoint ORDER BY due_at_us, id) AS rn FROM c) \
+             UPDATE outbox SET status = 'sending', lease_owner = $1, lease_until_us = $2, attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM r WHERE rn <= $7 ORDER BY due_at_us, id LIMIT $4) \
+             RETURNING id, ordering_key, attempts, endpoint"
         )
         .replace("{now}", "$3");
+        let scan = limit.saturating_mul(8).max(256);
         let skipped = serde_json::to_string(skip_endpoints).unwrap_or_else(|_| "[]".into());
         let rows = on_pool!(self, |p, sql| sqlx::query(&sql(&query))
             .bind(owner)
@@ -119,13 +129,16 @@ impl Store {
             .bind(now_us)
             .bind(limit)
             .bind(&skipped)
+            .bind(scan)
+            .bind(per_endpoint)
             .fetch_all(p)
             .await?
             .iter()
             .map(|r| Ok(Claimed {
                 id: r.try_get(0)?,
                 ordering_key: r.try_get(1)?,
-                attempts: r.try_get(2)?
+                attempts: r.try_get(2)?,
+                endpoint: r.try_get(3)?,
             }))
             .collect::<Result<Vec<_>, sqlx::Error>>()?);
         Ok(rows)
