@@ -121,12 +121,12 @@ impl Breakers {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Endpoints not to claim for now.
-    pub fn skip_list(&self) -> Vec<String> {
+    /// Endpoints whose circuit is open: not to claim for now.
+    pub fn open_list(&self) -> Vec<String> {
         let now = Instant::now();
         self.with(|m| {
             m.iter()
-                .filter(|(_, s)| s.inflight >= self.limit || s.open_until.is_some_and(|t| t > now))
+                .filter(|(_, s)| s.open_until.is_some_and(|t| t > now))
                 .map(|(e, _)| e.clone())
                 .collect()
         })
@@ -197,6 +197,9 @@ pub struct Deliverer {
     pub settler: Option<tokio::sync::mpsc::Sender<SettleRequest>>,
 }
 
+/// Claimed rows by endpoint, with when they were claimed.
+type Waiting = HashMap<String, std::collections::VecDeque<(i64, Instant)>>;
+
 /// A settled attempt on its way to the writer, and where to say it is written.
 pub type SettleRequest = (
     Settle,
@@ -235,9 +238,11 @@ impl Deliverer {
         let writer = tokio::spawn(settle_writer(self.store.clone(), rx));
         self.settler = Some(tx);
         let mut inflight = tokio::task::JoinSet::new();
-        // Claimed rows waiting for a free slot at their endpoint (at most the endpoint's
-        // limit each: the claim takes no more, and skips endpoints that have some).
-        let mut waiting: HashMap<String, std::collections::VecDeque<i64>> = HashMap::new();
+        // Claimed rows waiting for a free slot at their endpoint, so a finished request
+        // is followed at once by the next without a claim in between. At most about the
+        // endpoint's limit each: a claim takes no more of one endpoint, and skips those
+        // that have that many waiting.
+        let mut waiting: Waiting = HashMap::new();
         let mut last_expiry = Instant::now();
         loop {
             if let Some(m) = self
@@ -265,13 +270,19 @@ impl Deliverer {
             let queued: usize = waiting.values().map(|q| q.len()).sum();
             let room = self.batch - (inflight.len() + queued) as i64;
             let claimed = if room > 0 {
-                let mut skip = self.breakers.skip_list();
-                skip.extend(waiting.keys().cloned());
+                let mut skip = self.breakers.open_list();
+                skip.extend(
+                    waiting
+                        .iter()
+                        .filter(|(_, q)| q.len() >= self.breakers.limit)
+                        .map(|(e, _)| e.clone()),
+                );
                 match self.claim(room, &skip).await {
                     Ok(rows) => {
                         let n = rows.len();
+                        let at = Instant::now();
                         for c in rows {
-                            waiting.entry(c.endpoint).or_default().push_back(c.id);
+                            waiting.entry(c.endpoint).or_default().push_back((c.id, at));
                         }
                         self.dispatch(&mut waiting, &mut inflight).await;
                         n
@@ -296,15 +307,21 @@ impl Deliverer {
     }
 
     /// Starts the waiting rows whose endpoints have a free slot. Rows of an endpoint
-    /// whose circuit opened go back to the outbox untried, due when it closes.
+    /// whose circuit opened go back to the outbox untried, due when it closes; so do
+    /// rows that waited so long their lease could run out during the request.
     async fn dispatch(
         &self,
-        waiting: &mut HashMap<String, std::collections::VecDeque<i64>>,
+        waiting: &mut Waiting,
         inflight: &mut tokio::task::JoinSet<Result<(), StoreError>>,
     ) {
         let mut back = Vec::new();
         for (endpoint, q) in waiting.iter_mut() {
-            while let Some(&id) = q.front() {
+            while let Some(&(id, claimed)) = q.front() {
+                if claimed.elapsed() > self.policy.timeout {
+                    q.pop_front();
+                    back.push((id, now_us()));
+                    continue;
+                }
                 match self.breakers.admit(endpoint) {
                     Admit::Go => {
                         q.pop_front();
@@ -316,7 +333,7 @@ impl Deliverer {
                     Admit::Open(until) => {
                         let wait = until.saturating_duration_since(Instant::now());
                         let due = now_us() + i64::try_from(wait.as_micros()).unwrap_or(0);
-                        back.extend(q.drain(..).map(|id| (id, due)));
+                        back.extend(q.drain(..).map(|(id, _)| (id, due)));
                     }
                 }
             }
@@ -533,15 +550,15 @@ mod tests {
         let b = Breakers::new(1, 2, Duration::from_secs(60));
         assert_eq!(b.admit("a"), Admit::Go);
         assert_eq!(b.admit("a"), Admit::Busy, "limit 1");
-        assert_eq!(b.skip_list(), ["a"]);
+        assert!(b.open_list().is_empty(), "busy is not open");
         assert!(!b.release("a", Some(false)));
-        assert!(b.skip_list().is_empty());
+        assert!(b.open_list().is_empty());
         assert_eq!(b.admit("a"), Admit::Go);
         assert!(
             b.release("a", Some(false)),
             "the second failure in a row opens it"
         );
-        assert_eq!(b.skip_list(), ["a"]);
+        assert_eq!(b.open_list(), ["a"]);
         assert!(matches!(b.admit("a"), Admit::Open(_)));
         assert_eq!(b.admit("b"), Admit::Go, "other endpoints are not affected");
         // An answer (even a 4xx) closes it.

@@ -34,9 +34,9 @@ pub struct Claimed {
     pub endpoint: String,
 }
 
-const CLAIMABLE: &str = "((o.status = 'pending' AND o.due_at_us <= {now}) \
-     OR (o.status = 'sending' AND o.lease_until_us < {now})) \
-     AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
+/// No earlier row of the same encounter and recipient is still pending or sending.
+const IN_ORDER: &str =
+    "NOT EXISTS (SELECT 1 FROM outbox e WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
                      AND e.status IN ('pending', 'sending'))";
 
 impl Store {
@@ -111,16 +111,23 @@ impl Store {
             }
             Store::Sqlite(_) => "AND o.endpoint NOT IN (SELECT value FROM json_each($5))",
         };
-        // Candidates (locked on PostgreSQL), then at most `per_endpoint` of each endpoint.
+        // Candidates (locked on PostgreSQL): due pending rows in due order (read along
+        // the (status, due_at_us) index, so a claim costs what it takes, not the size of
+        // the backlog or of the history), and rows whose lease ran out; then at most
+        // `per_endpoint` of each endpoint.
         let query = format!(
-            "WITH c AS (SELECT o.id, o.endpoint, o.due_at_us FROM outbox o WHERE {CLAIMABLE} {only} {skip} \
+            "WITH p AS (SELECT o.id, o.endpoint, o.due_at_us FROM outbox o \
+                        WHERE o.status = 'pending' AND o.due_at_us <= $3 AND {IN_ORDER} {only} {skip} \
                         ORDER BY o.due_at_us, o.id LIMIT $6 {lock}), \
+                  s AS (SELECT o.id, o.endpoint, o.due_at_us FROM outbox o \
+                        WHERE o.status = 'sending' AND o.lease_until_us < $3 AND {IN_ORDER} {only} {skip} \
+                        LIMIT $6 {lock}), \
+                  c AS (SELECT id, endpoint, due_at_us FROM p UNION ALL SELECT id, endpoint, due_at_us FROM s), \
                   r AS (SELECT id, due_at_us, ROW_NUMBER() OVER (PARTITION BY endpoint ORDER BY due_at_us, id) AS rn FROM c) \
              UPDATE outbox SET status = 'sending', lease_owner = $1, lease_until_us = $2, attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM r WHERE rn <= $7 ORDER BY due_at_us, id LIMIT $4) \
              RETURNING id, ordering_key, attempts, endpoint"
-        )
-        .replace("{now}", "$3");
+        );
         let scan = limit.saturating_mul(8).max(256);
         let skipped = serde_json::to_string(skip_endpoints).unwrap_or_else(|_| "[]".into());
         let rows = on_pool!(self, |p, sql| sqlx::query(&sql(&query))
