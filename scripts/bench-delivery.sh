@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${NOTIFICATIONS:-5000}"
 CONCURRENCY="${CONCURRENCY:-4}"   # delivery.per_endpoint_concurrency
+BATCH="${BATCH:-64}"              # delivery.batch (in flight plus waiting)
 cargo build --quiet --release
 BIN="$PWD/target/release/adt-router"
 KIND="${RECEIVER:-node}"
@@ -70,19 +71,19 @@ http=$(sed -n 's/.*HTTP on \([^ ]*\) .*/\1/p' serve.out)
 while [ "$(metric 'adt_router_routed_messages_total{outcome="routed"}')" != "$N" ]; do sleep 0.2; done
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
-# 2. The deliverer alone, from a backlog of N.
-t0=$(date +%s.%N)
+# 2. The deliverer alone, from a backlog of N, timed from the server's listening line.
 start_server ADT_ROUTER__ROUTING__ENABLED=false ADT_ROUTER__DELIVERY__PER_ENDPOINT_CONCURRENCY="$CONCURRENCY" \
-  ADT_ROUTER__DELIVERY__BATCH=64
+  ADT_ROUTER__DELIVERY__BATCH="$BATCH"
+t0=$(date +%s.%N)
 http=$(sed -n 's/.*HTTP on \([^ ]*\) .*/\1/p' serve.out)
 while [ "$(metric 'adt_router_delivery_attempts_total{channel="REST",outcome="delivered"}')" != "$N" ]; do sleep 0.1; done
 t1=$(date +%s.%N)
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 verified=$(grep -c -E '"verified": true| true$' received.log || true)
-python3 - "$N" "$t0" "$t1" "$verified" "$CONCURRENCY" "$KIND" <<'PY'
+python3 - "$N" "$t0" "$t1" "$verified" "$CONCURRENCY" "$KIND" "$BATCH" <<'PY'
 import sys
-n, t0, t1, verified, conc, kind = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+n, t0, t1, verified, conc, kind, batch = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
 secs = t1 - t0
-print(f'{{"notifications": {n}, "receiver": "{kind}", "per_endpoint_concurrency": {conc}, "seconds_incl_startup": {secs:.2f}, '
+print(f'{{"notifications": {n}, "receiver": "{kind}", "per_endpoint_concurrency": {conc}, "batch": {batch}, "seconds": {secs:.2f}, '
       f'"deliveries_per_s": {n / secs:.0f}, "signatures_verified": {verified}}}')
 PY
