@@ -27,7 +27,7 @@ work=$(mktemp -d /tmp/adt-router-deliverybench.XXXXXX)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
-export ADT_ROUTER__DATABASE__URL="sqlite://$work/db.sqlite" ADT_ROUTER__ROUTING__RULES_DIR="$RULES" \
+export ADT_ROUTER__DATABASE__URL="${DATABASE_URL:-sqlite://$work/db.sqlite}" ADT_ROUTER__ROUTING__RULES_DIR="$RULES" \
   ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS=true ADT_ROUTER__DELIVERY__REQUIRE_HTTPS=false \
   ADT_ROUTER__MLLP__LISTEN=127.0.0.1:0 ADT_ROUTER__HTTP__LISTEN=127.0.0.1:0
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; work dir $work"

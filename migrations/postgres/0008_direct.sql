@@ -13,4 +13,6 @@ CREATE TABLE direct_report (
     raw                 BYTEA   NOT NULL
 );
 CREATE INDEX direct_report_outbox ON direct_report (outbox_id, id);
-CREATE INDEX outbox_awaiting ON outbox (channel, status, due_at_us);
+-- Claims read due rows in (due, id) order along this index and stop at their limit.
+DROP INDEX outbox_due;
+CREATE INDEX outbox_due ON outbox (status, due_at_us, id);
