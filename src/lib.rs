@@ -11,6 +11,8 @@
 //!   and the outbox rows they produce.
 //! - [`deliver`]: step 5, claims notifications from the outbox and sends them (REST
 //!   webhooks and Direct secure email), recording every attempt and its proof.
+//! - [`fhir`]: step 6, FHIR Subscriptions (backport IG on R4): topics, reading
+//!   Subscriptions, the resources the `/fhir` API answers with.
 //! - [`directory`]: providers and their endpoints (NPPES files, local overrides).
 //! - [`attribution`]: which providers a patient's event goes to (rosters, PD1/ROL,
 //!   patient matching), with provenance.
@@ -31,6 +33,8 @@ pub mod config;
 pub mod deliver;
 #[cfg(feature = "server")]
 pub mod directory;
+#[cfg(feature = "server")]
+pub mod fhir;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]

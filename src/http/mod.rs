@@ -1,8 +1,9 @@
 //! HTTP: `/healthz` (the process answers), `/readyz` (database and event log reachable),
 //! `/metrics` (Prometheus text format), `POST /rosters/{source}` (roster upload, bearer
-//! token). Later steps add the audit and FHIR APIs here.
+//! token), and `/fhir` (FHIR Subscriptions, see [`fhir`]).
 
 pub mod auth;
+pub mod fhir;
 pub mod rosters;
 
 use crate::metrics::Metrics;
@@ -21,6 +22,10 @@ pub struct HttpState {
     pub event_log: &'static str,
     pub kafka: Option<crate::log::kafka::KafkaLog>,
     pub tokens: Arc<auth::Tokens>,
+    /// The FHIR API's base URL (`fhir.base_url`, or `http://<http.listen>/fhir`).
+    pub fhir_base: String,
+    /// What subscription endpoints must satisfy (`[delivery]`).
+    pub endpoints: crate::directory::endpoint::EndpointPolicy,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -32,6 +37,18 @@ pub fn router(state: HttpState) -> Router {
             "/rosters/{source}",
             post(rosters::upload).layer(axum::extract::DefaultBodyLimit::max(512 * 1024 * 1024)),
         )
+        .route("/fhir/metadata", get(fhir::metadata))
+        .route(
+            "/fhir/Subscription",
+            post(fhir::create)
+                .get(fhir::search)
+                .layer(axum::extract::DefaultBodyLimit::max(256 * 1024)),
+        )
+        .route(
+            "/fhir/Subscription/{id}",
+            get(fhir::get).delete(fhir::delete),
+        )
+        .route("/fhir/Subscription/{id}/$status", get(fhir::status))
         .with_state(state)
 }
 

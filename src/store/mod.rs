@@ -13,6 +13,7 @@
 pub mod bulk;
 pub mod delivery;
 pub mod direct;
+pub mod fhir;
 pub mod outbox;
 pub mod routing;
 pub mod sqlite_reads;

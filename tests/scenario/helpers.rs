@@ -208,26 +208,7 @@ impl Drop for Server {
 
 /// A minimal HTTP/1.1 GET, enough for health and metrics.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    http_exchange(addr, req.as_bytes(), Duration::from_secs(10))
-}
-
-/// Writes a raw HTTP/1.1 request and reads the whole response: (status, body).
-fn http_exchange(addr: &str, request: &[u8], timeout: Duration) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("http connect");
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.write_all(request).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("http read");
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (status, _, body) = http_request(addr, "GET", path, &[], b"");
     (status, body)
 }
 
@@ -307,8 +288,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// POSTs `body` with extra header lines (`Name: value`); returns status and body.
 pub fn http_post(addr: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, String) {
+    let (status, _, body) = http_request(addr, "POST", path, headers, body);
+    (status, body)
+}
+
+/// Any request with extra header lines; returns status, response head and body.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, String, String) {
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for h in headers {
@@ -318,7 +311,18 @@ pub fn http_post(addr: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16,
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    http_exchange(addr, &bytes, Duration::from_secs(30))
+    let mut s = std::net::TcpStream::connect(addr).expect("http connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("http read");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
 }
 
 /// Runs CLI subcommands against one database, without a server.

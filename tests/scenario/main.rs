@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod direct;
 mod directory;
+mod fhir;
 mod framing;
 mod kafka;
 mod outbox;

@@ -1,0 +1,332 @@
+//! `/fhir`: the FHIR R4 API of step 6 (Subscriptions, R5 Backport IG). JSON only
+//! (`application/fhir+json`); every error is an OperationOutcome with the status that
+//! fits (400 unreadable, 401/403 access, 404/410 unknown or deleted, 422 a Subscription
+//! the server will not honour).
+
+// Handlers return the ready response as their error; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
+use super::auth::{Caller, Role};
+use super::HttpState;
+use crate::fhir::subscription::{read, Filter};
+use crate::fhir::{self, operation_outcome, Issue};
+use crate::store::fhir::SubscriptionRow;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+fn fhir(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, FHIR_JSON)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn outcome(status: StatusCode, code: &'static str, text: impl Into<String>) -> Response {
+    fhir(status, operation_outcome(&[Issue::new(code, text, None)]))
+}
+
+fn store_error(e: crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "FHIR request failed in the store.");
+    outcome(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "the database is not answering; try again",
+    )
+}
+
+fn caller(s: &HttpState, headers: &HeaderMap) -> Result<Caller, Response> {
+    s.tokens.caller(headers).map_err(|(status, text)| {
+        let code = if status == StatusCode::UNAUTHORIZED {
+            "login"
+        } else {
+            "forbidden"
+        };
+        outcome(status, code, text.trim().to_string())
+    })
+}
+
+/// A practice sees only subscriptions made for its NPIs; the hospital's roles see all.
+fn may_see(c: &Caller, row: &SubscriptionRow) -> bool {
+    c.role != Role::Practice || row.owner_npis.iter().any(|n| c.npis.contains(n))
+}
+
+pub async fn metadata(State(s): State<HttpState>) -> Response {
+    let now = crate::directory::rfc3339_us(crate::store::now_us());
+    fhir(
+        StatusCode::OK,
+        fhir::capability_statement(&s.fhir_base, &now),
+    )
+}
+
+pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !matches!(c.role, Role::Admin | Role::Practice) {
+        return outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only admin and practice tokens may subscribe",
+        );
+    }
+    let resource: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "structure",
+                format!("the body is not JSON: {e}"),
+            )
+        }
+    };
+    let req = match read(&s.fhir_base, &resource, s.endpoints) {
+        Ok(r) => r,
+        Err(issues) => return fhir(StatusCode::UNPROCESSABLE_ENTITY, operation_outcome(&issues)),
+    };
+    // A practice speaks only for its own NPIs and their attributed patients.
+    let filter_npis: Vec<String> = req
+        .filters
+        .iter()
+        .filter_map(|f| f.npi().map(str::to_string))
+        .collect();
+    let owner_npis = if c.role == Role::Practice {
+        if let Some(n) = filter_npis.iter().find(|n| !c.npis.contains(n)) {
+            return fhir(
+                StatusCode::FORBIDDEN,
+                operation_outcome(&[Issue::new(
+                    "forbidden",
+                    format!("this token does not speak for NPI {n}"),
+                    Some("Subscription.criteria.extension"),
+                )]),
+            );
+        }
+        for f in &req.filters {
+            if let Filter::PatientIdentifier { authority, id } = f {
+                match s.store.attributed_to_any(id, authority, &c.npis).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return fhir(
+                            StatusCode::FORBIDDEN,
+                            operation_outcome(&[Issue::new(
+                                "forbidden",
+                                "that patient is not attributed to this practice",
+                                Some("Subscription.criteria.extension"),
+                            )]),
+                        )
+                    }
+                    Err(e) => return store_error(e),
+                }
+            }
+        }
+        if filter_npis.is_empty() {
+            c.npis.clone()
+        } else {
+            filter_npis
+        }
+    } else {
+        filter_npis
+    };
+    let id = crate::store::key_hash(&format!(
+        "{}|{}|{}",
+        crate::store::now_us(),
+        req.endpoint,
+        rand::random::<u64>()
+    ));
+    let mut stored = resource;
+    stored["id"] = json!(id);
+    stored["status"] = json!("requested");
+    stored["meta"] = json!({
+        "profile": [format!("{}/StructureDefinition/backport-subscription", fhir::BACKPORT)]
+    });
+    if let Some(o) = stored.as_object_mut() {
+        o.remove("error");
+    }
+    let row = SubscriptionRow {
+        id: id.clone(),
+        owner_role: format!("{:?}", c.role).to_ascii_lowercase(),
+        owner_npis,
+        topic: req.topic.clone(),
+        filters: serde_json::to_string(&req.filters).unwrap_or_else(|_| "[]".into()),
+        endpoint: req.endpoint.clone(),
+        content: req.content.clone(),
+        status: "requested".into(),
+        error: None,
+        events_since_start: 0,
+        resource: stored.to_string(),
+        created_at_us: crate::store::now_us(),
+        deleted: false,
+    };
+    if let Err(e) = s.store.insert_subscription(&row).await {
+        return store_error(e);
+    }
+    tracing::info!(subscription = %id, topic = %req.topic, content = %req.content, "FHIR Subscription created.");
+    let location = format!("{}/Subscription/{id}", s.fhir_base);
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, FHIR_JSON.to_string()),
+            (header::LOCATION, location),
+        ],
+        stored.to_string(),
+    )
+        .into_response()
+}
+
+/// The subscription `id` if this caller may see it, or the answer to give.
+async fn visible(s: &HttpState, c: &Caller, id: &str) -> Result<SubscriptionRow, Response> {
+    match s.store.subscription(id).await {
+        Ok(Some(row)) if may_see(c, &row) => {
+            if row.deleted {
+                Err(outcome(
+                    StatusCode::GONE,
+                    "deleted",
+                    format!("Subscription/{id} was deleted"),
+                ))
+            } else {
+                Ok(row)
+            }
+        }
+        Ok(_) => Err(outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no Subscription/{id}"),
+        )),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// The stored resource with the server's current status.
+fn current(row: &SubscriptionRow) -> Value {
+    let mut r: Value = serde_json::from_str(&row.resource).unwrap_or(Value::Null);
+    r["status"] = json!(row.status);
+    if let Some(e) = &row.error {
+        r["error"] = json!(e);
+    }
+    r
+}
+
+pub async fn get(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match visible(&s, &c, &id).await {
+        Ok(row) => fhir(StatusCode::OK, current(&row)),
+        Err(r) => r,
+    }
+}
+
+pub async fn search(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let rows = match s
+        .store
+        .subscriptions(
+            q.get("status").map(String::as_str),
+            q.get("criteria").map(String::as_str),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let entries = rows
+        .iter()
+        .filter(|r| may_see(&c, r))
+        .map(|r| (format!("{}/Subscription/{}", s.fhir_base, r.id), current(r)))
+        .collect();
+    fhir(StatusCode::OK, fhir::searchset(entries))
+}
+
+pub async fn delete(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !matches!(c.role, Role::Admin | Role::Practice) {
+        return outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only admin and practice tokens may delete subscriptions",
+        );
+    }
+    if let Err(r) = visible(&s, &c, &id).await {
+        return r;
+    }
+    match s
+        .store
+        .delete_subscription(&id, crate::store::now_us())
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(subscription = %id, "FHIR Subscription deleted.");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /fhir/Subscription/{id}/$status`: a searchset with the status Parameters.
+pub async fn status(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let row = match visible(&s, &c, &id).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let p = fhir::status_parameters(
+        &s.fhir_base,
+        &row.id,
+        &row.topic,
+        &row.status,
+        "query-status",
+        row.events_since_start,
+        row.error.as_deref(),
+    );
+    fhir(
+        StatusCode::OK,
+        fhir::searchset(vec![(format!("urn:uuid:{}", uuid_like(&row.id)), p)]),
+    )
+}
+
+/// A UUID-shaped string from a hex id (for `urn:uuid:` full URLs).
+fn uuid_like(hex: &str) -> String {
+    let h: String = format!("{hex:0<32}").chars().take(32).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

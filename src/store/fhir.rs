@@ -1,0 +1,150 @@
+//! FHIR Subscriptions as the server holds them (step 6).
+
+use super::{on_pool, Store, StoreError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub owner_role: String,
+    pub owner_npis: Vec<String>,
+    pub topic: String,
+    pub filters: String,
+    pub endpoint: String,
+    pub content: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub events_since_start: i64,
+    pub resource: String,
+    pub created_at_us: i64,
+    pub deleted: bool,
+}
+
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    String,
+    i64,
+    Option<i64>,
+);
+
+const COLUMNS: &str = "id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us";
+
+fn row(r: Row) -> SubscriptionRow {
+    SubscriptionRow {
+        id: r.0,
+        owner_role: r.1,
+        owner_npis: serde_json::from_str(&r.2).unwrap_or_default(),
+        topic: r.3,
+        filters: r.4,
+        endpoint: r.5,
+        content: r.6,
+        status: r.7,
+        error: r.8,
+        events_since_start: r.9,
+        resource: r.10,
+        created_at_us: r.11,
+        deleted: r.12.is_some(),
+    }
+}
+
+impl Store {
+    pub async fn insert_subscription(&self, s: &SubscriptionRow) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO fhir_subscription (id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+        let npis = serde_json::to_string(&s.owner_npis).unwrap_or_else(|_| "[]".into());
+        on_pool!(self, |p, sql| {
+            sqlx::query(&sql(SQL))
+                .bind(&s.id)
+                .bind(&s.owner_role)
+                .bind(&npis)
+                .bind(&s.topic)
+                .bind(&s.filters)
+                .bind(&s.endpoint)
+                .bind(&s.content)
+                .bind(&s.status)
+                .bind(&s.error)
+                .bind(s.events_since_start)
+                .bind(&s.resource)
+                .bind(s.created_at_us)
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// A subscription by id (deleted ones too: they answer 410).
+    pub async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRow>, StoreError> {
+        let q = format!("SELECT {COLUMNS} FROM fhir_subscription WHERE id = $1");
+        let r: Option<Row> = on_pool!(self, |p, sql| {
+            sqlx::query_as(&sql(&q)).bind(id).fetch_optional(p).await?
+        });
+        Ok(r.map(row))
+    }
+
+    /// Live subscriptions, oldest first, optionally of one status and one topic.
+    pub async fn subscriptions(
+        &self,
+        status: Option<&str>,
+        topic: Option<&str>,
+    ) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let q = format!(
+            "SELECT {COLUMNS} FROM fhir_subscription WHERE deleted_at_us IS NULL \
+             AND ($1 = '' OR status = $1) AND ($2 = '' OR topic = $2) ORDER BY created_at_us, id"
+        );
+        let rows: Vec<Row> = on_pool!(self, |p, sql| {
+            sqlx::query_as(&sql(&q))
+                .bind(status.unwrap_or(""))
+                .bind(topic.unwrap_or(""))
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.into_iter().map(row).collect())
+    }
+
+    /// Marks a subscription deleted (kept for the audit trail); false when unknown.
+    pub async fn delete_subscription(&self, id: &str, now_us: i64) -> Result<bool, StoreError> {
+        const SQL: &str = "UPDATE fhir_subscription SET deleted_at_us = $1, status = 'off' WHERE id = $2 AND deleted_at_us IS NULL";
+        let n = on_pool!(self, |p, sql| {
+            sqlx::query(&sql(SQL))
+                .bind(now_us)
+                .bind(id)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Whether a roster attributes the patient (`id`, `authority`) to any of `npis`.
+    pub async fn attributed_to_any(
+        &self,
+        id: &str,
+        authority: &str,
+        npis: &[String],
+    ) -> Result<bool, StoreError> {
+        let list = serde_json::to_string(npis).unwrap_or_else(|_| "[]".into());
+        let q = match self {
+            Store::Postgres(_) => "SELECT COUNT(*) FROM roster_entry WHERE patient_id = $1 AND assigning_authority = $2 \
+                 AND provider_npi IN (SELECT jsonb_array_elements_text(CAST($3 AS TEXT)::jsonb))",
+            Store::Sqlite(_) => "SELECT COUNT(*) FROM roster_entry WHERE patient_id = $1 AND assigning_authority = $2 \
+                 AND provider_npi IN (SELECT value FROM json_each($3))",
+        };
+        let n: i64 = on_pool!(self, |p, sql| {
+            sqlx::query_scalar(&sql(q))
+                .bind(id)
+                .bind(authority.to_ascii_uppercase())
+                .bind(&list)
+                .fetch_one(p)
+                .await?
+        });
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,408 @@
+//! Step 6, the FHIR API (Subscriptions, R5 Backport IG on R4): every resource the server
+//! answers with passes two validators written by others (FHIR.js and the official R4
+//! JSON schema, tests/peers/fhir_validate.js), and bad subscriptions get a useful
+//! OperationOutcome with the right status.
+
+use crate::delivery::npi;
+use crate::helpers::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ADMIN: &str = "Authorization: Bearer admin-token-fhir-0123456789";
+const PRACTICE: &str = "Authorization: Bearer practice-token-fhir-0123456789";
+const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition";
+
+/// Where test.sh installed the npm validators.
+fn node_path() -> PathBuf {
+    std::env::var_os("ADT_ROUTER_NODE_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/adt-router/npm/node_modules")
+        })
+}
+
+/// Errors per resource from both validators: `(fhirjs, schema)`.
+fn validate(dir: &Path, resources: &[Value]) -> Vec<(Vec<String>, Vec<String>)> {
+    let file = dir.join("to-validate.json");
+    std::fs::write(&file, serde_json::to_vec(resources).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fhir_validate.js");
+    let out = Command::new("node")
+        .arg(script)
+        .arg(&file)
+        .env("NODE_PATH", node_path())
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "validator: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    v.iter()
+        .map(|r| {
+            let list = |k: &str| {
+                r[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.as_str().unwrap().to_string())
+                    .collect()
+            };
+            (list("fhirjs"), list("schema"))
+        })
+        .collect()
+}
+
+fn assert_valid(dir: &Path, resources: &[Value]) {
+    for (r, (js, schema)) in resources.iter().zip(validate(dir, resources)) {
+        assert!(
+            js.is_empty() && schema.is_empty(),
+            "{}: FHIR.js {js:?}, schema {schema:?}\n{r}",
+            r["resourceType"]
+        );
+    }
+}
+
+fn subscription(base: &str, topic: &str, filter: &str, endpoint: &str) -> Value {
+    json!({
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "Encounter notifications for our attributed patients",
+        "criteria": format!("{base}/SubscriptionTopic/{topic}"),
+        "_criteria": { "extension": [{ "url": format!("{BACKPORT}/backport-filter-criteria"), "valueString": filter }] },
+        "channel": {
+            "extension": [
+                { "url": format!("{BACKPORT}/backport-heartbeat-period"), "valueUnsignedInt": 3600 },
+                { "url": format!("{BACKPORT}/backport-timeout"), "valueUnsignedInt": 30 }
+            ],
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "header": ["X-Practice-Secret: s3cret"],
+            "payload": "application/fhir+json",
+            "_payload": { "extension": [{ "url": format!("{BACKPORT}/backport-payload-content"), "valueCode": "id-only" }] }
+        }
+    })
+}
+
+#[test]
+fn subscriptions_api_validates_and_refuses_with_operation_outcomes() {
+    let dir = tempdir();
+    let config = dir.path().join("tokens.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\ntoken = \"admin-token-fhir-0123456789\"\nrole = \"admin\"\n\n\
+             [[auth.tokens]]\ntoken = \"practice-token-fhir-0123456789\"\nrole = \"practice\"\nnpis = [\"{}\"]\n\n\
+             [[auth.tokens]]\ntoken = \"auditor-token-fhir-0123456789\"\nrole = \"auditor\"\n",
+            npi(61)
+        ),
+    )
+    .unwrap();
+    let cli = Cli::new(dir.path(), None, &[]);
+    let roster = dir.path().join("roster.csv");
+    std::fs::write(
+        &roster,
+        format!(
+            "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n\
+             MRN-F1,GENHOSP,Doe,Jane,1970-01-01,F,{},pcp\nMRN-F2,GENHOSP,Roe,Rick,1960-02-02,M,{},pcp\n",
+            npi(61),
+            npi(62)
+        ),
+    )
+    .unwrap();
+    cli.json(&[
+        "roster",
+        "import",
+        roster.to_str().unwrap(),
+        "--source",
+        "fhir",
+    ]);
+    let server = Server::start(
+        dir.path(),
+        &[("ADT_ROUTER_CONFIG", config.to_str().unwrap())],
+    );
+    let base = format!("http://{}/fhir", server.http);
+    let req = |method: &str, path: &str, auth: Option<&str>, body: &Value| {
+        let mut h = vec!["Content-Type: application/fhir+json"];
+        h.extend(auth);
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(body).unwrap()
+        };
+        let (status, head, body) = http_request(&server.http, method, path, &h, &body);
+        let v = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (status, head, v)
+    };
+    let mut emitted = Vec::new();
+
+    // The CapabilityStatement names the topics and the backport profile.
+    let (status, head, cs) = req("GET", "/fhir/metadata", None, &Value::Null);
+    assert_eq!(status, 200);
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: application/fhir+json"));
+    let topics: Vec<&str> = cs["rest"][0]["resource"][0]["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["valueCanonical"].as_str().unwrap())
+        .collect();
+    for t in ["admission", "ed-registration", "transfer", "discharge"] {
+        assert!(
+            topics.contains(&format!("{base}/SubscriptionTopic/{t}").as_str()),
+            "{topics:?}"
+        );
+    }
+    emitted.push(cs);
+
+    // A practice subscribes for its own NPI, and for one of its attributed patients.
+    let mine = subscription(
+        &base,
+        "admission",
+        &format!(
+            "Encounter?attributed-practitioner=http://hl7.org/fhir/sid/us-npi|{}",
+            npi(61)
+        ),
+        "https://practice.example.org/fhir/notify",
+    );
+    let (status, head, created) = req("POST", "/fhir/Subscription", Some(PRACTICE), &mine);
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(
+        head.contains(&format!("{base}/Subscription/{id}")),
+        "{head}"
+    );
+    assert_eq!(created["status"], "requested");
+    emitted.push(created.clone());
+    let patient = subscription(
+        &base,
+        "discharge",
+        "Encounter?patient.identifier=GENHOSP|MRN-F1",
+        "https://practice.example.org/fhir/notify",
+    );
+    let (status, _, p) = req("POST", "/fhir/Subscription", Some(PRACTICE), &patient);
+    assert_eq!(status, 201, "{p}");
+
+    // Read, search and $status.
+    let (status, _, got) = req(
+        "GET",
+        &format!("/fhir/Subscription/{id}"),
+        Some(PRACTICE),
+        &Value::Null,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        got["criteria"],
+        format!("{base}/SubscriptionTopic/admission")
+    );
+    emitted.push(got);
+    let (status, _, found) = req(
+        "GET",
+        "/fhir/Subscription?status=requested",
+        Some(PRACTICE),
+        &Value::Null,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(found["total"], 2);
+    emitted.push(found);
+    let (status, _, st) = req(
+        "GET",
+        &format!("/fhir/Subscription/{id}/$status"),
+        Some(PRACTICE),
+        &Value::Null,
+    );
+    assert_eq!(status, 200);
+    let params = &st["entry"][0]["resource"];
+    assert_eq!(params["resourceType"], "Parameters");
+    let param = |name: &str| {
+        params["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(param("type")["valueCode"], "query-status");
+    assert_eq!(param("events-since-subscription-start")["valueString"], "0");
+    emitted.push(st.clone());
+
+    // Refusals, each with an OperationOutcome that says why.
+    let cases: Vec<(Value, Option<&str>, u16, &str)> = vec![
+        (
+            subscription(
+                &base,
+                "birthdays",
+                "Encounter?attributed-practitioner=1234567893",
+                "https://p.example.org/n",
+            ),
+            Some(ADMIN),
+            422,
+            "unknown topic",
+        ),
+        (
+            subscription(
+                &base,
+                "admission",
+                &format!("Encounter?attributed-practitioner={}", npi(61)),
+                "http://practice.example.org/n",
+            ),
+            Some(PRACTICE),
+            422,
+            "https",
+        ),
+        (
+            {
+                let mut s = subscription(
+                    &base,
+                    "admission",
+                    &format!("Encounter?attributed-practitioner={}", npi(61)),
+                    "https://p.example.org/n",
+                );
+                s.as_object_mut().unwrap().remove("channel");
+                s
+            },
+            Some(PRACTICE),
+            422,
+            "channel is required",
+        ),
+        (
+            subscription(
+                &base,
+                "admission",
+                &format!("Encounter?attributed-practitioner={}", npi(62)),
+                "https://p.example.org/n",
+            ),
+            Some(PRACTICE),
+            403,
+            "does not speak for NPI",
+        ),
+        (
+            subscription(
+                &base,
+                "admission",
+                "Encounter?patient.identifier=GENHOSP|MRN-F2",
+                "https://p.example.org/n",
+            ),
+            Some(PRACTICE),
+            403,
+            "not attributed to this practice",
+        ),
+        (
+            subscription(
+                &base,
+                "admission",
+                "Encounter?diagnosis=flu",
+                "https://p.example.org/n",
+            ),
+            Some(ADMIN),
+            422,
+            "not supported",
+        ),
+        (
+            subscription(
+                &base,
+                "admission",
+                "Encounter?attributed-practitioner=1234567893",
+                "https://10.0.0.5/n",
+            ),
+            Some(ADMIN),
+            422,
+            "private",
+        ),
+        (mine.clone(), None, 401, "Bearer"),
+        (
+            mine.clone(),
+            Some("Authorization: Bearer auditor-token-fhir-0123456789"),
+            403,
+            "only admin and practice",
+        ),
+    ];
+    for (body, auth, want, says) in cases {
+        let (status, _, oo) = req("POST", "/fhir/Subscription", auth, &body);
+        assert_eq!(status, want, "{oo}");
+        assert_eq!(oo["resourceType"], "OperationOutcome", "{oo}");
+        let text = oo.to_string();
+        assert!(text.contains(says), "{says:?} not in {text}");
+        emitted.push(oo);
+    }
+    let (status, _, oo) = http_request_json(
+        &server.http,
+        "POST",
+        "/fhir/Subscription",
+        PRACTICE,
+        b"{not json",
+    );
+    assert_eq!(status, 400);
+    emitted.push(oo);
+
+    // Another practice's subscription is invisible; delete; then 410.
+    let (status, _, admin_sub) = req(
+        "POST",
+        "/fhir/Subscription",
+        Some(ADMIN),
+        &subscription(
+            &base,
+            "transfer",
+            &format!("Encounter?attributed-organization={}", npi(62)),
+            "https://hie.example.org/n",
+        ),
+    );
+    assert_eq!(status, 201);
+    let other = admin_sub["id"].as_str().unwrap();
+    let (status, _, nf) = req(
+        "GET",
+        &format!("/fhir/Subscription/{other}"),
+        Some(PRACTICE),
+        &Value::Null,
+    );
+    assert_eq!(status, 404);
+    emitted.push(nf);
+    let (status, _, _) = req(
+        "DELETE",
+        &format!("/fhir/Subscription/{id}"),
+        Some(PRACTICE),
+        &Value::Null,
+    );
+    assert_eq!(status, 204);
+    let (status, _, gone) = req(
+        "GET",
+        &format!("/fhir/Subscription/{id}"),
+        Some(PRACTICE),
+        &Value::Null,
+    );
+    assert_eq!(status, 410);
+    emitted.push(gone);
+
+    // Every resource the server emitted passes both validators...
+    assert_valid(dir.path(), &emitted);
+    // ...and the validators are not asleep: a broken status bundle fails both.
+    let mut broken = st;
+    broken["type"] = json!("not-a-bundle-type");
+    broken["entry"][0]["resource"]["parameter"][0]["valueFoo"] = json!(1);
+    let verdict = validate(dir.path(), &[broken]);
+    assert!(!verdict[0].0.is_empty(), "FHIR.js missed it");
+    assert!(!verdict[0].1.is_empty(), "the schema missed it");
+}
+
+fn http_request_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    auth: &str,
+    body: &[u8],
+) -> (u16, String, Value) {
+    let (status, head, body) = http_request(
+        addr,
+        method,
+        path,
+        &["Content-Type: application/fhir+json", auth],
+        body,
+    );
+    (
+        status,
+        head,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
