@@ -151,6 +151,19 @@ impl App {
         })
     }
 
+    /// `fhir.base_url`, or `http://<bound HTTP address>/fhir`.
+    fn fhir_base(&self) -> String {
+        if self.settings.fhir.base_url.is_empty() {
+            format!("http://{}/fhir", self.http_addr)
+        } else {
+            self.settings
+                .fhir
+                .base_url
+                .trim_end_matches('/')
+                .to_string()
+        }
+    }
+
     pub fn describe(&self) -> String {
         let log = match &self.kafka {
             Some(_) => format!(
@@ -193,6 +206,7 @@ impl App {
 
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (tx, rx) = watch::channel(false);
+        let fhir_base = self.fhir_base();
         let m = &self.settings.mllp;
         let opts = ListenerOptions {
             tls: self.tls.clone(),
@@ -263,6 +277,7 @@ impl App {
                 direct: self.direct.clone(),
                 mdns: mdns.clone(),
                 routed: self.wakers.routed.clone(),
+                fhir_base: fhir_base.clone(),
                 store: self.store.clone(),
                 http: crate::deliver::webhook::client(self.settings.resolve_policy().endpoints),
                 policy: self.settings.retry_policy(),

@@ -11,8 +11,14 @@ CREATE TABLE fhir_subscription (
     status          TEXT    NOT NULL,           -- requested | active | error | off
     error           TEXT,
     events_since_start BIGINT NOT NULL DEFAULT 0,
+    headers         TEXT    NOT NULL DEFAULT '[]', -- JSON: [[name, value]] sent with every notification
+    heartbeat_secs  BIGINT,                     -- backport-heartbeat-period
+    last_sent_us    BIGINT,                     -- last notification enqueued (heartbeats count from it)
     resource        TEXT    NOT NULL,           -- the Subscription JSON
     created_at_us   BIGINT  NOT NULL,
     deleted_at_us   BIGINT
 );
 CREATE INDEX fhir_subscription_topic ON fhir_subscription (topic, status);
+
+-- FHIR notifications (handshake, heartbeat, events) go through the step 5 outbox.
+ALTER TABLE outbox ADD COLUMN subscription_id TEXT;

@@ -606,6 +606,9 @@ mod tests {
             created_at_us: 0,
             secret: None,
             raw_hl7: Some(b"MSH|^~\\&|EPIC|GENHOSP\rPID|1||MRN1\r".to_vec()),
+            subscription_id: None,
+            headers: vec![],
+            kind: None,
         }
     }
 

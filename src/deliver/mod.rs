@@ -193,6 +193,8 @@ pub struct Deliverer {
     pub mdns: Option<Arc<direct::Mdns>>,
     /// Told when new notifications were routed.
     pub routed: Arc<tokio::sync::Notify>,
+    /// The FHIR API's base URL (references in heartbeat bundles).
+    pub fhir_base: String,
     /// The settle writer (started by [`Deliverer::run`]).
     pub settler: Option<tokio::sync::mpsc::Sender<SettleRequest>>,
 }
@@ -250,9 +252,14 @@ impl Deliverer {
                 .as_ref()
                 .filter(|_| last_expiry.elapsed() >= Duration::from_secs(1))
             {
-                last_expiry = Instant::now();
                 if let Err(e) = m.expire().await {
                     tracing::warn!(error = %e, "Checking Direct MDN timeouts failed; retrying.");
+                }
+            }
+            if last_expiry.elapsed() >= Duration::from_secs(1) {
+                last_expiry = Instant::now();
+                if let Err(e) = self.heartbeats().await {
+                    tracing::warn!(error = %e, "Queueing FHIR heartbeats failed; retrying.");
                 }
             }
             if *shutdown.borrow() {
@@ -357,9 +364,9 @@ impl Deliverer {
         let lease =
             now + i64::try_from((self.policy.timeout * 2).as_micros()).unwrap_or(60_000_000);
         let channels: &[&str] = if self.direct.is_some() {
-            &["REST", "DIRECT"]
+            &["REST", "DIRECT", "FHIR"]
         } else {
-            &["REST"]
+            &["REST", "FHIR"]
         };
         self.store
             .claim_due_on(
@@ -387,7 +394,9 @@ impl Deliverer {
         let started = now_us();
         let clock = std::time::Instant::now();
         let (outcome, request_sha256) = match n.channel.as_str() {
-            "REST" => webhook::send(&self.http, &n, self.endpoints, self.policy.timeout).await,
+            "REST" | "FHIR" => {
+                webhook::send(&self.http, &n, self.endpoints, self.policy.timeout).await
+            }
             "DIRECT" => match &self.direct {
                 Some(d) => d.send(&n).await,
                 None => (
@@ -423,8 +432,58 @@ impl Deliverer {
                 "Endpoint keeps failing: circuit open, its notifications wait."
             );
         }
+        if let Some(sub) = &n.subscription_id {
+            self.subscription_answered(sub, n.kind.as_deref(), &outcome)
+                .await?;
+        }
         self.settle(&n, outcome, request_sha256, started, latency_us)
             .await
+    }
+
+    /// Queues a heartbeat for each active subscription whose period has passed since
+    /// its last notification.
+    async fn heartbeats(&self) -> Result<(), StoreError> {
+        let now = now_us();
+        for sub in self.store.heartbeats_due(now).await? {
+            let bundle = crate::fhir::notification_bundle(
+                &self.fhir_base,
+                &sub.id,
+                &sub.topic,
+                &sub.status,
+                "heartbeat",
+                sub.events_since_start,
+                &crate::directory::rfc3339_us(now),
+            );
+            let key = crate::store::key_hash(&format!("{}|heartbeat|{now}", sub.id));
+            self.store
+                .enqueue_fhir(&sub, "heartbeat", &key, bundle.to_string().as_bytes(), now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A FHIR subscription's endpoint answered: the handshake's 2xx makes it active; a
+    /// permanent failure of any notification puts it in error, with the reason (the
+    /// IG's lifecycle; the subscriber asks for reactivation).
+    async fn subscription_answered(
+        &self,
+        id: &str,
+        kind: Option<&str>,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError> {
+        match outcome {
+            Outcome::Delivered { .. } if kind == Some("handshake") => {
+                tracing::info!(subscription = %id, "FHIR Subscription handshake answered: active.");
+                self.store.set_subscription_status(id, "active", None).await
+            }
+            Outcome::Permanent { reason, .. } => {
+                tracing::warn!(subscription = %id, kind, "FHIR Subscription endpoint refused a notification: error.");
+                self.store
+                    .set_subscription_status(id, "error", Some(reason))
+                    .await
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn settle(

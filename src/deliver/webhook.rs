@@ -124,12 +124,21 @@ pub async fn send(
         return (permanent(e), body_hash);
     }
     let ts = crate::store::now_us() / 1_000_000;
+    // FHIR notifications are FHIR JSON, with the headers their subscription asked for.
+    let content_type = if n.channel == "FHIR" {
+        "application/fhir+json"
+    } else {
+        "application/json"
+    };
     let mut req = http
         .post(url)
         .timeout(timeout)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .header("webhook-id", &n.notification_key)
         .header("webhook-timestamp", ts.to_string());
+    for (name, value) in &n.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
     if let Some(secret) = n.secret.as_deref().filter(|s| !s.is_empty()) {
         req = req.header(
             "webhook-signature",

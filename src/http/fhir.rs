@@ -164,8 +164,35 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
         resource: stored.to_string(),
         created_at_us: crate::store::now_us(),
         deleted: false,
+        headers: req.headers.clone(),
+        heartbeat_secs: req.heartbeat_secs.map(|h| h as i64),
     };
     if let Err(e) = s.store.insert_subscription(&row).await {
+        return store_error(e);
+    }
+    // The handshake goes through the delivery engine; its answer makes it active.
+    let now = crate::store::now_us();
+    let handshake = fhir::notification_bundle(
+        &s.fhir_base,
+        &id,
+        &row.topic,
+        "requested",
+        "handshake",
+        0,
+        &crate::directory::rfc3339_us(now),
+    );
+    let key = crate::store::key_hash(&format!("{id}|handshake"));
+    if let Err(e) = s
+        .store
+        .enqueue_fhir(
+            &row,
+            "handshake",
+            &key,
+            handshake.to_string().as_bytes(),
+            now,
+        )
+        .await
+    {
         return store_error(e);
     }
     tracing::info!(subscription = %id, topic = %req.topic, content = %req.content, "FHIR Subscription created.");
@@ -314,19 +341,6 @@ pub async fn status(
     );
     fhir(
         StatusCode::OK,
-        fhir::searchset(vec![(format!("urn:uuid:{}", uuid_like(&row.id)), p)]),
-    )
-}
-
-/// A UUID-shaped string from a hex id (for `urn:uuid:` full URLs).
-fn uuid_like(hex: &str) -> String {
-    let h: String = format!("{hex:0<32}").chars().take(32).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
+        fhir::searchset(vec![(format!("urn:uuid:{}", fhir::uuid_like(&row.id)), p)]),
     )
 }

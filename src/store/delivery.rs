@@ -19,6 +19,11 @@ pub struct Outgoing {
     pub secret: Option<String>,
     /// Direct only: the inbound HL7 v2 message behind the notification.
     pub raw_hl7: Option<Vec<u8>>,
+    /// FHIR only: the subscription, and the headers it asked for.
+    pub subscription_id: Option<String>,
+    pub headers: Vec<(String, String)>,
+    /// handshake | heartbeat | event (FHIR), the transition kind otherwise.
+    pub kind: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -55,7 +60,8 @@ impl Store {
              (SELECT d.secret FROM directory_override d WHERE d.npi = o.recipient_npi AND d.endpoint_type = o.channel \
                 AND d.secret IS NOT NULL AND (d.endpoint = o.endpoint OR d.endpoint || '/' = o.endpoint) ORDER BY d.id LIMIT 1), \
              CASE WHEN o.channel = 'DIRECT' THEN (SELECT i.raw FROM encounter_transition t JOIN inbound_messages i ON i.id = t.inbound_id \
-                WHERE t.transition_key = o.transition_key) END \
+                WHERE t.transition_key = o.transition_key) END, \
+             o.subscription_id, (SELECT f.headers FROM fhir_subscription f WHERE f.id = o.subscription_id), o.kind \
              FROM outbox o WHERE o.id = $1";
         on_pool!(self, |p, sql| {
             let row = sqlx::query(&sql(SQL)).bind(id).fetch_optional(p).await?;
@@ -70,6 +76,12 @@ impl Store {
                     created_at_us: r.try_get(6)?,
                     secret: r.try_get(7)?,
                     raw_hl7: r.try_get(8)?,
+                    subscription_id: r.try_get(9)?,
+                    headers: r
+                        .try_get::<Option<String>, _>(10)?
+                        .and_then(|h| serde_json::from_str(&h).ok())
+                        .unwrap_or_default(),
+                    kind: r.try_get(11)?,
                 })
             })
             .transpose()

@@ -17,6 +17,9 @@ pub struct SubscriptionRow {
     pub resource: String,
     pub created_at_us: i64,
     pub deleted: bool,
+    /// `Name: value` pairs sent with every notification.
+    pub headers: Vec<(String, String)>,
+    pub heartbeat_secs: Option<i64>,
 }
 
 type Row = (
@@ -33,9 +36,11 @@ type Row = (
     String,
     i64,
     Option<i64>,
+    String,
+    Option<i64>,
 );
 
-const COLUMNS: &str = "id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us";
+const COLUMNS: &str = "id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us, headers, heartbeat_secs";
 
 fn row(r: Row) -> SubscriptionRow {
     SubscriptionRow {
@@ -52,13 +57,15 @@ fn row(r: Row) -> SubscriptionRow {
         resource: r.10,
         created_at_us: r.11,
         deleted: r.12.is_some(),
+        headers: serde_json::from_str(&r.13).unwrap_or_default(),
+        heartbeat_secs: r.14,
     }
 }
 
 impl Store {
     pub async fn insert_subscription(&self, s: &SubscriptionRow) -> Result<(), StoreError> {
-        const SQL: &str = "INSERT INTO fhir_subscription (id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+        const SQL: &str = "INSERT INTO fhir_subscription (id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, headers, heartbeat_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
         let npis = serde_json::to_string(&s.owner_npis).unwrap_or_else(|_| "[]".into());
         on_pool!(self, |p, sql| {
             sqlx::query(&sql(SQL))
@@ -74,6 +81,8 @@ impl Store {
                 .bind(s.events_since_start)
                 .bind(&s.resource)
                 .bind(s.created_at_us)
+                .bind(serde_json::to_string(&s.headers).unwrap_or_else(|_| "[]".into()))
+                .bind(s.heartbeat_secs)
                 .execute(p)
                 .await?;
         });
@@ -146,5 +155,72 @@ impl Store {
                 .await?
         });
         Ok(n > 0)
+    }
+
+    /// Puts a FHIR notification (handshake, heartbeat or event) in the outbox, ordered
+    /// after the subscription's earlier ones; notes when the subscription last had one.
+    pub async fn enqueue_fhir(
+        &self,
+        subscription: &SubscriptionRow,
+        kind: &str,
+        key: &str,
+        payload: &[u8],
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        const ADD: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, created_at_us, kind, subscription_id) \
+             VALUES ($1, $2, 'FHIR', $3, $4, 'pending', $5, $5, $6, $7) ON CONFLICT (notification_key) DO NOTHING";
+        const SENT: &str = "UPDATE fhir_subscription SET last_sent_us = $1 WHERE id = $2";
+        on_pool!(self, |p, sql| {
+            let mut tx = p.begin().await?;
+            sqlx::query(&sql(ADD))
+                .bind(key)
+                .bind(format!("fhir|{}", subscription.id))
+                .bind(&subscription.endpoint)
+                .bind(payload)
+                .bind(now_us)
+                .bind(kind)
+                .bind(&subscription.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&sql(SENT))
+                .bind(now_us)
+                .bind(&subscription.id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Sets a subscription's status (and error), unless it was deleted.
+    pub async fn set_subscription_status(
+        &self,
+        id: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE fhir_subscription SET status = $1, error = $2 WHERE id = $3 AND deleted_at_us IS NULL";
+        on_pool!(self, |p, sql| {
+            sqlx::query(&sql(SQL))
+                .bind(status)
+                .bind(error)
+                .bind(id)
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Active subscriptions whose heartbeat period has passed since their last
+    /// notification.
+    pub async fn heartbeats_due(&self, now_us: i64) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let q = format!(
+            "SELECT {COLUMNS} FROM fhir_subscription WHERE deleted_at_us IS NULL AND status = 'active' \
+             AND heartbeat_secs > 0 AND COALESCE(last_sent_us, 0) + heartbeat_secs * 1000000 <= $1"
+        );
+        let rows: Vec<Row> = on_pool!(self, |p, sql| {
+            sqlx::query_as(&sql(&q)).bind(now_us).fetch_all(p).await?
+        });
+        Ok(rows.into_iter().map(row).collect())
     }
 }

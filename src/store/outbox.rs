@@ -95,8 +95,10 @@ impl Store {
         let only = if channels.is_empty() {
             String::new()
         } else {
+            // FHIR rows are sent only for subscriptions (their payload is a FHIR
+            // Bundle); directory FHIR endpoints wait for the FHIR sender of step 6.
             format!(
-                "AND o.channel IN ({})",
+                "AND o.channel IN ({}) AND (o.channel <> 'FHIR' OR o.subscription_id IS NOT NULL)",
                 channels
                     .iter()
                     .map(|c| format!("'{}'", c.replace('\'', "")))

@@ -8,6 +8,7 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const ADMIN: &str = "Authorization: Bearer admin-token-fhir-0123456789";
 const PRACTICE: &str = "Authorization: Bearer practice-token-fhir-0123456789";
@@ -405,4 +406,159 @@ fn http_request_json(
         head,
         serde_json::from_str(&body).unwrap_or(Value::Null),
     )
+}
+
+/// The lifecycle through the delivery engine: a handshake (with the subscription's own
+/// header) makes the subscription active, heartbeats follow at its period, and an
+/// endpoint that refuses puts its subscription in error. Every bundle passes both
+/// validators.
+#[test]
+fn handshake_activates_and_heartbeats_follow() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir();
+    let config = dir.path().join("tokens.toml");
+    std::fs::write(
+        &config,
+        "[[auth.tokens]]\ntoken = \"admin-token-fhir-0123456789\"\nrole = \"admin\"\n",
+    )
+    .unwrap();
+    let log = dir.path().join("subscriber.jsonl");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fhir_subscriber.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 subscriber");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _subscriber = Kill(child);
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER_CONFIG", config.to_str().unwrap()),
+            ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
+        ],
+    );
+    let base = format!("http://{}/fhir", server.http);
+    let mut ok = subscription(
+        &base,
+        "admission",
+        "Encounter?attributed-practitioner=1234567893",
+        &format!("http://127.0.0.1:{port}/hook"),
+    );
+    ok["channel"]["extension"][0]["valueUnsignedInt"] = json!(1);
+    let (status, _, created) = http_request_json(
+        &server.http,
+        "POST",
+        "/fhir/Subscription",
+        ADMIN,
+        ok.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let received = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let kind = |n: &Value| {
+        n["bundle"]["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "type")
+            .map(|p| p["valueCode"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the handshake and two heartbeats",
+        || {
+            let r = received();
+            r.iter().filter(|n| kind(n) == "heartbeat").count() >= 2
+        },
+    );
+    let r = received();
+    assert_eq!(kind(&r[0]), "handshake", "the handshake comes first");
+    assert!(r
+        .iter()
+        .all(|n| n["content_type"] == "application/fhir+json"));
+    assert!(
+        r.iter().all(|n| n["secret"] == "s3cret"),
+        "the subscription's header on every POST"
+    );
+    let (_, _, now) = http_request_json(
+        &server.http,
+        "GET",
+        &format!("/fhir/Subscription/{id}"),
+        ADMIN,
+        b"",
+    );
+    assert_eq!(now["status"], "active", "{now}");
+    // Heartbeats about a second apart (the period asked for), never a burst.
+    let beats: Vec<f64> = r
+        .iter()
+        .filter(|n| kind(n) == "heartbeat")
+        .map(|n| n["at"].as_f64().unwrap())
+        .collect();
+    for w in beats.windows(2) {
+        assert!(w[1] - w[0] >= 0.9, "heartbeats {:.2} s apart", w[1] - w[0]);
+    }
+    let bundles: Vec<Value> = r.iter().take(3).map(|n| n["bundle"].clone()).collect();
+    assert_eq!(bundles[0]["type"], "history");
+    assert_valid(dir.path(), &bundles);
+
+    // An endpoint that answers 410 to the handshake: error, with the reason.
+    let gone = subscription(
+        &base,
+        "discharge",
+        "Encounter?attributed-practitioner=1234567893",
+        &format!("http://127.0.0.1:{port}/gone"),
+    );
+    let (status, _, created) = http_request_json(
+        &server.http,
+        "POST",
+        "/fhir/Subscription",
+        ADMIN,
+        gone.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201);
+    let gid = created["id"].as_str().unwrap().to_string();
+    wait_for(
+        Duration::from_secs(20),
+        "the refused handshake to put it in error",
+        || {
+            let (_, _, s) = http_request_json(
+                &server.http,
+                "GET",
+                &format!("/fhir/Subscription/{gid}"),
+                ADMIN,
+                b"",
+            );
+            s["status"] == "error"
+        },
+    );
+    let (_, _, s) = http_request_json(
+        &server.http,
+        "GET",
+        &format!("/fhir/Subscription/{gid}"),
+        ADMIN,
+        b"",
+    );
+    assert!(s["error"].as_str().unwrap().contains("410"), "{s}");
+    assert_valid(dir.path(), &[s]);
 }

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""A FHIR rest-hook subscriber for the tests: logs every notification it receives
+(path, content type, the X-Practice-Secret header, the Bundle) as one JSON line to LOG
+and answers per path: /hook 200, /gone 410.
+
+Prints its port on the first line of stdout.
+
+    fhir_subscriber.py LOG
+"""
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOG = sys.argv[1]
+lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            bundle = json.loads(body)
+        except ValueError:
+            bundle = None
+        with lock, open(LOG, "a") as f:
+            f.write(json.dumps({
+                "path": self.path,
+                "at": time.time(),
+                "content_type": self.headers.get("Content-Type"),
+                "secret": self.headers.get("X-Practice-Secret"),
+                "bundle": bundle,
+            }) + "\n")
+        code = 410 if self.path == "/gone" else 200
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
