@@ -22,3 +22,22 @@ CREATE INDEX fhir_subscription_topic ON fhir_subscription (topic, status);
 
 -- FHIR notifications (handshake, heartbeat, events) go through the step 5 outbox.
 ALTER TABLE outbox ADD COLUMN subscription_id TEXT;
+
+-- Every event a subscription was told of, by its event number (for $events): the
+-- notification-event part and the bundle entries that went with it.
+CREATE TABLE fhir_event (
+    subscription_id TEXT    NOT NULL,
+    event_number    BIGINT  NOT NULL,
+    transition_key  TEXT    NOT NULL,
+    event_at_us     BIGINT  NOT NULL,
+    part            TEXT    NOT NULL,
+    entries         TEXT    NOT NULL,
+    created_at_us   BIGINT  NOT NULL,
+    PRIMARY KEY (subscription_id, event_number)
+);
+-- How far the FHIR fan-out has read encounter_transition (by id).
+CREATE TABLE fhir_cursor (
+    name    TEXT   PRIMARY KEY,
+    last_id BIGINT NOT NULL
+);
+INSERT INTO fhir_cursor (name, last_id) VALUES ('events', 0);

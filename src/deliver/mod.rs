@@ -258,6 +258,9 @@ impl Deliverer {
             }
             if last_expiry.elapsed() >= Duration::from_secs(1) {
                 last_expiry = Instant::now();
+                if let Err(e) = self.fanout().await {
+                    tracing::warn!(error = %e, "Numbering FHIR subscription events failed; retrying.");
+                }
                 if let Err(e) = self.heartbeats().await {
                     tracing::warn!(error = %e, "Queueing FHIR heartbeats failed; retrying.");
                 }
@@ -438,6 +441,47 @@ impl Deliverer {
         }
         self.settle(&n, outcome, request_sha256, started, latency_us)
             .await
+    }
+
+    /// Tells FHIR subscriptions of the transitions routed since the last round: each
+    /// matching event numbered for its subscription and queued, with the cursor, in one
+    /// transaction (routing commits transitions in id order, one node at a time, so
+    /// the cursor never passes one that is not yet visible).
+    async fn fanout(&self) -> Result<(), StoreError> {
+        const PAGE: i64 = 500;
+        loop {
+            let (cursor, ts) = self.store.fhir_pending(PAGE).await?;
+            let Some(last) = ts.last() else {
+                return Ok(());
+            };
+            let subs = self.store.counting_subscriptions().await?;
+            let matches: Vec<_> = ts
+                .iter()
+                .flat_map(|t| {
+                    subs.iter()
+                        .filter(|s| crate::fhir::event::matches(&self.fhir_base, s, t))
+                        .map(move |s| (s, t))
+                })
+                .collect();
+            let now = now_us();
+            let at = crate::directory::rfc3339_us(now);
+            let moved = self
+                .store
+                .fhir_fanout(
+                    cursor,
+                    last.id,
+                    &matches,
+                    |s, t, n| crate::fhir::event::build(&self.fhir_base, s, t, n, &at),
+                    now,
+                )
+                .await?;
+            if moved && !matches.is_empty() {
+                tracing::info!(events = matches.len(), "FHIR subscription events queued.");
+            }
+            if !moved || (ts.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
     }
 
     /// Queues a heartbeat for each active subscription whose period has passed since

@@ -3,6 +3,7 @@
 //! what the server acts on (or an OperationOutcome saying what is wrong), and the
 //! resources the server answers with. The HTTP side is `http/fhir.rs`.
 
+pub mod event;
 pub mod subscription;
 
 use serde_json::{json, Value};
@@ -131,6 +132,7 @@ pub fn capability_statement(base: &str, now: &str) -> Value {
                 ],
                 "operation": [
                     { "name": "status", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-status") },
+                    { "name": "events", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-events") },
                 ],
             }],
         }],

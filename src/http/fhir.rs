@@ -344,3 +344,88 @@ pub async fn status(
         fhir::searchset(vec![(format!("urn:uuid:{}", fhir::uuid_like(&row.id)), p)]),
     )
 }
+
+/// `GET|POST /fhir/Subscription/{id}/$events`: the kept events with numbers from
+/// `eventsSinceNumber` (default 1) to `eventsUntilNumber` (default the latest), as a
+/// `query-event` notification Bundle, so a subscriber can fill a gap it noticed.
+pub async fn events(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let row = match visible(&s, &c, &id).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    // Parameters from the query, or from a Parameters body (POST).
+    let mut params: HashMap<String, String> = q;
+    if !body.is_empty() {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(p) if p["resourceType"] == "Parameters" => {
+                for prm in p["parameter"].as_array().into_iter().flatten() {
+                    if let (Some(n), Some(v)) = (prm["name"].as_str(), prm["valueString"].as_str())
+                    {
+                        params.insert(n.to_string(), v.to_string());
+                    }
+                }
+            }
+            _ => {
+                return outcome(
+                    StatusCode::BAD_REQUEST,
+                    "structure",
+                    "the body must be a Parameters resource",
+                )
+            }
+        }
+    }
+    let number = |name: &str, default: i64| -> Result<i64, Response> {
+        match params.get(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse::<i64>().map_err(|_| {
+                outcome(
+                    StatusCode::BAD_REQUEST,
+                    "value",
+                    format!("{name} must be an event number"),
+                )
+            }),
+        }
+    };
+    let (since, until) = match (
+        number("eventsSinceNumber", 1),
+        number("eventsUntilNumber", row.events_since_start),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let kept = match s.store.fhir_events(&row.id, since, until).await {
+        Ok(k) => k,
+        Err(e) => return store_error(e),
+    };
+    let mut parts = Vec::new();
+    let mut entries = Vec::new();
+    for (_, part, ents) in kept {
+        parts.push(serde_json::from_str(&part).unwrap_or(Value::Null));
+        if let Ok(Value::Array(e)) = serde_json::from_str(&ents) {
+            entries.extend(e);
+        }
+    }
+    let now = crate::directory::rfc3339_us(crate::store::now_us());
+    fhir(
+        StatusCode::OK,
+        fhir::event::bundle(
+            &s.fhir_base,
+            &row,
+            "query-event",
+            row.events_since_start,
+            &parts,
+            &entries,
+            &now,
+        ),
+    )
+}

@@ -49,6 +49,10 @@ pub fn router(state: HttpState) -> Router {
             get(fhir::get).delete(fhir::delete),
         )
         .route("/fhir/Subscription/{id}/$status", get(fhir::status))
+        .route(
+            "/fhir/Subscription/{id}/$events",
+            get(fhir::events).post(fhir::events),
+        )
         .with_state(state)
 }
 

@@ -223,4 +223,170 @@ impl Store {
         });
         Ok(rows.into_iter().map(row).collect())
     }
+
+    /// Notifiable transitions the FHIR fan-out has not read yet (after `cursor`), with
+    /// the encounter's patient, the NPIs routing chose (notify or no endpoint), and one
+    /// routed notification body (already cut to its content profile).
+    pub async fn fhir_pending(
+        &self,
+        limit: i64,
+    ) -> Result<(i64, Vec<FanoutTransition>), StoreError> {
+        const CURSOR: &str = "SELECT last_id FROM fhir_cursor WHERE name = 'events'";
+        const SQL: &str = "SELECT t.id, t.transition_key, t.kind, t.event_at_us, t.encounter, COALESCE(e.patient_key, ''), \
+             (SELECT o.payload FROM outbox o WHERE o.transition_key = t.transition_key AND o.subscription_id IS NULL ORDER BY o.id LIMIT 1) \
+             FROM encounter_transition t LEFT JOIN encounter e ON e.facility || '|' || e.visit_number = t.encounter \
+             WHERE t.id > $1 AND t.notifiable ORDER BY t.id LIMIT $2";
+        const WHO: &str = "SELECT recipient_npi FROM routing_decision WHERE transition_key = $1 AND outcome IN ('notify', 'no-endpoint')";
+        let (cursor, rows) = on_pool!(self, |p, sql| {
+            let cursor: i64 = sqlx::query_scalar(&sql(CURSOR))
+                .fetch_optional(p)
+                .await?
+                .unwrap_or(0);
+            let rows: Vec<(i64, String, String, i64, String, String, Option<Vec<u8>>)> =
+                sqlx::query_as(&sql(SQL))
+                    .bind(cursor)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let recipients: Vec<String> = sqlx::query_scalar(&sql(WHO))
+                    .bind(&r.1)
+                    .fetch_all(p)
+                    .await?;
+                out.push(FanoutTransition {
+                    id: r.0,
+                    transition_key: r.1,
+                    kind: r.2,
+                    event_at_us: r.3,
+                    encounter: r.4,
+                    patient_key: r.5,
+                    payload: r.6,
+                    recipients,
+                });
+            }
+            (cursor, out)
+        });
+        Ok((cursor, rows))
+    }
+
+    /// Subscriptions that count events: active ones, and those in error (the IG: the
+    /// server keeps counting while the subscriber recovers).
+    pub async fn counting_subscriptions(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let q = format!(
+            "SELECT {COLUMNS} FROM fhir_subscription WHERE deleted_at_us IS NULL AND status IN ('active', 'error') ORDER BY id"
+        );
+        let rows: Vec<Row> = on_pool!(self, |p, sql| sqlx::query_as(&sql(&q)).fetch_all(p).await?);
+        Ok(rows.into_iter().map(row).collect())
+    }
+
+    /// In one transaction: numbers each matched event for its subscription (never
+    /// skipping or repeating), keeps it for `$events`, queues its notification, and moves
+    /// the cursor from `from` to `to`. `false` when another node moved the cursor first
+    /// (nothing is written).
+    pub async fn fhir_fanout(
+        &self,
+        from: i64,
+        to: i64,
+        matches: &[(&SubscriptionRow, &FanoutTransition)],
+        build: impl Fn(&SubscriptionRow, &FanoutTransition, i64) -> FhirEvent,
+        now_us: i64,
+    ) -> Result<bool, StoreError> {
+        const MOVE: &str =
+            "UPDATE fhir_cursor SET last_id = $1 WHERE name = 'events' AND last_id = $2";
+        const NUMBER: &str = "UPDATE fhir_subscription SET events_since_start = events_since_start + 1, last_sent_us = $1 \
+             WHERE id = $2 RETURNING events_since_start";
+        const KEEP: &str = "INSERT INTO fhir_event (subscription_id, event_number, transition_key, event_at_us, part, entries, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        const SEND: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, created_at_us, kind, subscription_id, transition_key) \
+             VALUES ($1, $2, 'FHIR', $3, $4, 'pending', $5, $5, 'event', $6, $7) ON CONFLICT (notification_key) DO NOTHING";
+        let moved = on_pool!(self, |p, sql| {
+            let mut tx = p.begin().await?;
+            let moved = sqlx::query(&sql(MOVE))
+                .bind(to)
+                .bind(from)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if moved {
+                for (sub, t) in matches {
+                    let n: i64 = sqlx::query_scalar(&sql(NUMBER))
+                        .bind(now_us)
+                        .bind(&sub.id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let ev = build(sub, t, n);
+                    sqlx::query(&sql(KEEP))
+                        .bind(&sub.id)
+                        .bind(n)
+                        .bind(&t.transition_key)
+                        .bind(t.event_at_us)
+                        .bind(&ev.part)
+                        .bind(&ev.entries)
+                        .bind(now_us)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(&sql(SEND))
+                        .bind(super::key_hash(&format!("{}|{}", sub.id, t.transition_key)))
+                        .bind(format!("fhir|{}", sub.id))
+                        .bind(&sub.endpoint)
+                        .bind(&ev.bundle)
+                        .bind(now_us)
+                        .bind(&sub.id)
+                        .bind(&t.transition_key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            moved
+        });
+        Ok(moved)
+    }
+
+    /// A subscription's kept events with numbers in `since..=until`: (number, part, entries).
+    pub async fn fhir_events(
+        &self,
+        id: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        const SQL: &str =
+            "SELECT event_number, part, entries FROM fhir_event WHERE subscription_id = $1 \
+             AND event_number >= $2 AND event_number <= $3 ORDER BY event_number LIMIT 1000";
+        let rows = on_pool!(self, |p, sql| {
+            sqlx::query_as(&sql(SQL))
+                .bind(id)
+                .bind(since)
+                .bind(until)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows)
+    }
+}
+
+/// A notifiable transition, as the FHIR fan-out sees it.
+#[derive(Clone, Debug)]
+pub struct FanoutTransition {
+    pub id: i64,
+    pub transition_key: String,
+    pub kind: String,
+    pub event_at_us: i64,
+    pub encounter: String,
+    /// `id^authority` (PHI).
+    pub patient_key: String,
+    /// NPIs routing chose for it (notify, or no endpoint).
+    pub recipients: Vec<String>,
+    /// One routed notification body for it (`adt-router.notification/v1`), if any.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// One numbered event: its notification-event part and entries (kept for `$events`),
+/// and the notification Bundle sent.
+pub struct FhirEvent {
+    pub part: String,
+    pub entries: String,
+    pub bundle: Vec<u8>,
 }

@@ -3,9 +3,10 @@
 (path, content type, the X-Practice-Secret header, the Bundle) as one JSON line to LOG
 and answers per path: /hook 200, /gone 410.
 
-Prints its port on the first line of stdout.
+Prints its port on the first line of stdout (PORT, when given, is used: a subscriber
+that comes back after being down listens where it did).
 
-    fhir_subscriber.py LOG
+    fhir_subscriber.py LOG [PORT]
 """
 import json
 import sys
@@ -44,6 +45,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+ThreadingHTTPServer.allow_reuse_address = True
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0), Handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()

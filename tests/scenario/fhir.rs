@@ -562,3 +562,193 @@ fn handshake_activates_and_heartbeats_follow() {
     assert!(s["error"].as_str().unwrap().contains("410"), "{s}");
     assert_valid(dir.path(), &[s]);
 }
+
+/// Event notifications: admissions routed to a practice's NPI reach its full-resource
+/// subscription numbered 1, 2, 3 with the Encounter and Patient; while the subscriber
+/// is down two more happen; `$status` says 5 and `$events` gives 4 and 5 back.
+#[test]
+fn events_are_numbered_and_missed_ones_recovered() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir();
+    let config = dir.path().join("tokens.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\ntoken = \"practice-token-fhir-0123456789\"\nrole = \"practice\"\nnpis = [\"{}\"]\n",
+            npi(71)
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("subscriber.jsonl");
+    let start_subscriber = |port: u16| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fhir_subscriber.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(&log)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 subscriber");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().unwrap();
+        (child, port)
+    };
+    let (mut subscriber, port) = start_subscriber(0);
+    let patients = ["MRN-E1", "MRN-E2", "MRN-E3", "MRN-E4", "MRN-E5"];
+    let cli = Cli::new(dir.path(), None, &[]);
+    let mut roster =
+        "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n"
+            .to_string();
+    for p in patients {
+        // As `admit` sends them: DOE^JANE, born 1970-01-01.
+        roster.push_str(&format!(
+            "{p},GENHOSP,Doe,Jane,1970-01-01,F,{},pcp\n",
+            npi(71)
+        ));
+    }
+    std::fs::write(dir.path().join("roster.csv"), roster).unwrap();
+    cli.json(&[
+        "roster",
+        "import",
+        dir.path().join("roster.csv").to_str().unwrap(),
+        "--source",
+        "ehr",
+    ]);
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER_CONFIG", config.to_str().unwrap()),
+            ("ADT_ROUTER__ROUTING__RULES_DIR", rules.to_str().unwrap()),
+            ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
+            ("ADT_ROUTER__DELIVERY__RETRY_BASE_MS", "200"),
+            ("ADT_ROUTER__DELIVERY__RETRY_CAP_SECS", "1"),
+            ("ADT_ROUTER__DELIVERY__BREAKER_COOLDOWN_SECS", "1"),
+        ],
+    );
+    let base = format!("http://{}/fhir", server.http);
+    let mut sub = subscription(
+        &base,
+        "admission",
+        &format!("Encounter?attributed-practitioner={}", npi(71)),
+        &format!("http://127.0.0.1:{port}/hook"),
+    );
+    sub["channel"]["_payload"]["extension"][0]["valueCode"] = json!("full-resource");
+    let (status, _, created) = http_request_json(
+        &server.http,
+        "POST",
+        "/fhir/Subscription",
+        PRACTICE,
+        sub.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let get = |path: &str| http_request_json(&server.http, "GET", path, PRACTICE, b"").2;
+    wait_for(
+        Duration::from_secs(20),
+        "the subscription to be active",
+        || get(&format!("/fhir/Subscription/{id}"))["status"] == "active",
+    );
+    let received = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["bundle"].clone())
+            .filter(|b| b["entry"].as_array().map_or(0, |e| e.len()) > 1)
+            .collect()
+    };
+    let number = |b: &Value| -> Vec<String> {
+        b["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "notification-event")
+            .map(|p| p["part"][0]["valueString"].as_str().unwrap().to_string())
+            .collect()
+    };
+    crate::delivery::admit(&server, dir.path(), &patients[..3]);
+    wait_for(Duration::from_secs(30), "three event notifications", || {
+        received().len() >= 3
+    });
+    let first: Vec<Value> = received();
+    let numbers: Vec<String> = first.iter().flat_map(number).collect();
+    assert_eq!(
+        numbers,
+        ["1", "2", "3"],
+        "in order, none skipped or repeated"
+    );
+    let enc = &first[0]["entry"][1]["resource"];
+    assert_eq!(enc["resourceType"], "Encounter");
+    assert_eq!(enc["status"], "in-progress");
+    assert_eq!(enc["class"]["code"], "IMP");
+    let pat = &first[0]["entry"][2]["resource"];
+    assert_eq!(pat["resourceType"], "Patient");
+    assert_eq!(pat["name"][0]["family"], "DOE");
+    assert_valid(dir.path(), &first);
+
+    // The subscriber goes down; two more admissions happen.
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    crate::delivery::admit(&server, dir.path(), &patients[3..]);
+    wait_for(
+        Duration::from_secs(30),
+        "the server to count five events",
+        || {
+            let st = get(&format!("/fhir/Subscription/{id}/$status"));
+            st["entry"][0]["resource"]["parameter"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "events-since-subscription-start" && p["valueString"] == "5")
+        },
+    );
+    assert_eq!(
+        received().len(),
+        3,
+        "nothing reached the subscriber while it was down"
+    );
+    // It recovers the gap by number.
+    let missed = get(&format!(
+        "/fhir/Subscription/{id}/$events?eventsSinceNumber=4&eventsUntilNumber=5"
+    ));
+    assert_eq!(number(&missed), ["4", "5"], "{missed}");
+    let kinds: Vec<&str> = missed["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Parameters", "Encounter", "Patient", "Encounter", "Patient"]
+    );
+    let (_, _, posted) = http_request_json(
+        &server.http,
+        "POST",
+        &format!("/fhir/Subscription/{id}/$events"),
+        PRACTICE,
+        json!({"resourceType": "Parameters", "parameter": [{"name": "eventsSinceNumber", "valueString": "2"}]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(number(&posted), ["2", "3", "4", "5"]);
+    assert_valid(dir.path(), &[missed, posted]);
+    let (mut back, _) = start_subscriber(port);
+    wait_for(
+        Duration::from_secs(30),
+        "the retried notifications once it is back",
+        || received().iter().flat_map(number).count() >= 5,
+    );
+    let all: Vec<String> = received().iter().flat_map(number).collect();
+    assert_eq!(
+        all,
+        ["1", "2", "3", "4", "5"],
+        "in order, after the retries"
+    );
+    let _ = back.kill();
+    let _ = back.wait();
+}
