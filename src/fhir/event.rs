@@ -143,7 +143,7 @@ pub fn build(
         sub,
         "event-notification",
         n,
-        &[part.clone()],
+        std::slice::from_ref(&part),
         &entries,
         now,
     );

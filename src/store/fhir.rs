@@ -40,6 +40,9 @@ type Row = (
     Option<i64>,
 );
 
+/// id, transition key, kind, event time, encounter, patient key, a routed body.
+type PendingRow = (i64, String, String, i64, String, String, Option<Vec<u8>>);
+
 const COLUMNS: &str = "id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us, headers, heartbeat_secs";
 
 fn row(r: Row) -> SubscriptionRow {
@@ -242,12 +245,11 @@ impl Store {
                 .fetch_optional(p)
                 .await?
                 .unwrap_or(0);
-            let rows: Vec<(i64, String, String, i64, String, String, Option<Vec<u8>>)> =
-                sqlx::query_as(&sql(SQL))
-                    .bind(cursor)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?;
+            let rows: Vec<PendingRow> = sqlx::query_as(&sql(SQL))
+                .bind(cursor)
+                .bind(limit)
+                .fetch_all(p)
+                .await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 let recipients: Vec<String> = sqlx::query_scalar(&sql(WHO))
