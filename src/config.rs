@@ -270,6 +270,9 @@ pub struct DirectSettings {
     /// SMTP AUTH at the HISP (may also be given in the URL).
     pub username: String,
     pub password: String,
+    /// PEM file of a CA to trust for the HISP's TLS certificate (a private CA); empty:
+    /// the public web roots.
+    pub tls_ca_file: String,
     /// No processed MDN (or failure) this long after the HISP accepted: failed.
     pub processed_timeout_secs: u64,
     /// No dispatched MDN this long after the processed one: failed.
@@ -289,6 +292,7 @@ impl Default for DirectSettings {
             from: String::new(),
             username: String::new(),
             password: String::new(),
+            tls_ca_file: String::new(),
             processed_timeout_secs: 3_600,
             dispatched_timeout_secs: 3_600,
             require_dispatched: true,

@@ -23,6 +23,7 @@ use crate::store::{Store, StoreError};
 use lettre::message::header::{ContentDisposition, ContentId, ContentType};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -60,6 +61,9 @@ impl DirectSender {
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.smtp_url)
             .map_err(|e| format!("direct.smtp_url: {e}"))?
             .timeout(Some(timeout));
+        if !s.tls_ca_file.is_empty() {
+            b = b.tls(private_ca_tls(&s.smtp_url, &s.tls_ca_file)?);
+        }
         if !s.username.is_empty() {
             b = b.credentials(Credentials::new(s.username.clone(), s.password.clone()));
         }
@@ -131,6 +135,30 @@ impl DirectSender {
         };
         (outcome, hash)
     }
+}
+
+/// TLS towards a HISP whose certificate a private CA signed: the URL's mode
+/// (`smtps://` wraps, `?tls=opportunistic` may fall back to plain, otherwise STARTTLS
+/// is required), trusting that CA.
+fn private_ca_tls(smtp_url: &str, ca_file: &str) -> Result<Tls, String> {
+    let url = url::Url::parse(smtp_url).map_err(|e| format!("direct.smtp_url: {e}"))?;
+    let host = url.host_str().ok_or("direct.smtp_url has no host")?;
+    let pem = std::fs::read(ca_file).map_err(|e| format!("direct.tls_ca_file {ca_file}: {e}"))?;
+    let ca =
+        Certificate::from_pem(&pem).map_err(|e| format!("direct.tls_ca_file {ca_file}: {e}"))?;
+    let params = TlsParameters::builder(host.to_string())
+        .add_root_certificate(ca)
+        .build_rustls()
+        .map_err(|e| format!("direct TLS: {e}"))?;
+    let mode = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    Ok(match (url.scheme(), mode.as_deref()) {
+        ("smtps", _) => Tls::Wrapper(params),
+        (_, Some("opportunistic")) => Tls::Opportunistic(params),
+        _ => Tls::Required(params),
+    })
 }
 
 /// `<key@domain>` for a notification key.

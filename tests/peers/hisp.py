@@ -14,12 +14,17 @@ according to the recipient's local part:
   silent@...          nothing
   reject@...          refused at RCPT with 550 (a permanent SMTP failure)
 
+With HISP_TLS_CERT and HISP_TLS_KEY (PEM) it requires STARTTLS; with HISP_AUTH
+(`user:password`) it requires SMTP AUTH (over TLS), as a real HISP's submission port does.
+
 Prints its port on the first line of stdout.
 
     hisp.py MAILDIR LOG INTAKE
 """
 import json
 import mailbox
+import os
+import ssl
 import smtplib
 import socket
 import sys
@@ -31,6 +36,7 @@ from email.parser import BytesParser
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 MAILDIR, LOG, INTAKE = sys.argv[1], sys.argv[2], sys.argv[3]
 lock = threading.Lock()
@@ -166,8 +172,23 @@ def free_port():
         return s.getsockname()[1]
 
 
+def authenticator(server, session, envelope, mechanism, auth_data):
+    user, password = os.environ["HISP_AUTH"].split(":", 1)
+    ok = (isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user
+          and auth_data.password.decode() == password)
+    log({"auth": mechanism, "ok": ok})
+    return AuthResult(success=ok)
+
+
+options = {}
+if os.environ.get("HISP_TLS_CERT"):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(os.environ["HISP_TLS_CERT"], os.environ["HISP_TLS_KEY"])
+    options.update(tls_context=ctx, require_starttls=True)
+if os.environ.get("HISP_AUTH"):
+    options.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
 port = free_port()
-controller = Controller(Hisp(MAILDIR), hostname="127.0.0.1", port=port)
+controller = Controller(Hisp(MAILDIR), hostname="127.0.0.1", port=port, **options)
 controller.start()
 print(port, flush=True)
 try:

@@ -22,6 +22,11 @@ struct Hisp {
 
 impl Hisp {
     fn start(dir: &Path, intake: u16) -> Hisp {
+        Hisp::start_with(dir, intake, &[])
+    }
+
+    /// With environment for the stand-in (STARTTLS and AUTH, see hisp.py).
+    fn start_with(dir: &Path, intake: u16, env: &[(&str, String)]) -> Hisp {
         let log = dir.join("hisp.jsonl");
         let maildir = dir.join("maildir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/hisp.py");
@@ -30,6 +35,7 @@ impl Hisp {
             .arg(&maildir)
             .arg(&log)
             .arg(format!("127.0.0.1:{intake}"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 HISP stand-in (aiosmtpd)");
@@ -563,3 +569,97 @@ on_both_backends!(
     corpus_end_to_end_webhook_and_direct_with_proof,
     corpus_end_to_end
 );
+
+/// The HISP's submission port as it is in production: STARTTLS required (a certificate
+/// from a private CA that `direct.tls_ca_file` trusts) and SMTP AUTH over it.
+#[test]
+fn direct_over_starttls_with_auth() {
+    let dir = tempdir();
+    crate::tls::make_pki(dir.path());
+    let intake = free_port();
+    let hisp = Hisp::start_with(
+        dir.path(),
+        intake,
+        &[
+            (
+                "HISP_TLS_CERT",
+                dir.path().join("server.pem").display().to_string(),
+            ),
+            (
+                "HISP_TLS_KEY",
+                dir.path().join("server.key").display().to_string(),
+            ),
+            ("HISP_AUTH", "router:correct-horse".to_string()),
+        ],
+    );
+    let cli = Cli::new(dir.path(), None, &[]);
+    cli.json(&[
+        "directory",
+        "override",
+        "--npi",
+        &npi(81),
+        "--type",
+        "DIRECT",
+        "--endpoint",
+        "ok@direct.practice.example",
+    ]);
+    let roster = dir.path().join("roster-tls.csv");
+    std::fs::write(
+        &roster,
+        format!(
+            "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n\
+             MRN-T1,GENHOSP,Doe,Jane,1970-01-01,F,{0},pcp\n",
+            npi(81)
+        ),
+    )
+    .unwrap();
+    cli.json(&[
+        "roster",
+        "import",
+        roster.to_str().unwrap(),
+        "--source",
+        "tls",
+    ]);
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
+    let env = |password: &str| -> Vec<(String, String)> {
+        [
+            (
+                "ADT_ROUTER__ROUTING__RULES_DIR",
+                rules.display().to_string(),
+            ),
+            (
+                "ADT_ROUTER__DIRECT__SMTP_URL",
+                format!("smtp://localhost:{}?tls=required", hisp.port),
+            ),
+            ("ADT_ROUTER__DIRECT__FROM", FROM.to_string()),
+            ("ADT_ROUTER__DIRECT__USERNAME", "router".to_string()),
+            ("ADT_ROUTER__DIRECT__PASSWORD", password.to_string()),
+            (
+                "ADT_ROUTER__DIRECT__TLS_CA_FILE",
+                dir.path().join("ca.pem").display().to_string(),
+            ),
+            (
+                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
+                format!("127.0.0.1:{intake}"),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    let server = start(dir.path(), &env("correct-horse"));
+    admit(&server, dir.path(), &["MRN-T1"]);
+    wait_for(Duration::from_secs(30), "delivery over STARTTLS", || {
+        export(&server).iter().any(|n| n["status"] == "delivered")
+    });
+    let n = export(&server)
+        .into_iter()
+        .find(|n| n["status"] == "delivered")
+        .unwrap();
+    assert_eq!(
+        n["proof"]["mdn_dispatched"]["disposition"], "dispatched",
+        "{n}"
+    );
+    let log = std::fs::read_to_string(&hisp.log).unwrap();
+    assert!(log.contains("\"ok\": true"), "AUTH over TLS: {log}");
+}
