@@ -300,15 +300,7 @@ impl App {
             event_log: self.event_log,
             kafka: self.kafka.clone(),
             tokens: Arc::new(crate::http::auth::Tokens::new(&self.settings.auth.tokens)),
-            fhir_base: if self.settings.fhir.base_url.is_empty() {
-                format!("http://{}/fhir", self.http_addr)
-            } else {
-                self.settings
-                    .fhir
-                    .base_url
-                    .trim_end_matches('/')
-                    .to_string()
-            },
+            fhir_base,
             endpoints: self.settings.resolve_policy().endpoints,
         };
         let mut http_rx = rx.clone();

@@ -489,13 +489,13 @@ impl Deliverer {
     async fn heartbeats(&self) -> Result<(), StoreError> {
         let now = now_us();
         for sub in self.store.heartbeats_due(now).await? {
-            let bundle = crate::fhir::notification_bundle(
+            let bundle = crate::fhir::event::bundle(
                 &self.fhir_base,
-                &sub.id,
-                &sub.topic,
-                &sub.status,
+                &sub,
                 "heartbeat",
                 sub.events_since_start,
+                &[],
+                &[],
                 &crate::directory::rfc3339_us(now),
             );
             let key = crate::store::key_hash(&format!("{}|heartbeat|{now}", sub.id));

@@ -166,31 +166,6 @@ pub fn status_parameters(
     })
 }
 
-/// A notification Bundle (`history`, the status Parameters first) with no events:
-/// a handshake or a heartbeat (standards.md §7.4).
-pub fn notification_bundle(
-    base: &str,
-    id: &str,
-    topic: &str,
-    status: &str,
-    kind: &str,
-    events_since_start: i64,
-    now: &str,
-) -> Value {
-    let status = status_parameters(base, id, topic, status, kind, events_since_start, None);
-    json!({
-        "resourceType": "Bundle",
-        "type": "history",
-        "timestamp": now,
-        "entry": [{
-            "fullUrl": format!("urn:uuid:{}", uuid_like(&crate::store::key_hash(&format!("{id}|{kind}|{now}")))),
-            "resource": status,
-            "request": { "method": "GET", "url": format!("{base}/Subscription/{id}/$status") },
-            "response": { "status": "200" },
-        }],
-    })
-}
-
 /// A UUID-shaped string from a hex id (for `urn:uuid:` full URLs).
 pub fn uuid_like(hex: &str) -> String {
     let h: String = format!("{hex:0<32}").chars().take(32).collect();

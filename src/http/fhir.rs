@@ -172,13 +172,13 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
     }
     // The handshake goes through the delivery engine; its answer makes it active.
     let now = crate::store::now_us();
-    let handshake = fhir::notification_bundle(
+    let handshake = fhir::event::bundle(
         &s.fhir_base,
-        &id,
-        &row.topic,
-        "requested",
+        &row,
         "handshake",
         0,
+        &[],
+        &[],
         &crate::directory::rfc3339_us(now),
     );
     let key = crate::store::key_hash(&format!("{id}|handshake"));

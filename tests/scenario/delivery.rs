@@ -6,9 +6,8 @@
 use crate::helpers::*;
 use adt_router::directory::npi::Npi;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -53,19 +52,11 @@ pub(crate) struct Receiver {
 impl Receiver {
     pub fn start(dir: &Path) -> Receiver {
         let log = dir.join("receiver.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/webhook_receiver.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(SECRET)
-            .arg(&log)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 webhook receiver");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the receiver prints its port");
+        let (child, port) = spawn_peer(
+            "webhook_receiver.py",
+            &[SECRET.to_string(), log.display().to_string()],
+            &[],
+        );
         Receiver { child, port, log }
     }
 

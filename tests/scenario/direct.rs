@@ -7,9 +7,8 @@
 use crate::delivery::{admit, export, npi, on_both_backends, setup, start, Receiver};
 use crate::helpers::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 const FROM: &str = "router@direct.hospital.example";
@@ -29,21 +28,15 @@ impl Hisp {
     fn start_with(dir: &Path, intake: u16, env: &[(&str, String)]) -> Hisp {
         let log = dir.join("hisp.jsonl");
         let maildir = dir.join("maildir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/hisp.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(&maildir)
-            .arg(&log)
-            .arg(format!("127.0.0.1:{intake}"))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 HISP stand-in (aiosmtpd)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the HISP prints its port");
+        let (child, port) = spawn_peer(
+            "hisp.py",
+            &[
+                maildir.display().to_string(),
+                log.display().to_string(),
+                format!("127.0.0.1:{intake}"),
+            ],
+            env,
+        );
         Hisp { child, port, log }
     }
 
@@ -305,7 +298,7 @@ on_both_backends!(direct_mdns_dsns_timeouts_and_fallback, direct);
 /// that is not a report (or names no notification of ours) is still kept.
 #[test]
 fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
-    use std::io::{Read, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     let dir = tempdir();
     let intake = free_port();
     let server = Server::start(

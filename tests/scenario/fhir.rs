@@ -414,7 +414,6 @@ fn http_request_json(
 /// validators.
 #[test]
 fn handshake_activates_and_heartbeats_follow() {
-    use std::io::{BufRead, BufReader};
     let dir = tempdir();
     let config = dir.path().join("tokens.toml");
     std::fs::write(
@@ -423,18 +422,7 @@ fn handshake_activates_and_heartbeats_follow() {
     )
     .unwrap();
     let log = dir.path().join("subscriber.jsonl");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fhir_subscriber.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(&log)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 subscriber");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().unwrap();
+    let (child, port) = spawn_peer("fhir_subscriber.py", &[log.display().to_string()], &[]);
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -568,7 +556,6 @@ fn handshake_activates_and_heartbeats_follow() {
 /// is down two more happen; `$status` says 5 and `$events` gives 4 and 5 back.
 #[test]
 fn events_are_numbered_and_missed_ones_recovered() {
-    use std::io::{BufRead, BufReader};
     let dir = tempdir();
     let config = dir.path().join("tokens.toml");
     std::fs::write(
@@ -581,20 +568,11 @@ fn events_are_numbered_and_missed_ones_recovered() {
     .unwrap();
     let log = dir.path().join("subscriber.jsonl");
     let start_subscriber = |port: u16| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fhir_subscriber.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(&log)
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 subscriber");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().unwrap();
-        (child, port)
+        spawn_peer(
+            "fhir_subscriber.py",
+            &[log.display().to_string(), port.to_string()],
+            &[],
+        )
     };
     let (mut subscriber, port) = start_subscriber(0);
     let patients = ["MRN-E1", "MRN-E2", "MRN-E3", "MRN-E4", "MRN-E5"];
