@@ -593,6 +593,14 @@ impl Deliverer {
                 "Delivery attempt did not deliver."
             );
         }
+        // Out of retries: the subscription is in error too (a permanent refusal was
+        // handled when the answer came).
+        if let (Some(sub), "dead") = (&n.subscription_id, label) {
+            tracing::warn!(subscription = %sub, "FHIR Subscription endpoint unreachable for good: error.");
+            self.store
+                .set_subscription_status(sub, "error", Some(&text))
+                .await?;
+        }
         let attempt = AttemptRow {
             outbox_id: n.id,
             attempt: n.attempts,

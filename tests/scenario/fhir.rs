@@ -437,6 +437,8 @@ fn handshake_activates_and_heartbeats_follow() {
             ("ADT_ROUTER_CONFIG", config.to_str().unwrap()),
             ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
             ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
+            ("ADT_ROUTER__DELIVERY__MAX_ATTEMPTS", "2"),
+            ("ADT_ROUTER__DELIVERY__RETRY_BASE_MS", "100"),
         ],
     );
     let base = format!("http://{}/fhir", server.http);
@@ -548,7 +550,49 @@ fn handshake_activates_and_heartbeats_follow() {
         b"",
     );
     assert!(s["error"].as_str().unwrap().contains("410"), "{s}");
-    assert_valid(dir.path(), &[s]);
+
+    // An endpoint nobody listens on: the handshake runs out of retries (2 here), error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nobody = subscription(
+        &base,
+        "transfer",
+        "Encounter?attributed-practitioner=1234567893",
+        &format!("http://127.0.0.1:{closed}/hook"),
+    );
+    let (status, _, created) = http_request_json(
+        &server.http,
+        "POST",
+        "/fhir/Subscription",
+        ADMIN,
+        nobody.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201);
+    let nid = created["id"].as_str().unwrap().to_string();
+    let read = |id: &str| {
+        http_request_json(
+            &server.http,
+            "GET",
+            &format!("/fhir/Subscription/{id}"),
+            ADMIN,
+            b"",
+        )
+        .2
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the unanswered handshake to put it in error",
+        || read(&nid)["status"] == "error",
+    );
+    let n = read(&nid);
+    assert!(
+        n["error"].as_str().unwrap().contains("out of retries"),
+        "{n}"
+    );
+    assert_valid(dir.path(), &[s, n]);
 }
 
 /// Event notifications: admissions routed to a practice's NPI reach its full-resource
