@@ -35,6 +35,8 @@ use std::time::Duration;
 pub struct DirectSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Address,
+    /// The whole submission's time limit (lettre's own applies per command).
+    timeout: Duration,
     pub processed_timeout: Duration,
     pub dispatched_timeout: Duration,
     pub require_dispatched: bool,
@@ -70,6 +72,7 @@ impl DirectSender {
         Ok(Some(DirectSender {
             transport: b.build(),
             from,
+            timeout,
             processed_timeout: Duration::from_secs(s.processed_timeout_secs),
             dispatched_timeout: Duration::from_secs(s.dispatched_timeout_secs),
             require_dispatched: s.require_dispatched,
@@ -102,7 +105,28 @@ impl DirectSender {
             Ok(e) => e,
             Err(e) => return (permanent(format!("envelope: {e}")), hash),
         };
-        let outcome = match self.transport.send_raw(&envelope, &bytes).await {
+        // A submission that stalls (seen when a HISP refuses AUTH over TLS: lettre never
+        // returns) must not hold its slot past the request limit.
+        let sent =
+            match tokio::time::timeout(self.timeout, self.transport.send_raw(&envelope, &bytes))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    return (
+                        Outcome::Transient {
+                            code: None,
+                            reason: format!(
+                                "SMTP: no answer from the HISP within {} ms",
+                                self.timeout.as_millis()
+                            ),
+                            retry_after: None,
+                        },
+                        hash,
+                    )
+                }
+            };
+        let outcome = match sent {
             Ok(resp) => {
                 let code = u16::from(resp.code());
                 let reply: String = resp.message().collect::<Vec<_>>().join(" ");

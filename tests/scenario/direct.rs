@@ -655,4 +655,27 @@ fn direct_over_starttls_with_auth() {
     );
     let log = std::fs::read_to_string(&hisp.log).unwrap();
     assert!(log.contains("\"ok\": true"), "AUTH over TLS: {log}");
+
+    // A wrong password: lettre never returns after the HISP's 535 over TLS, so the
+    // submission's own time limit ends the attempt, which is recorded and retried
+    // (the slot is not held until the lease runs out).
+    let mut server = server;
+    server.kill9();
+    let mut wrong = env("wrong");
+    wrong.push(("ADT_ROUTER__DELIVERY__TIMEOUT_MS".into(), "2000".into()));
+    let server = start(dir.path(), &wrong);
+    let out = server.run(&["resend", "--notification", &n["id"].to_string()]);
+    assert!(out.status.success());
+    wait_for(
+        Duration::from_secs(20),
+        "the stalled submission to be recorded",
+        || {
+            export(&server)[0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no answer from the HISP within 2000 ms"))
+        },
+    );
+    assert!(std::fs::read_to_string(&hisp.log)
+        .unwrap()
+        .contains("\"ok\": false"));
 }
