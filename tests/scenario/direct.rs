@@ -58,14 +58,6 @@ impl Drop for Hisp {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn of(ns: &[Value], n: u32, channel: &str) -> Value {
     ns.iter()
         .find(|x| x["recipient_npi"] == npi(n) && x["channel"] == channel)
@@ -127,15 +119,7 @@ fn direct(dir: &Path, db_url: Option<&str>) {
             npi(n)
         ));
     }
-    let file = dir.join("roster-direct.csv");
-    std::fs::write(&file, roster).unwrap();
-    cli.json(&[
-        "roster",
-        "import",
-        file.to_str().unwrap(),
-        "--source",
-        "direct-practices",
-    ]);
+    cli.roster("roster-direct.csv", &roster, "direct-practices");
     let server = start(dir, &env);
     admit(&server, dir, &["MRN-D"]);
     let settled = |ns: &[Value]| {
@@ -471,15 +455,7 @@ fn corpus_end_to_end(dir: &Path, db_url: Option<&str>) {
             ));
         }
     }
-    let file = dir.join("roster-corpus.csv");
-    std::fs::write(&file, roster).unwrap();
-    cli.json(&[
-        "roster",
-        "import",
-        file.to_str().unwrap(),
-        "--source",
-        "corpus",
-    ]);
+    cli.roster("roster-corpus.csv", &roster, "corpus");
     let server = start(dir, &env);
     let mut args = vec!["send", "--to", &server.mllp, "--quiet-ms", "300"];
     let paths: Vec<String> = corpus_files()
@@ -596,23 +572,15 @@ fn direct_over_starttls_with_auth() {
         "--endpoint",
         "ok@direct.practice.example",
     ]);
-    let roster = dir.path().join("roster-tls.csv");
-    std::fs::write(
-        &roster,
-        format!(
+    cli.roster(
+        "roster-tls.csv",
+        &format!(
             "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n\
              MRN-T1,GENHOSP,Doe,Jane,1970-01-01,F,{0},pcp\n",
             npi(81)
         ),
-    )
-    .unwrap();
-    cli.json(&[
-        "roster",
-        "import",
-        roster.to_str().unwrap(),
-        "--source",
         "tls",
-    ]);
+    );
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
     let env = |password: &str| -> Vec<(String, String)> {
         [

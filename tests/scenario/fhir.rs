@@ -100,24 +100,16 @@ fn subscriptions_api_validates_and_refuses_with_operation_outcomes() {
     )
     .unwrap();
     let cli = Cli::new(dir.path(), None, &[]);
-    let roster = dir.path().join("roster.csv");
-    std::fs::write(
-        &roster,
-        format!(
+    cli.roster(
+        "roster.csv",
+        &format!(
             "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n\
              MRN-F1,GENHOSP,Doe,Jane,1970-01-01,F,{},pcp\nMRN-F2,GENHOSP,Roe,Rick,1960-02-02,M,{},pcp\n",
             npi(61),
             npi(62)
         ),
-    )
-    .unwrap();
-    cli.json(&[
-        "roster",
-        "import",
-        roster.to_str().unwrap(),
-        "--source",
         "fhir",
-    ]);
+    );
     let server = Server::start(
         dir.path(),
         &[("ADT_ROUTER_CONFIG", config.to_str().unwrap())],
@@ -449,6 +441,16 @@ fn handshake_activates_and_heartbeats_follow() {
         &format!("http://127.0.0.1:{port}/hook"),
     );
     ok["channel"]["extension"][0]["valueUnsignedInt"] = json!(1);
+    let read = |id: &str| {
+        http_request_json(
+            &server.http,
+            "GET",
+            &format!("/fhir/Subscription/{id}"),
+            ADMIN,
+            b"",
+        )
+        .2
+    };
     let (status, _, created) = http_request_json(
         &server.http,
         "POST",
@@ -531,32 +533,13 @@ fn handshake_activates_and_heartbeats_follow() {
     wait_for(
         Duration::from_secs(20),
         "the refused handshake to put it in error",
-        || {
-            let (_, _, s) = http_request_json(
-                &server.http,
-                "GET",
-                &format!("/fhir/Subscription/{gid}"),
-                ADMIN,
-                b"",
-            );
-            s["status"] == "error"
-        },
+        || read(&gid)["status"] == "error",
     );
-    let (_, _, s) = http_request_json(
-        &server.http,
-        "GET",
-        &format!("/fhir/Subscription/{gid}"),
-        ADMIN,
-        b"",
-    );
+    let s = read(&gid);
     assert!(s["error"].as_str().unwrap().contains("410"), "{s}");
 
     // An endpoint nobody listens on: the handshake runs out of retries (2 here), error.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_port();
     let nobody = subscription(
         &base,
         "transfer",
@@ -572,16 +555,6 @@ fn handshake_activates_and_heartbeats_follow() {
     );
     assert_eq!(status, 201);
     let nid = created["id"].as_str().unwrap().to_string();
-    let read = |id: &str| {
-        http_request_json(
-            &server.http,
-            "GET",
-            &format!("/fhir/Subscription/{id}"),
-            ADMIN,
-            b"",
-        )
-        .2
-    };
     wait_for(
         Duration::from_secs(20),
         "the unanswered handshake to put it in error",
@@ -631,14 +604,7 @@ fn events_are_numbered_and_missed_ones_recovered() {
             npi(71)
         ));
     }
-    std::fs::write(dir.path().join("roster.csv"), roster).unwrap();
-    cli.json(&[
-        "roster",
-        "import",
-        dir.path().join("roster.csv").to_str().unwrap(),
-        "--source",
-        "ehr",
-    ]);
+    cli.roster("roster.csv", &roster, "ehr");
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
     let server = Server::start(
         dir.path(),

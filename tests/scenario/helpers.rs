@@ -236,6 +236,15 @@ pub fn spawn_peer(script: &str, args: &[String], env: &[(&str, String)]) -> (Chi
     (child, port)
 }
 
+/// A loopback port free right now (nothing listens on it once this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `cond` until it holds or `limit` passes.
 pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -381,6 +390,19 @@ impl Cli {
     }
 
     /// Must succeed and print one JSON document.
+    /// Writes `csv` to `dir/file` and imports it as the roster of `source`.
+    pub fn roster(&self, file: &str, csv: &str, source: &str) -> serde_json::Value {
+        let path = self.dir.join(file);
+        std::fs::write(&path, csv).unwrap();
+        self.json(&[
+            "roster",
+            "import",
+            path.to_str().unwrap(),
+            "--source",
+            source,
+        ])
+    }
+
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.run(args);
         assert!(
