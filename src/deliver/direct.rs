@@ -434,23 +434,28 @@ impl Mdns {
 
     /// Reads, keeps and applies one report. Returns what it did, in words.
     pub async fn apply(&self, raw: &[u8]) -> Result<String, ReportError> {
-        let _one_at_a_time = self.lock.lock().await;
         let r = report::parse(raw);
         let key = r.original_message_id.as_deref().and_then(key_of);
-        // The HISP can answer before our own record of the submission is written.
-        let mut row = None;
+        // The HISP can answer before our own record of the submission is written. Wait
+        // for it without holding the lock, so other reports are not held up meanwhile.
+        let sending = |row: &Option<DirectRow>| row.as_ref().is_some_and(|r| r.status == "sending");
         if let Some(k) = key {
-            for _ in 0..100 {
-                row = self.store.direct_row(k).await?;
-                if row.as_ref().is_some_and(|r| r.status == "sending") {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+            let mut tries = 0;
+            while sending(&self.store.direct_row(k).await?) {
+                tries += 1;
+                if tries == 100 {
+                    return Err(ReportError::TooEarly);
                 }
-                break;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if row.as_ref().is_some_and(|r| r.status == "sending") {
-                return Err(ReportError::TooEarly);
-            }
+        }
+        let _one_at_a_time = self.lock.lock().await;
+        let row = match key {
+            Some(k) => self.store.direct_row(k).await?,
+            None => None,
+        };
+        if sending(&row) {
+            return Err(ReportError::TooEarly);
         }
         let now = crate::store::now_us();
         let sha = hex::encode(Sha256::digest(raw));
