@@ -272,6 +272,17 @@ impl Store {
         Ok((cursor, rows))
     }
 
+    /// Moves the fan-out cursor past every transition so far (no subscription counts
+    /// events, so none of them is anyone's event).
+    pub async fn fhir_skip_to_latest(&self) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE fhir_cursor SET last_id = (SELECT COALESCE(MAX(id), 0) FROM encounter_transition) \
+             WHERE name = 'events' AND last_id < (SELECT COALESCE(MAX(id), 0) FROM encounter_transition)";
+        on_pool!(self, |p, sql| {
+            sqlx::query(&sql(SQL)).execute(p).await?;
+        });
+        Ok(())
+    }
+
     /// Subscriptions that count events: active ones, and those in error (the IG: the
     /// server keeps counting while the subscriber recovers).
     pub async fn counting_subscriptions(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
