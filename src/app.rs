@@ -37,6 +37,7 @@ pub struct App {
     /// Where the HISP delivers Direct MDNs and DSNs (`direct.inbound_listen`).
     direct_intake: Option<TcpListener>,
     direct: Option<crate::deliver::direct::DirectSender>,
+    smart: Arc<crate::deliver::smart::SmartClients>,
     wakers: crate::wake::Wakers,
     event_log: &'static str,
     rules: Arc<std::sync::RwLock<Arc<crate::route::rules::RuleSet>>>,
@@ -111,6 +112,13 @@ impl App {
         let http_listener = TcpListener::bind(&settings.http.listen)
             .await
             .with_context(|| format!("binding HTTP listener on {}", settings.http.listen))?;
+        let smart = Arc::new(
+            crate::deliver::smart::SmartClients::load(
+                &settings.delivery.smart,
+                Some(metrics.smart_tokens.clone()),
+            )
+            .context("loading [[delivery.smart]]")?,
+        );
         let direct = crate::deliver::direct::DirectSender::new(
             &settings.direct,
             Duration::from_millis(settings.delivery.timeout_ms.max(1)),
@@ -144,6 +152,7 @@ impl App {
             http_listener,
             direct_intake,
             direct,
+            smart,
             wakers,
             tls,
             event_log,
@@ -275,6 +284,7 @@ impl App {
         let delivering = self.settings.delivery.enabled.then(|| {
             let d = crate::deliver::Deliverer {
                 direct: self.direct.clone(),
+                smart: self.smart.clone(),
                 mdns: mdns.clone(),
                 routed: self.wakers.routed.clone(),
                 fhir_base: fhir_base.clone(),
@@ -302,6 +312,7 @@ impl App {
             tokens: Arc::new(crate::http::auth::Tokens::new(&self.settings.auth.tokens)),
             fhir_base,
             endpoints: self.settings.resolve_policy().endpoints,
+            smart: self.smart.clone(),
         };
         let mut http_rx = rx.clone();
         let http = tokio::spawn(async move {

@@ -332,6 +332,9 @@ pub struct DeliverySettings {
     pub breaker_failures: u32,
     /// ...for this long.
     pub breaker_cooldown_secs: u64,
+    /// SMART Backend Services registrations: endpoints whose requests carry a token
+    /// from the party's authorization server (docs/fhir.md).
+    pub smart: Vec<crate::deliver::smart::SmartSettings>,
 }
 
 impl Default for DeliverySettings {
@@ -350,6 +353,7 @@ impl Default for DeliverySettings {
             per_endpoint_concurrency: 4,
             breaker_failures: 5,
             breaker_cooldown_secs: 30,
+            smart: Vec::new(),
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub delivery_circuit_opens: IntCounter,
     /// MDNs and DSNs received by the Direct intake, by kind and what they did.
     pub direct_reports: IntCounterVec,
+    /// SMART Backend Services token requests, by outcome (issued, refused, failed).
+    pub smart_tokens: IntCounterVec,
 }
 
 const FACILITY_LABEL_MAX: usize = 64;
@@ -107,6 +109,14 @@ impl Metrics {
             delivery_circuit_opens: IntCounter::new(
                 "delivery_circuit_opens_total",
                 "Times an endpoint failed often enough in a row that its circuit breaker opened.",
+            )
+            .expect("metric"),
+            smart_tokens: IntCounterVec::new(
+                Opts::new(
+                    "smart_token_requests_total",
+                    "SMART Backend Services token requests, by outcome (issued, refused by the token endpoint, failed to get an answer).",
+                ),
+                &["outcome"],
             )
             .expect("metric"),
             direct_reports: IntCounterVec::new(
@@ -193,6 +203,7 @@ impl Metrics {
             Box::new(m.rule_reloads.clone()),
             Box::new(m.delivery_attempts.clone()),
             Box::new(m.delivery_circuit_opens.clone()),
+            Box::new(m.smart_tokens.clone()),
             Box::new(m.direct_reports.clone()),
         ] {
             m.registry.register(c).expect("register metric");

@@ -13,6 +13,7 @@
 pub mod direct;
 pub mod intake;
 pub mod report;
+pub mod smart;
 pub mod webhook;
 
 use crate::directory::endpoint::EndpointPolicy;
@@ -195,6 +196,8 @@ pub struct Deliverer {
     pub routed: Arc<tokio::sync::Notify>,
     /// The FHIR API's base URL (references in heartbeat bundles).
     pub fhir_base: String,
+    /// SMART Backend Services clients, by endpoint prefix.
+    pub smart: Arc<smart::SmartClients>,
     /// The settle writer (started by [`Deliverer::run`]).
     pub settler: Option<tokio::sync::mpsc::Sender<SettleRequest>>,
 }
@@ -398,7 +401,8 @@ impl Deliverer {
         let clock = std::time::Instant::now();
         let (outcome, request_sha256) = match n.channel.as_str() {
             "REST" | "FHIR" => {
-                webhook::send(&self.http, &n, self.endpoints, self.policy.timeout).await
+                let auth = self.smart.for_endpoint(&n.endpoint);
+                webhook::send(&self.http, &n, self.endpoints, self.policy.timeout, auth).await
             }
             "DIRECT" => match &self.direct {
                 Some(d) => d.send(&n).await,

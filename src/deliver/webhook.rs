@@ -97,6 +97,7 @@ pub async fn send(
     n: &Outgoing,
     policy: EndpointPolicy,
     timeout: Duration,
+    auth: Option<&super::smart::Client>,
 ) -> (Outcome, String) {
     let body_hash = hex::encode(Sha256::digest(&n.payload));
     let permanent = |reason: String| Outcome::Permanent { code: None, reason };
@@ -123,6 +124,23 @@ pub async fn send(
     if let Some(Err(e)) = literal.map(|ip| check_ip(ip, policy)) {
         return (permanent(e), body_hash);
     }
+    // A SMART-registered endpoint gets a bearer token; without one nothing is sent.
+    let bearer = match auth {
+        Some(c) => match c.token(http).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                return (
+                    Outcome::Transient {
+                        code: None,
+                        reason: e.to_string(),
+                        retry_after: None,
+                    },
+                    body_hash,
+                )
+            }
+        },
+        None => None,
+    };
     let ts = crate::store::now_us() / 1_000_000;
     // FHIR notifications are FHIR JSON, with the headers their subscription asked for.
     let content_type = if n.channel == "FHIR" {
@@ -137,7 +155,14 @@ pub async fn send(
         .header("webhook-id", &n.notification_key)
         .header("webhook-timestamp", ts.to_string());
     for (name, value) in &n.headers {
+        // The token replaces a static Authorization header.
+        if bearer.is_some() && name.eq_ignore_ascii_case("authorization") {
+            continue;
+        }
         req = req.header(name.as_str(), value.as_str());
+    }
+    if let Some(t) = &bearer {
+        req = req.bearer_auth(t);
     }
     if let Some(secret) = n.secret.as_deref().filter(|s| !s.is_empty()) {
         req = req.header(
@@ -188,16 +213,40 @@ pub async fn send(
     let body = resp.bytes().await.unwrap_or_default();
     let excerpt: String = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
     let outcome = match code {
-        200..=299 => Outcome::Delivered {
-            code,
-            proof: serde_json::json!({
+        200..=299 => {
+            let mut proof = serde_json::json!({
                 "http_status": code,
                 "response_sha256": hex::encode(Sha256::digest(&body)),
                 "request_sha256": body_hash,
                 "at": crate::directory::rfc3339_us(crate::store::now_us()),
-            })
-            .to_string(),
-        },
+            });
+            if let Some(c) = auth {
+                proof["smart_client_id"] = serde_json::json!(c.client_id());
+            }
+            // A FHIR notification's proof names what it carried: its type and event numbers.
+            if n.channel == "FHIR" {
+                if let Some(f) = crate::fhir::event::proof_of(&n.payload) {
+                    proof["fhir"] = f;
+                }
+            }
+            Outcome::Delivered {
+                code,
+                proof: proof.to_string(),
+            }
+        }
+        // A refused token may have been revoked or expired early: a new one next time.
+        401 if auth.is_some() => {
+            if let Some(c) = auth {
+                c.forget().await;
+            }
+            Outcome::Transient {
+                code: Some(code),
+                reason: format!(
+                    "HTTP 401 with a SMART token (a new one is asked for next): {excerpt}"
+                ),
+                retry_after,
+            }
+        }
         408 | 429 | 500..=599 => Outcome::Transient {
             code: Some(code),
             reason: format!("HTTP {code}: {excerpt}"),

@@ -48,8 +48,15 @@ fn is_date(d: &str) -> bool {
     d.len() == 10 && d.as_bytes()[4] == b'-' && d.as_bytes()[7] == b'-'
 }
 
-/// The Encounter and Patient resources, from the routed notification body.
-fn resources(t: &FanoutTransition, enc_id: &str, pat_id: &str, at: &str) -> (Value, Value) {
+/// The Encounter and Patient resources, from the routed notification body, and the
+/// treating Practitioner and the facility's Organization where the body names them
+/// (Encounter.participant and Encounter.serviceProvider refer to them).
+fn resources(
+    t: &FanoutTransition,
+    enc_id: &str,
+    pat_id: &str,
+    at: &str,
+) -> (Value, Value, Vec<Value>) {
     let body: Value = t
         .payload
         .as_deref()
@@ -97,7 +104,38 @@ fn resources(t: &FanoutTransition, enc_id: &str, pat_id: &str, at: &str) -> (Val
     if let Some(g) = p["sex"].as_str().and_then(gender) {
         pat["gender"] = json!(g);
     }
-    (enc, pat)
+    let mut more = Vec::new();
+    let doc = &body["treating_practitioner"];
+    let doc_name = doc["name"].as_str().filter(|n| !n.trim().is_empty());
+    let doc_npi = doc["npi"].as_str().filter(|n| !n.is_empty());
+    if doc_name.is_some() || doc_npi.is_some() {
+        let id = key_hash(&format!(
+            "practitioner|{}",
+            doc_npi.or(doc_name).unwrap_or("")
+        ));
+        let mut r = json!({ "resourceType": "Practitioner", "id": id });
+        if let Some(npi) = doc_npi {
+            r["identifier"] = json!([{ "system": "http://hl7.org/fhir/sid/us-npi", "value": npi }]);
+        }
+        if let Some(n) = doc_name {
+            r["name"] = json!([{ "text": n.trim() }]);
+        }
+        enc["participant"] = json!([{
+            "type": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "ATND" }] }],
+            "individual": { "reference": format!("Practitioner/{id}") }
+        }]);
+        more.push(r);
+    }
+    let facility = [&body["treating_facility"], &body["sending_facility"]]
+        .into_iter()
+        .filter_map(Value::as_str)
+        .find(|f| !f.trim().is_empty());
+    if let Some(f) = facility {
+        let id = key_hash(&format!("organization|{f}"));
+        enc["serviceProvider"] = json!({ "reference": format!("Organization/{id}") });
+        more.push(json!({ "resourceType": "Organization", "id": id, "name": f.trim() }));
+    }
+    (enc, pat, more)
 }
 
 /// Event `n` of `sub`: what is kept for `$events`, and the Bundle sent.
@@ -127,13 +165,17 @@ pub fn build(
     let entries: Vec<Value> = match sub.content.as_str() {
         "empty" => vec![],
         "full-resource" => {
-            let (enc, pat) = resources(t, &enc_id, &pat_id, &at);
-            vec![
-                json!({ "fullUrl": enc_url, "resource": enc,
-                        "request": { "method": "PUT", "url": format!("Encounter/{enc_id}") }, "response": { "status": "200" } }),
-                json!({ "fullUrl": pat_url, "resource": pat,
-                        "request": { "method": "PUT", "url": format!("Patient/{pat_id}") }, "response": { "status": "200" } }),
-            ]
+            let (enc, pat, more) = resources(t, &enc_id, &pat_id, &at);
+            let entry = |r: Value| {
+                let path = format!(
+                    "{}/{}",
+                    r["resourceType"].as_str().unwrap_or(""),
+                    r["id"].as_str().unwrap_or("")
+                );
+                json!({ "fullUrl": format!("{base}/{path}"), "resource": r,
+                        "request": { "method": "PUT", "url": path }, "response": { "status": "200" } })
+            };
+            [enc, pat].into_iter().chain(more).map(entry).collect()
         }
         _ => vec![json!({ "fullUrl": enc_url,
                           "request": { "method": "PUT", "url": format!("Encounter/{enc_id}") }, "response": { "status": "200" } })],
@@ -185,4 +227,29 @@ pub fn bundle(
     })];
     all.extend(entries.iter().cloned());
     json!({ "resourceType": "Bundle", "type": "history", "timestamp": now, "entry": all })
+}
+
+/// What a delivered notification proves, read back from the Bundle sent: its type and
+/// the event numbers it carried (the proof of delivery records them).
+pub fn proof_of(payload: &[u8]) -> Option<Value> {
+    let b: Value = serde_json::from_slice(payload).ok()?;
+    let params = b["entry"][0]["resource"]["parameter"].as_array()?;
+    let value = |name: &str| {
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["valueCode"].clone())
+    };
+    let numbers: Vec<Value> = params
+        .iter()
+        .filter(|p| p["name"] == "notification-event")
+        .filter_map(|p| {
+            p["part"]
+                .as_array()?
+                .iter()
+                .find(|q| q["name"] == "event-number")
+                .map(|q| q["valueString"].clone())
+        })
+        .collect();
+    Some(json!({ "type": value("type")?, "event_numbers": numbers }))
 }

@@ -124,7 +124,7 @@ pub fn capability_statement(base: &str, now: &str) -> Value {
                 "type": "Subscription",
                 "supportedProfile": [format!("{BACKPORT}/StructureDefinition/backport-subscription")],
                 "interaction": [
-                    { "code": "create" }, { "code": "read" }, { "code": "search-type" }, { "code": "delete" },
+                    { "code": "create" }, { "code": "read" }, { "code": "update" }, { "code": "search-type" }, { "code": "delete" },
                 ],
                 "searchParam": [
                     { "name": "status", "type": "token" },

@@ -8,7 +8,7 @@
 
 use super::auth::{Caller, Role};
 use super::HttpState;
-use crate::fhir::subscription::{read, Filter};
+use crate::fhir::subscription::{read, Filter, SubscriptionRequest};
 use crate::fhir::{self, operation_outcome, Issue};
 use crate::store::fhir::SubscriptionRow;
 use axum::body::Bytes;
@@ -92,48 +92,9 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
         Ok(r) => r,
         Err(issues) => return fhir(StatusCode::UNPROCESSABLE_ENTITY, operation_outcome(&issues)),
     };
-    // A practice speaks only for its own NPIs and their attributed patients.
-    let filter_npis: Vec<String> = req
-        .filters
-        .iter()
-        .filter_map(|f| f.npi().map(str::to_string))
-        .collect();
-    let owner_npis = if c.role == Role::Practice {
-        if let Some(n) = filter_npis.iter().find(|n| !c.npis.contains(n)) {
-            return fhir(
-                StatusCode::FORBIDDEN,
-                operation_outcome(&[Issue::new(
-                    "forbidden",
-                    format!("this token does not speak for NPI {n}"),
-                    Some("Subscription.criteria.extension"),
-                )]),
-            );
-        }
-        for f in &req.filters {
-            if let Filter::PatientIdentifier { authority, id } = f {
-                match s.store.attributed_to_any(id, authority, &c.npis).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return fhir(
-                            StatusCode::FORBIDDEN,
-                            operation_outcome(&[Issue::new(
-                                "forbidden",
-                                "that patient is not attributed to this practice",
-                                Some("Subscription.criteria.extension"),
-                            )]),
-                        )
-                    }
-                    Err(e) => return store_error(e),
-                }
-            }
-        }
-        if filter_npis.is_empty() {
-            c.npis.clone()
-        } else {
-            filter_npis
-        }
-    } else {
-        filter_npis
+    let owner_npis = match owner_npis(&s, &c, &req).await {
+        Ok(n) => n,
+        Err(r) => return r,
     };
     let id = crate::store::key_hash(&format!(
         "{}|{}|{}",
@@ -170,30 +131,8 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
     if let Err(e) = s.store.insert_subscription(&row).await {
         return store_error(e);
     }
-    // The handshake goes through the delivery engine; its answer makes it active.
-    let now = crate::store::now_us();
-    let handshake = fhir::event::bundle(
-        &s.fhir_base,
-        &row,
-        "handshake",
-        0,
-        &[],
-        &[],
-        &crate::directory::rfc3339_us(now),
-    );
-    let key = crate::store::key_hash(&format!("{id}|handshake"));
-    if let Err(e) = s
-        .store
-        .enqueue_fhir(
-            &row,
-            "handshake",
-            &key,
-            handshake.to_string().as_bytes(),
-            now,
-        )
-        .await
-    {
-        return store_error(e);
+    if let Err(r) = handshake(&s, &row).await {
+        return r;
     }
     tracing::info!(subscription = %id, topic = %req.topic, content = %req.content, "FHIR Subscription created.");
     let location = format!("{}/Subscription/{id}", s.fhir_base);
@@ -206,6 +145,195 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
         stored.to_string(),
     )
         .into_response()
+}
+
+/// Queues a handshake through the delivery engine; its answer makes the subscription
+/// active (or error). Each (re)activation has its own.
+async fn handshake(s: &HttpState, row: &SubscriptionRow) -> Result<(), Response> {
+    let now = crate::store::now_us();
+    let bundle = fhir::event::bundle(
+        &s.fhir_base,
+        row,
+        "handshake",
+        row.events_since_start,
+        &[],
+        &[],
+        &crate::directory::rfc3339_us(now),
+    );
+    let key = crate::store::key_hash(&format!("{}|handshake|{now}", row.id));
+    s.store
+        .enqueue_fhir(row, "handshake", &key, bundle.to_string().as_bytes(), now)
+        .await
+        .map_err(store_error)
+}
+
+/// Whom a subscription is for: a practice speaks only for its own NPIs and their
+/// attributed patients (and, with no NPI filter, is scoped to all its NPIs).
+async fn owner_npis(
+    s: &HttpState,
+    c: &Caller,
+    req: &SubscriptionRequest,
+) -> Result<Vec<String>, Response> {
+    let filter_npis: Vec<String> = req
+        .filters
+        .iter()
+        .filter_map(|f| f.npi().map(str::to_string))
+        .collect();
+    if c.role == Role::Practice {
+        if let Some(n) = filter_npis.iter().find(|n| !c.npis.contains(n)) {
+            return Err(fhir(
+                StatusCode::FORBIDDEN,
+                operation_outcome(&[Issue::new(
+                    "forbidden",
+                    format!("this token does not speak for NPI {n}"),
+                    Some("Subscription.criteria.extension"),
+                )]),
+            ));
+        }
+        for f in &req.filters {
+            if let Filter::PatientIdentifier { authority, id } = f {
+                match s.store.attributed_to_any(id, authority, &c.npis).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(fhir(
+                            StatusCode::FORBIDDEN,
+                            operation_outcome(&[Issue::new(
+                                "forbidden",
+                                "that patient is not attributed to this practice",
+                                Some("Subscription.criteria.extension"),
+                            )]),
+                        ))
+                    }
+                    Err(e) => return Err(store_error(e)),
+                }
+            }
+        }
+        if filter_npis.is_empty() {
+            return Ok(c.npis.clone());
+        }
+    }
+    Ok(filter_npis)
+}
+
+/// `PUT /fhir/Subscription/{id}`: the subscriber changes its subscription or asks for
+/// reactivation after an error (status `requested` or `active`: a new handshake, then
+/// `active`), or turns it `off`. The topic stays; the event count carries on (the IG:
+/// never reset silently).
+pub async fn update(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !matches!(c.role, Role::Admin | Role::Practice) {
+        return outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only admin and practice tokens may change subscriptions",
+        );
+    }
+    let old = match visible(&s, &c, &id).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let resource: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "structure",
+                format!("the body is not JSON: {e}"),
+            )
+        }
+    };
+    if resource["id"].as_str() != Some(id.as_str()) {
+        return fhir(
+            StatusCode::BAD_REQUEST,
+            operation_outcome(&[Issue::new(
+                "invalid",
+                format!("an update must carry the id of the URL ({id})"),
+                Some("Subscription.id"),
+            )]),
+        );
+    }
+    let req = match read(&s.fhir_base, &resource, s.endpoints) {
+        Ok(r) => r,
+        Err(issues) => return fhir(StatusCode::UNPROCESSABLE_ENTITY, operation_outcome(&issues)),
+    };
+    let mut issues = Vec::new();
+    if req.topic != old.topic {
+        issues.push(Issue::new(
+            "not-supported",
+            "the topic of a subscription cannot change; create another subscription",
+            Some("Subscription.criteria"),
+        ));
+    }
+    let status = match resource["status"].as_str() {
+        Some("requested" | "active") => "requested",
+        Some("off") => "off",
+        other => {
+            issues.push(Issue::new(
+                "value",
+                format!(
+                    "status {} cannot be asked for: requested or active (re)activates, off stops",
+                    other.unwrap_or("(none)")
+                ),
+                Some("Subscription.status"),
+            ));
+            ""
+        }
+    };
+    if !issues.is_empty() {
+        return fhir(StatusCode::UNPROCESSABLE_ENTITY, operation_outcome(&issues));
+    }
+    let owner_npis = match owner_npis(&s, &c, &req).await {
+        // The hospital changing a practice's subscription leaves it the practice's.
+        Ok(_) if c.role == Role::Admin && old.owner_role == "practice" => old.owner_npis.clone(),
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let mut stored = resource;
+    stored["status"] = json!(status);
+    stored["meta"] = json!({
+        "profile": [format!("{}/StructureDefinition/backport-subscription", fhir::BACKPORT)]
+    });
+    if let Some(o) = stored.as_object_mut() {
+        o.remove("error");
+    }
+    let row = SubscriptionRow {
+        owner_npis,
+        filters: serde_json::to_string(&req.filters).unwrap_or_else(|_| "[]".into()),
+        endpoint: req.endpoint.clone(),
+        content: req.content.clone(),
+        status: status.into(),
+        error: None,
+        resource: stored.to_string(),
+        headers: req.headers.clone(),
+        heartbeat_secs: req.heartbeat_secs.map(|h| h as i64),
+        ..old
+    };
+    match s.store.update_subscription(&row).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return outcome(
+                StatusCode::GONE,
+                "deleted",
+                format!("Subscription/{id} was deleted"),
+            )
+        }
+        Err(e) => return store_error(e),
+    }
+    if status == "requested" {
+        if let Err(r) = handshake(&s, &row).await {
+            return r;
+        }
+    }
+    tracing::info!(subscription = %id, status, "FHIR Subscription updated.");
+    fhir(StatusCode::OK, current(&row))
 }
 
 /// The subscription `id` if this caller may see it, or the answer to give.

@@ -1,6 +1,7 @@
 //! HTTP: `/healthz` (the process answers), `/readyz` (database and event log reachable),
-//! `/metrics` (Prometheus text format), `POST /rosters/{source}` (roster upload, bearer
-//! token), and `/fhir` (FHIR Subscriptions, see [`fhir`]).
+//! `/metrics` (Prometheus text format), `/.well-known/jwks.json` (our SMART keys),
+//! `POST /rosters/{source}` (roster upload, bearer token), and `/fhir` (FHIR
+//! Subscriptions, see [`fhir`]).
 
 pub mod auth;
 pub mod fhir;
@@ -26,6 +27,8 @@ pub struct HttpState {
     pub fhir_base: String,
     /// What subscription endpoints must satisfy (`[delivery]`).
     pub endpoints: crate::directory::endpoint::EndpointPolicy,
+    /// SMART Backend Services keys (their public halves at `/.well-known/jwks.json`).
+    pub smart: Arc<crate::deliver::smart::SmartClients>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -33,6 +36,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
         .route(
             "/rosters/{source}",
             post(rosters::upload).layer(axum::extract::DefaultBodyLimit::max(512 * 1024 * 1024)),
@@ -46,7 +50,10 @@ pub fn router(state: HttpState) -> Router {
         )
         .route(
             "/fhir/Subscription/{id}",
-            get(fhir::get).delete(fhir::delete),
+            get(fhir::get)
+                .put(fhir::update)
+                .delete(fhir::delete)
+                .layer(axum::extract::DefaultBodyLimit::max(256 * 1024)),
         )
         .route("/fhir/Subscription/{id}/$status", get(fhir::status))
         .route(
@@ -87,5 +94,16 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         s.metrics.render(),
+    )
+}
+
+/// Our JWK Set, for the authorization servers we are registered with (public, cacheable).
+async fn jwks(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        state.smart.jwks().to_string(),
     )
 }

@@ -43,6 +43,10 @@ type Row = (
 /// id, transition key, kind, event time, encounter, patient key, a routed body.
 type PendingRow = (i64, String, String, i64, String, String, Option<Vec<u8>>);
 
+/// A subscription's queued notifications, not to be sent after all.
+const STOP_PENDING: &str =
+    "UPDATE outbox SET status = 'dead', last_error = $1 WHERE subscription_id = $2 AND status = 'pending'";
+
 const COLUMNS: &str = "id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us, headers, heartbeat_secs";
 
 fn row(r: Row) -> SubscriptionRow {
@@ -122,15 +126,68 @@ impl Store {
     }
 
     /// Marks a subscription deleted (kept for the audit trail); false when unknown.
+    /// Its notifications not yet sent are not sent.
     pub async fn delete_subscription(&self, id: &str, now_us: i64) -> Result<bool, StoreError> {
         const SQL: &str = "UPDATE fhir_subscription SET deleted_at_us = $1, status = 'off' WHERE id = $2 AND deleted_at_us IS NULL";
         let n = on_pool!(self, |p, sql| {
-            sqlx::query(&sql(SQL))
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(&sql(SQL))
                 .bind(now_us)
                 .bind(id)
-                .execute(p)
+                .execute(&mut *tx)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            sqlx::query(&sql(STOP_PENDING))
+                .bind("the subscription was deleted")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            n
+        });
+        Ok(n == 1)
+    }
+
+    /// The subscriber's update (PUT): what it asks for now, and the status that
+    /// follows (`requested` for a reactivation, with a new handshake; `off`). The event
+    /// count carries on. Queued notifications follow a new endpoint, or are not sent
+    /// when the subscription is turned off. False when deleted meanwhile.
+    pub async fn update_subscription(&self, s: &SubscriptionRow) -> Result<bool, StoreError> {
+        const SQL: &str = "UPDATE fhir_subscription SET owner_npis = $1, filters = $2, endpoint = $3, content = $4, status = $5, \
+             error = NULL, resource = $6, headers = $7, heartbeat_secs = $8 WHERE id = $9 AND deleted_at_us IS NULL";
+        const MOVE: &str =
+            "UPDATE outbox SET endpoint = $1 WHERE subscription_id = $2 AND status = 'pending'";
+        let npis = serde_json::to_string(&s.owner_npis).unwrap_or_else(|_| "[]".into());
+        let n = on_pool!(self, |p, sql| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(&sql(SQL))
+                .bind(&npis)
+                .bind(&s.filters)
+                .bind(&s.endpoint)
+                .bind(&s.content)
+                .bind(&s.status)
+                .bind(&s.resource)
+                .bind(serde_json::to_string(&s.headers).unwrap_or_else(|_| "[]".into()))
+                .bind(s.heartbeat_secs)
+                .bind(&s.id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if s.status == "off" {
+                sqlx::query(&sql(STOP_PENDING))
+                    .bind("the subscription was turned off")
+                    .bind(&s.id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(&sql(MOVE))
+                    .bind(&s.endpoint)
+                    .bind(&s.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            n
         });
         Ok(n == 1)
     }
@@ -195,14 +252,17 @@ impl Store {
         Ok(())
     }
 
-    /// Sets a subscription's status (and error), unless it was deleted.
+    /// Sets a subscription's status (and error) as its notifications are answered:
+    /// never on a deleted or `off` one, and `active` only from `requested` (a handshake
+    /// answered; an error is left for the subscriber to clear, as the IG asks).
     pub async fn set_subscription_status(
         &self,
         id: &str,
         status: &str,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE fhir_subscription SET status = $1, error = $2 WHERE id = $3 AND deleted_at_us IS NULL";
+        const SQL: &str = "UPDATE fhir_subscription SET status = $1, error = $2 WHERE id = $3 AND deleted_at_us IS NULL \
+             AND status <> 'off' AND ($1 <> 'active' OR status = 'requested')";
         on_pool!(self, |p, sql| {
             sqlx::query(&sql(SQL))
                 .bind(status)

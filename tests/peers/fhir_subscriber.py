@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A FHIR rest-hook subscriber for the tests: logs every notification it receives
-(path, content type, the X-Practice-Secret header, the Bundle) as one JSON line to LOG
+(path, content type, the X-Practice-Secret and Authorization headers, the Bundle) as one JSON line to LOG
 and answers per path: /hook 200, /gone 410.
 
 Prints its port on the first line of stdout (PORT, when given, is used: a subscriber
@@ -34,6 +34,7 @@ class Handler(BaseHTTPRequestHandler):
                 "at": time.time(),
                 "content_type": self.headers.get("Content-Type"),
                 "secret": self.headers.get("X-Practice-Secret"),
+                "authorization": self.headers.get("Authorization"),
                 "bundle": bundle,
             }) + "\n")
         code = 410 if self.path == "/gone" else 200

@@ -150,6 +150,11 @@ pub(crate) fn start(dir: &Path, env: &[(String, String)]) -> Server {
 
 /// Sends an admission for each patient.
 pub(crate) fn admit(server: &Server, dir: &Path, patients: &[&str]) {
+    admit_by(server, dir, patients, "")
+}
+
+/// Sends an admission for each patient, with `attending` (an XCN) in PV1-7.
+pub(crate) fn admit_by(server: &Server, dir: &Path, patients: &[&str], attending: &str) {
     let msgs: Vec<String> = patients
         .iter()
         .map(|p| {
@@ -157,7 +162,7 @@ pub(crate) fn admit(server: &Server, dir: &Path, patients: &[&str]) {
                 "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280800||ADT^A01|A-{p}|P|2.5.1\r\
 EVN|A01|202611280800\r\
 PID|1||{p}^^^GENHOSP^MR||DOE^JANE||19700101|F\r\
-PV1|1|I|4W^1^A^GENHOSP||||||||||||||||||V-{p}\r"
+PV1|1|I|4W^1^A^GENHOSP||||{attending}||||||||||||||V-{p}\r"
             )
         })
         .collect();

@@ -400,20 +400,23 @@ fn http_request_json(
     )
 }
 
+crate::delivery::on_both_backends!(
+    handshake_activates_and_heartbeats_follow,
+    handshake_scenario
+);
+
 /// The lifecycle through the delivery engine: a handshake (with the subscription's own
 /// header) makes the subscription active, heartbeats follow at its period, and an
-/// endpoint that refuses puts its subscription in error. Every bundle passes both
-/// validators.
-#[test]
-fn handshake_activates_and_heartbeats_follow() {
-    let dir = tempdir();
-    let config = dir.path().join("tokens.toml");
+/// endpoint that refuses puts its subscription in error; the subscriber reactivates one
+/// and turns another off. Every bundle passes both validators. On SQLite and PostgreSQL.
+fn handshake_scenario(dir: &Path, db_url: Option<&str>) {
+    let config = dir.join("tokens.toml");
     std::fs::write(
         &config,
         "[[auth.tokens]]\ntoken = \"admin-token-fhir-0123456789\"\nrole = \"admin\"\n",
     )
     .unwrap();
-    let log = dir.path().join("subscriber.jsonl");
+    let log = dir.join("subscriber.jsonl");
     let (child, port) = spawn_peer("fhir_subscriber.py", &[log.display().to_string()], &[]);
     struct Kill(std::process::Child);
     impl Drop for Kill {
@@ -423,16 +426,17 @@ fn handshake_activates_and_heartbeats_follow() {
         }
     }
     let _subscriber = Kill(child);
-    let server = Server::start(
-        dir.path(),
-        &[
-            ("ADT_ROUTER_CONFIG", config.to_str().unwrap()),
-            ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
-            ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
-            ("ADT_ROUTER__DELIVERY__MAX_ATTEMPTS", "2"),
-            ("ADT_ROUTER__DELIVERY__RETRY_BASE_MS", "100"),
-        ],
-    );
+    let mut env = vec![
+        ("ADT_ROUTER_CONFIG", config.to_str().unwrap()),
+        ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+        ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
+        ("ADT_ROUTER__DELIVERY__MAX_ATTEMPTS", "2"),
+        ("ADT_ROUTER__DELIVERY__RETRY_BASE_MS", "100"),
+    ];
+    if let Some(u) = db_url {
+        env.push(("ADT_ROUTER__DATABASE__URL", u));
+    }
+    let server = Server::start(dir, &env);
     let base = format!("http://{}/fhir", server.http);
     let mut ok = subscription(
         &base,
@@ -512,7 +516,7 @@ fn handshake_activates_and_heartbeats_follow() {
     }
     let bundles: Vec<Value> = r.iter().take(3).map(|n| n["bundle"].clone()).collect();
     assert_eq!(bundles[0]["type"], "history");
-    assert_valid(dir.path(), &bundles);
+    assert_valid(dir, &bundles);
 
     // An endpoint that answers 410 to the handshake: error, with the reason.
     let gone = subscription(
@@ -565,7 +569,72 @@ fn handshake_activates_and_heartbeats_follow() {
         n["error"].as_str().unwrap().contains("out of retries"),
         "{n}"
     );
-    assert_valid(dir.path(), &[s, n]);
+    assert_valid(dir, &[s.clone(), n.clone()]);
+
+    // Recovery per the IG: the subscriber fixes its endpoint and asks for reactivation
+    // (status requested); a new handshake reaches the new endpoint and it is active.
+    let put = |id: &str, body: &Value| {
+        http_request_json(
+            &server.http,
+            "PUT",
+            &format!("/fhir/Subscription/{id}"),
+            ADMIN,
+            body.to_string().as_bytes(),
+        )
+    };
+    let mut fixed = s.clone();
+    fixed["status"] = json!("requested");
+    fixed["channel"]["endpoint"] = json!(format!("http://127.0.0.1:{port}/hook"));
+    let (status, _, updated) = put(&gid, &fixed);
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["status"], "requested");
+    assert!(
+        updated.get("error").is_none(),
+        "the error is cleared: {updated}"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the reactivated subscription to be active",
+        || read(&gid)["status"] == "active",
+    );
+    let handshakes = received()
+        .into_iter()
+        .filter(|n| kind(n) == "handshake" && n["path"] == "/hook")
+        .filter(|n| {
+            n["bundle"]["entry"][0]["resource"]["parameter"][0]["valueReference"]["reference"]
+                .as_str()
+                .is_some_and(|r| r.ends_with(&gid))
+        })
+        .count();
+    assert_eq!(
+        handshakes, 1,
+        "one handshake reached /hook for the reactivated one"
+    );
+    // Turning one off: it stays off, and its queued notifications are not sent.
+    let mut off = n.clone();
+    off["status"] = json!("off");
+    let (status, _, turned) = put(&nid, &off);
+    assert_eq!(status, 200, "{turned}");
+    assert_eq!(read(&nid)["status"], "off");
+    // Refused updates, each with an OperationOutcome naming the element.
+    let mut other_id = fixed.clone();
+    other_id["id"] = json!("someone-else");
+    let (status, _, oo) = put(&gid, &other_id);
+    assert_eq!(status, 400, "{oo}");
+    assert_eq!(oo["issue"][0]["expression"][0], "Subscription.id");
+    let mut new_topic = fixed.clone();
+    new_topic["criteria"] = json!(format!("{base}/SubscriptionTopic/admission"));
+    new_topic["status"] = json!("error");
+    let (status, _, oo) = put(&gid, &new_topic);
+    assert_eq!(status, 422, "{oo}");
+    let at: Vec<&str> = oo["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["expression"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(at, ["Subscription.criteria", "Subscription.status"], "{oo}");
+    assert_valid(dir, &[updated, turned, oo, read(&gid)]);
 }
 
 /// Event notifications: admissions routed to a practice's NPI reach its full-resource
@@ -658,7 +727,9 @@ fn events_are_numbered_and_missed_ones_recovered() {
             .map(|p| p["part"][0]["valueString"].as_str().unwrap().to_string())
             .collect()
     };
-    crate::delivery::admit(&server, dir.path(), &patients[..3]);
+    // The attending (PV1-7) becomes the Practitioner; the facility the Organization.
+    let attending = format!("{}^KILDARE^JAMES^^^DR^^^NPI", npi(72));
+    crate::delivery::admit_by(&server, dir.path(), &patients[..3], &attending);
     wait_for(Duration::from_secs(30), "three event notifications", || {
         received().len() >= 3
     });
@@ -676,12 +747,30 @@ fn events_are_numbered_and_missed_ones_recovered() {
     let pat = &first[0]["entry"][2]["resource"];
     assert_eq!(pat["resourceType"], "Patient");
     assert_eq!(pat["name"][0]["family"], "DOE");
+    let doc = &first[0]["entry"][3]["resource"];
+    assert_eq!(doc["resourceType"], "Practitioner");
+    assert_eq!(doc["identifier"][0]["value"], npi(72).as_str());
+    assert!(
+        doc["name"][0]["text"].as_str().unwrap().contains("KILDARE"),
+        "{doc}"
+    );
+    assert_eq!(
+        enc["participant"][0]["individual"]["reference"],
+        format!("Practitioner/{}", doc["id"].as_str().unwrap()).as_str()
+    );
+    let org = &first[0]["entry"][4]["resource"];
+    assert_eq!(org["resourceType"], "Organization");
+    assert_eq!(org["name"], "GENHOSP");
+    assert_eq!(
+        enc["serviceProvider"]["reference"],
+        format!("Organization/{}", org["id"].as_str().unwrap()).as_str()
+    );
     assert_valid(dir.path(), &first);
 
     // The subscriber goes down; two more admissions happen.
     let _ = subscriber.kill();
     let _ = subscriber.wait();
-    crate::delivery::admit(&server, dir.path(), &patients[3..]);
+    crate::delivery::admit_by(&server, dir.path(), &patients[3..], &attending);
     wait_for(
         Duration::from_secs(30),
         "the server to count five events",
@@ -712,7 +801,17 @@ fn events_are_numbered_and_missed_ones_recovered() {
         .collect();
     assert_eq!(
         kinds,
-        ["Parameters", "Encounter", "Patient", "Encounter", "Patient"]
+        [
+            "Parameters",
+            "Encounter",
+            "Patient",
+            "Practitioner",
+            "Organization",
+            "Encounter",
+            "Patient",
+            "Practitioner",
+            "Organization"
+        ]
     );
     let (_, _, posted) = http_request_json(
         &server.http,
@@ -737,6 +836,287 @@ fn events_are_numbered_and_missed_ones_recovered() {
         ["1", "2", "3", "4", "5"],
         "in order, after the retries"
     );
+    // Each event's proof of delivery records the event number it carried.
+    let proven = || -> Vec<String> {
+        let mut n: Vec<String> = crate::delivery::export(&server)
+            .iter()
+            .filter(|r| r["channel"] == "FHIR" && r["status"] == "delivered")
+            .map(|r| r["proof"].clone())
+            .filter(|p| p["fhir"]["type"] == "event-notification")
+            .flat_map(|p| {
+                p["fhir"]["event_numbers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "proofs naming events 1 to 5",
+        || proven() == ["1", "2", "3", "4", "5"],
+    );
     let _ = back.kill();
     let _ = back.wait();
+}
+
+/// A private key made by openssl (`genpkey` with these options) in `dir`.
+fn openssl_key(dir: &Path, name: &str, opts: &[&str]) -> String {
+    let path = dir.join(name);
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-quiet", "-out", path.to_str().unwrap()])
+        .args(opts)
+        .status()
+        .expect("openssl");
+    assert!(ok.success(), "openssl genpkey {opts:?}");
+    path.display().to_string()
+}
+
+/// SMART Backend Services against a token endpoint stand-in that checks assertions with
+/// PyJWT: subscriptions on endpoints registered with an RS384 and an ES384 key get every
+/// notification with a token issued to that client (the stand-in fetched our keys from
+/// `/.well-known/jwks.json` and checked signature, alg, kid, iss/sub, aud, exp and jti),
+/// the token is cached (fewer requests than notifications) and renewed when it expires
+/// (3 s here); a static Authorization header is replaced by the token. A client whose
+/// registered key is not ours is refused by the stand-in, and nothing is sent to its
+/// endpoint: the reason is on the notification, which is retried.
+#[test]
+fn smart_backend_services_tokens_reach_the_subscriber() {
+    let dir = tempdir();
+    let rsa = openssl_key(
+        dir.path(),
+        "rsa.pem",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let ec = openssl_key(
+        dir.path(),
+        "ec.pem",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+    );
+    // A key the stand-in has on file for "router-wrong"; adt-router signs with `ec`.
+    let other = openssl_key(
+        dir.path(),
+        "other.pem",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+    );
+    let other_pub = dir.path().join("other.pub.pem");
+    assert!(Command::new("openssl")
+        .args(["pkey", "-in", &other, "-pubout", "-out"])
+        .arg(&other_pub)
+        .status()
+        .unwrap()
+        .success());
+
+    let http_port = free_port();
+    let jwks = format!("http://127.0.0.1:{http_port}/.well-known/jwks.json");
+    let token_log = dir.path().join("tokens.jsonl");
+    let (token_peer, token_port) = spawn_peer(
+        "smart_token.py",
+        &[
+            token_log.display().to_string(),
+            format!("router-rs=jwks:{jwks}"),
+            format!("router-es=jwks:{jwks}"),
+            format!("router-wrong=pem:{}", other_pub.display()),
+        ],
+        &[("EXPIRES_IN", "3".to_string())],
+    );
+    let log = dir.path().join("subscriber.jsonl");
+    let (subscriber, port) = spawn_peer("fhir_subscriber.py", &[log.display().to_string()], &[]);
+    struct Kill(Vec<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let _peers = Kill(vec![token_peer, subscriber]);
+
+    let client = |name: &str, key: &str| {
+        format!(
+            "[[delivery.smart]]\nendpoint_prefix = \"http://127.0.0.1:{port}/{name}/\"\n\
+             token_url = \"http://127.0.0.1:{token_port}/token\"\nclient_id = \"router-{name}\"\n\
+             key_file = \"{key}\"\nkid = \"key-{name}\"\nscope = \"system/Encounter.rs\"\n"
+        )
+    };
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\ntoken = \"admin-token-fhir-0123456789\"\nrole = \"admin\"\n{}{}{}",
+            client("rs", &rsa),
+            client("es", &ec),
+            client("wrong", &ec)
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{http_port}");
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER_CONFIG", config.to_str().unwrap()),
+            ("ADT_ROUTER__HTTP__LISTEN", &listen),
+            ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
+            ("ADT_ROUTER__DELIVERY__RETRY_BASE_MS", "200"),
+        ],
+    );
+    let (status, body) = server.get("/.well-known/jwks.json");
+    assert_eq!(status, 200);
+    let set: Value = serde_json::from_str(&body).unwrap();
+    let mut kids: Vec<&str> = set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    kids.sort();
+    assert_eq!(kids, ["key-es", "key-rs", "key-wrong"], "{set}");
+
+    let base = format!("http://{}/fhir", server.http);
+    let mut ids = Vec::new();
+    for name in ["rs", "es", "wrong"] {
+        let mut s = subscription(
+            &base,
+            "admission",
+            "Encounter?attributed-practitioner=1234567893",
+            &format!("http://127.0.0.1:{port}/{name}/hook"),
+        );
+        s["channel"]["extension"][0]["valueUnsignedInt"] = json!(1);
+        s["channel"]["header"] =
+            json!(["X-Practice-Secret: s3cret", "Authorization: Bearer static"]);
+        let (status, _, created) = http_request_json(
+            &server.http,
+            "POST",
+            "/fhir/Subscription",
+            ADMIN,
+            s.to_string().as_bytes(),
+        );
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let lines = |p: &Path| -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let to = |name: &str| -> Vec<Value> {
+        lines(&log)
+            .into_iter()
+            .filter(|n| {
+                n["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("/{name}/"))
+            })
+            .collect()
+    };
+    // A handshake and five heartbeats a second apart: more than one token lifetime.
+    wait_for(
+        Duration::from_secs(30),
+        "six notifications to each SMART endpoint",
+        || to("rs").len() >= 6 && to("es").len() >= 6,
+    );
+    let tokens = lines(&token_log);
+    for (name, alg) in [("rs", "RS384"), ("es", "ES384")] {
+        let client_id = format!("router-{name}");
+        let issued: Vec<&Value> = tokens
+            .iter()
+            .filter(|t| t["client_id"] == client_id.as_str())
+            .collect();
+        assert!(
+            issued.iter().all(|t| t["ok"] == true
+                && t["alg"] == alg
+                && t["kid"] == format!("key-{name}").as_str()
+                && t["scope"] == "system/Encounter.rs"),
+            "{issued:?}"
+        );
+        let got = to(name);
+        for n in &got {
+            let auth = n["authorization"].as_str().unwrap_or_default();
+            let token = auth
+                .strip_prefix("Bearer ")
+                .unwrap_or_else(|| panic!("{auth:?}"));
+            assert!(
+                issued.iter().any(|t| t["token"] == token),
+                "{name}: {auth} was issued to {client_id}"
+            );
+            assert_eq!(n["secret"], "s3cret", "the other static header is kept");
+        }
+        assert!(
+            issued.len() >= 2 && issued.len() < got.len(),
+            "{name}: {} tokens for {} notifications (cached, and renewed on expiry)",
+            issued.len(),
+            got.len()
+        );
+        let (_, _, s) = http_request_json(
+            &server.http,
+            "GET",
+            &format!(
+                "/fhir/Subscription/{}",
+                ids[if name == "rs" { 0 } else { 1 }]
+            ),
+            ADMIN,
+            b"",
+        );
+        assert_eq!(s["status"], "active", "{s}");
+    }
+    // No jti was ever used twice (the stand-in refuses reuse; none was refused).
+    let jtis: std::collections::BTreeSet<&str> =
+        tokens.iter().filter_map(|t| t["jti"].as_str()).collect();
+    assert_eq!(jtis.len(), tokens.len());
+
+    // The client whose registered key is not ours: refused on the signature, nothing sent.
+    let wrong: Vec<&Value> = tokens
+        .iter()
+        .filter(|t| t["client_id"] == "router-wrong")
+        .collect();
+    assert!(!wrong.is_empty());
+    assert!(
+        wrong.iter().all(|t| t["ok"] == false
+            && t["error"] == "invalid_client"
+            && t["why"].as_str().unwrap().contains("Signature")),
+        "{wrong:?}"
+    );
+    assert!(to("wrong").is_empty(), "no request without a token");
+    let (_, _, s) = http_request_json(
+        &server.http,
+        "GET",
+        &format!("/fhir/Subscription/{}", ids[2]),
+        ADMIN,
+        b"",
+    );
+    assert_eq!(
+        s["status"], "requested",
+        "still waiting for its handshake: {s}"
+    );
+    let out = server.run(&["notifications", "export", "--format", "jsonl"]);
+    assert!(out.status.success());
+    let pending: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|n: &Value| {
+            n["endpoint"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("/wrong/")
+        })
+        .collect();
+    assert_eq!(pending.len(), 1, "the handshake");
+    assert!(server.metric("adt_router_smart_token_requests_total{outcome=\"issued\"}") >= 4.0);
+    assert!(server.metric("adt_router_smart_token_requests_total{outcome=\"refused\"}") >= 1.0);
+    let why = pending[0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("HTTP 401")
+            && why.contains("invalid_client")
+            && pending[0]["status"] != "dead",
+        "{}",
+        pending[0]
+    );
 }
