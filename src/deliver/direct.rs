@@ -665,6 +665,7 @@ mod tests {
             raw_hl7: Some(b"MSH|^~\\&|EPIC|GENHOSP\rPID|1||MRN1\r".to_vec()),
             subscription_id: None,
             headers: vec![],
+            timeout_secs: None,
             kind: None,
         }
     }

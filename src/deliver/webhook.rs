@@ -141,6 +141,11 @@ pub async fn send(
         },
         None => None,
     };
+    // A subscription may ask for less time per attempt than the engine allows.
+    let timeout = match n.timeout_secs {
+        Some(t) if t > 0 => timeout.min(Duration::from_secs(t as u64)),
+        _ => timeout,
+    };
     let ts = crate::store::now_us() / 1_000_000;
     // FHIR notifications are FHIR JSON, with the headers their subscription asked for.
     let content_type = if n.channel == "FHIR" {

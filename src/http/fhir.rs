@@ -127,6 +127,7 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
         deleted: false,
         headers: req.headers.clone(),
         heartbeat_secs: req.heartbeat_secs.map(|h| h as i64),
+        timeout_secs: req.timeout_secs.map(|t| t as i64),
     };
     if let Err(e) = s.store.insert_subscription(&row).await {
         return store_error(e);
@@ -314,6 +315,7 @@ pub async fn update(
         resource: stored.to_string(),
         headers: req.headers.clone(),
         heartbeat_secs: req.heartbeat_secs.map(|h| h as i64),
+        timeout_secs: req.timeout_secs.map(|t| t as i64),
         ..old
     };
     match s.store.update_subscription(&row).await {

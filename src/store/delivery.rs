@@ -22,6 +22,8 @@ pub struct Outgoing {
     /// FHIR only: the subscription, and the headers it asked for.
     pub subscription_id: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// FHIR only: the subscription's time limit per attempt (`backport-timeout`).
+    pub timeout_secs: Option<i64>,
     /// handshake | heartbeat | event (FHIR), the transition kind otherwise.
     pub kind: Option<String>,
 }
@@ -61,7 +63,8 @@ impl Store {
                 AND d.secret IS NOT NULL AND (d.endpoint = o.endpoint OR d.endpoint || '/' = o.endpoint) ORDER BY d.id LIMIT 1), \
              CASE WHEN o.channel = 'DIRECT' THEN (SELECT i.raw FROM encounter_transition t JOIN inbound_messages i ON i.id = t.inbound_id \
                 WHERE t.transition_key = o.transition_key) END, \
-             o.subscription_id, (SELECT f.headers FROM fhir_subscription f WHERE f.id = o.subscription_id), o.kind \
+             o.subscription_id, (SELECT f.headers FROM fhir_subscription f WHERE f.id = o.subscription_id), o.kind, \
+             (SELECT f.timeout_secs FROM fhir_subscription f WHERE f.id = o.subscription_id) \
              FROM outbox o WHERE o.id = $1";
         on_pool!(self, |p, sql| {
             let row = sqlx::query(&sql(SQL)).bind(id).fetch_optional(p).await?;
@@ -82,6 +85,7 @@ impl Store {
                         .and_then(|h| serde_json::from_str(&h).ok())
                         .unwrap_or_default(),
                     kind: r.try_get(11)?,
+                    timeout_secs: r.try_get(12)?,
                 })
             })
             .transpose()

@@ -20,6 +20,8 @@ pub struct SubscriptionRow {
     /// `Name: value` pairs sent with every notification.
     pub headers: Vec<(String, String)>,
     pub heartbeat_secs: Option<i64>,
+    /// `backport-timeout`: seconds allowed per delivery attempt.
+    pub timeout_secs: Option<i64>,
 }
 
 type Row = (
@@ -38,6 +40,7 @@ type Row = (
     Option<i64>,
     String,
     Option<i64>,
+    Option<i64>,
 );
 
 /// id, transition key, kind, event time, encounter, patient key, a routed body.
@@ -47,7 +50,7 @@ type PendingRow = (i64, String, String, i64, String, String, Option<Vec<u8>>);
 const STOP_PENDING: &str =
     "UPDATE outbox SET status = 'dead', last_error = $1 WHERE subscription_id = $2 AND status = 'pending'";
 
-const COLUMNS: &str = "id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us, headers, heartbeat_secs";
+const COLUMNS: &str = "id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us, headers, heartbeat_secs, timeout_secs";
 
 fn row(r: Row) -> SubscriptionRow {
     SubscriptionRow {
@@ -66,13 +69,14 @@ fn row(r: Row) -> SubscriptionRow {
         deleted: r.12.is_some(),
         headers: serde_json::from_str(&r.13).unwrap_or_default(),
         heartbeat_secs: r.14,
+        timeout_secs: r.15,
     }
 }
 
 impl Store {
     pub async fn insert_subscription(&self, s: &SubscriptionRow) -> Result<(), StoreError> {
-        const SQL: &str = "INSERT INTO fhir_subscription (id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, headers, heartbeat_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+        const SQL: &str = "INSERT INTO fhir_subscription (id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, headers, heartbeat_secs, timeout_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
         let npis = serde_json::to_string(&s.owner_npis).unwrap_or_else(|_| "[]".into());
         on_pool!(self, |p, sql| {
             sqlx::query(&sql(SQL))
@@ -90,6 +94,7 @@ impl Store {
                 .bind(s.created_at_us)
                 .bind(serde_json::to_string(&s.headers).unwrap_or_else(|_| "[]".into()))
                 .bind(s.heartbeat_secs)
+                .bind(s.timeout_secs)
                 .execute(p)
                 .await?;
         });
@@ -154,7 +159,7 @@ impl Store {
     /// when the subscription is turned off. False when deleted meanwhile.
     pub async fn update_subscription(&self, s: &SubscriptionRow) -> Result<bool, StoreError> {
         const SQL: &str = "UPDATE fhir_subscription SET owner_npis = $1, filters = $2, endpoint = $3, content = $4, status = $5, \
-             error = NULL, resource = $6, headers = $7, heartbeat_secs = $8 WHERE id = $9 AND deleted_at_us IS NULL";
+             error = NULL, resource = $6, headers = $7, heartbeat_secs = $8, timeout_secs = $10 WHERE id = $9 AND deleted_at_us IS NULL";
         const MOVE: &str =
             "UPDATE outbox SET endpoint = $1 WHERE subscription_id = $2 AND status = 'pending'";
         let npis = serde_json::to_string(&s.owner_npis).unwrap_or_else(|_| "[]".into());
@@ -170,6 +175,7 @@ impl Store {
                 .bind(serde_json::to_string(&s.headers).unwrap_or_else(|_| "[]".into()))
                 .bind(s.heartbeat_secs)
                 .bind(&s.id)
+                .bind(s.timeout_secs)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A FHIR rest-hook subscriber for the tests: logs every notification it receives
 (path, content type, the X-Practice-Secret and Authorization headers, the Bundle) as one JSON line to LOG
-and answers per path: /hook 200, /gone 410.
+and answers per path: /hook 200, /gone 410, /slow 200 after 3 s.
 
 Prints its port on the first line of stdout (PORT, when given, is used: a subscriber
 that comes back after being down listens where it did).
@@ -37,6 +37,8 @@ class Handler(BaseHTTPRequestHandler):
                 "authorization": self.headers.get("Authorization"),
                 "bundle": bundle,
             }) + "\n")
+        if self.path == "/slow":
+            time.sleep(3)
         code = 410 if self.path == "/gone" else 200
         self.send_response(code)
         self.send_header("Content-Length", "0")

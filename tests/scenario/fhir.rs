@@ -569,6 +569,32 @@ fn handshake_scenario(dir: &Path, db_url: Option<&str>) {
         n["error"].as_str().unwrap().contains("out of retries"),
         "{n}"
     );
+
+    // backport-timeout: 1 s per attempt, though the engine allows 10 s; an endpoint
+    // that takes 3 s times out on both attempts.
+    let mut slow = subscription(
+        &base,
+        "transfer",
+        "Encounter?attributed-practitioner=1234567893",
+        &format!("http://127.0.0.1:{port}/slow"),
+    );
+    slow["channel"]["extension"][1]["valueUnsignedInt"] = json!(1);
+    let (status, _, created) = http_request_json(
+        &server.http,
+        "POST",
+        "/fhir/Subscription",
+        ADMIN,
+        slow.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201);
+    let sid = created["id"].as_str().unwrap().to_string();
+    wait_for(
+        Duration::from_secs(20),
+        "the slow endpoint's handshake to time out twice",
+        || read(&sid)["status"] == "error",
+    );
+    let e = read(&sid);
+    assert!(e["error"].as_str().unwrap().contains("timed out"), "{e}");
     assert_valid(dir, &[s.clone(), n.clone()]);
 
     // Recovery per the IG: the subscriber fixes its endpoint and asks for reactivation
