@@ -20,11 +20,7 @@ ENDPOINTS="${ENDPOINTS:-20}"
 SHARED="${ADT_ROUTER_SHARED:-$PWD/../shared}"
 cargo build --quiet --release
 BIN="$PWD/target/release/adt-router"
-mkdir -p target/mllp-bench-src
-cp -r "$SHARED/tools/mllp-bench/Cargo.toml" "$SHARED/tools/mllp-bench/src" target/mllp-bench-src/
-chmod -R u+w target/mllp-bench-src
-CARGO_TARGET_DIR=target/mllp-bench cargo build --quiet --release --manifest-path target/mllp-bench-src/Cargo.toml
-LOAD="$PWD/target/mllp-bench/release/mllp-bench"
+LOAD="$(ADT_ROUTER_SHARED="$SHARED" scripts/build-mllp-bench.sh)"
 RECEIVER="$PWD/scripts/peers/fast_receiver.mjs"
 RULES="$PWD/routing-rules"
 SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

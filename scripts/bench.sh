@@ -15,11 +15,7 @@ MLLP_PORT="${MLLP_PORT:-22575}"
 HTTP_PORT="${HTTP_PORT:-28080}"
 
 cargo build --quiet --release
-mkdir -p target/mllp-bench-src
-cp -r "$SHARED/tools/mllp-bench/Cargo.toml" "$SHARED/tools/mllp-bench/src" target/mllp-bench-src/
-chmod -R u+w target/mllp-bench-src
-CARGO_TARGET_DIR=target/mllp-bench cargo build --quiet --release --manifest-path target/mllp-bench-src/Cargo.toml
-MB="$PWD/target/mllp-bench/release/mllp-bench"
+MB="$(ADT_ROUTER_SHARED="$SHARED" scripts/build-mllp-bench.sh)"
 BIN="$PWD/target/release/adt-router"
 
 work=$(mktemp -d /tmp/adt-router-bench.XXXXXX)

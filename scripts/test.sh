@@ -74,12 +74,8 @@ fi
 tansu --version 2>/dev/null || "$CACHE/tansu/bin/tansu" --help >/dev/null
 
 step "neutral MLLP load client: shared/tools/mllp-bench"
-# shared/ is read-only and the tool ships no Cargo.lock, so build a copy under target/.
-mkdir -p target/mllp-bench-src
-cp -r "$SHARED/tools/mllp-bench/Cargo.toml" "$SHARED/tools/mllp-bench/src" target/mllp-bench-src/
-chmod -R u+w target/mllp-bench-src
-CARGO_TARGET_DIR=target/mllp-bench cargo build --quiet --release --manifest-path target/mllp-bench-src/Cargo.toml
-export MLLP_BENCH="$PWD/target/mllp-bench/release/mllp-bench"
+MLLP_BENCH="$(ADT_ROUTER_SHARED="$SHARED" scripts/build-mllp-bench.sh)"
+export MLLP_BENCH
 
 step "format and lints"
 cargo fmt --all -- --check

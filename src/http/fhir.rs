@@ -53,6 +53,19 @@ fn caller(s: &HttpState, headers: &HeaderMap) -> Result<Caller, Response> {
     })
 }
 
+/// A caller that may change subscriptions (admin or practice); `what` says what it asked.
+fn writer(s: &HttpState, headers: &HeaderMap, what: &str) -> Result<Caller, Response> {
+    let c = caller(s, headers)?;
+    if !matches!(c.role, Role::Admin | Role::Practice) {
+        return Err(outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("only admin and practice tokens may {what}"),
+        ));
+    }
+    Ok(c)
+}
+
 /// A practice sees only subscriptions made for its NPIs; the hospital's roles see all.
 fn may_see(c: &Caller, row: &SubscriptionRow) -> bool {
     c.role != Role::Practice || row.owner_npis.iter().any(|n| c.npis.contains(n))
@@ -67,17 +80,10 @@ pub async fn metadata(State(s): State<HttpState>) -> Response {
 }
 
 pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    let c = match caller(&s, &headers) {
+    let c = match writer(&s, &headers, "subscribe") {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !matches!(c.role, Role::Admin | Role::Practice) {
-        return outcome(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only admin and practice tokens may subscribe",
-        );
-    }
     let resource: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -226,17 +232,10 @@ pub async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let c = match caller(&s, &headers) {
+    let c = match writer(&s, &headers, "change subscriptions") {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !matches!(c.role, Role::Admin | Role::Practice) {
-        return outcome(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only admin and practice tokens may change subscriptions",
-        );
-    }
     let old = match visible(&s, &c, &id).await {
         Ok(r) => r,
         Err(r) => return r,
@@ -419,17 +418,10 @@ pub async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let c = match caller(&s, &headers) {
+    let c = match writer(&s, &headers, "delete subscriptions") {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !matches!(c.role, Role::Admin | Role::Practice) {
-        return outcome(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only admin and practice tokens may delete subscriptions",
-        );
-    }
     if let Err(r) = visible(&s, &c, &id).await {
         return r;
     }
