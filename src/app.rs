@@ -91,7 +91,11 @@ impl App {
             settings.fallback_charset(),
             metrics.clone(),
         );
-        ingest.stored = Some(wakers.stored.clone());
+        // The embedded log is the store: the router hears of each commit. In Kafka mode the
+        // listener stores nothing; the consumer says when records reach the database.
+        if kafka.is_none() {
+            ingest.stored = Some(wakers.stored.clone());
+        }
         let ingest = Arc::new(ingest);
         let m = &settings.mllp;
         let tls = if m.tls_cert.is_empty() {
@@ -242,6 +246,7 @@ impl App {
                     duplicate_window: Duration::from_secs(
                         self.settings.event_log.duplicate_window_hours * 3600,
                     ),
+                    stored: Some(self.wakers.stored.clone()),
                 },
                 self.metrics.clone(),
                 rx.clone(),

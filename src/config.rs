@@ -203,12 +203,19 @@ pub struct KafkaSettings {
     /// waits for it, so 0: librdkafka still batches whatever queues up while a request
     /// is in flight. Any value above 0 costs a lone sender about 1 ms per message.
     pub linger_ms: f64,
-    /// none, gzip, snappy, lz4 or zstd.
+    /// none, gzip, snappy or lz4. none by default: an HL7 v2 message is a few hundred
+    /// bytes to a few KB, and on the benchmark lz4 cost 18% of C=8 throughput and 38% of
+    /// C=1 (docs/benchmarks.md); set lz4 when the broker is across a slow link.
     pub compression: String,
     /// Run the router (the consumer group member) in this process.
     pub consume: bool,
     /// How soon the group notices a dead router and hands its partitions over.
     pub session_timeout_ms: u64,
+    /// librdkafka properties for every client (producer, consumer, admin), applied
+    /// last: TLS and SASL for a real cluster (`security.protocol`, `sasl.mechanism`,
+    /// `ssl.ca.location`, ...), or tuning. Printed configurations show keys only.
+    #[serde(serialize_with = "keys_only")]
+    pub librdkafka_options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaSettings {
@@ -221,9 +228,10 @@ impl Default for KafkaSettings {
             group: "adt-router".into(),
             produce_timeout_ms: 5000,
             linger_ms: 0.0,
-            compression: "lz4".into(),
+            compression: "none".into(),
             consume: true,
             session_timeout_ms: 10_000,
+            librdkafka_options: Default::default(),
         }
     }
 }
@@ -403,6 +411,19 @@ pub struct TokenSettings {
     pub npis: Vec<String>,
 }
 
+/// A map printed with its keys only (values may be passwords).
+fn keys_only<S: serde::Serializer>(
+    m: &std::collections::BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut out = s.serialize_map(Some(m.len()))?;
+    for k in m.keys() {
+        out.serialize_entry(k, "<set>")?;
+    }
+    out.end()
+}
+
 fn hash_secret<S: serde::Serializer>(t: &str, s: S) -> Result<S::Ok, S::Error> {
     use sha2::Digest;
     s.serialize_str(&format!(
@@ -451,6 +472,26 @@ impl Settings {
     /// Checks what serde cannot: addresses parse, limits are sane, names are known.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        // The ACK and at-least-once guarantees rest on these; no option may weaken them.
+        const GUARANTEES: [&str; 6] = [
+            "acks",
+            "request.required.acks",
+            "enable.idempotence",
+            "enable.auto.offset.store",
+            "enable.auto.commit",
+            "group.id",
+        ];
+        if let Some(k) = self
+            .kafka
+            .librdkafka_options
+            .keys()
+            .find(|k| GUARANTEES.contains(&k.as_str()))
+        {
+            return bad(
+                "kafka.librdkafka_options",
+                format!("{k} is set by adt-router (its delivery guarantees depend on it)"),
+            );
+        }
         if self.mllp.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad(
                 "mllp.listen",
@@ -556,12 +597,12 @@ impl Settings {
             if self.kafka.partitions < 1 {
                 return bad("kafka.partitions", "must be at least 1".into());
             }
-            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.kafka.compression.as_str())
-            {
+            // The bundled librdkafka is built without libzstd.
+            if !["none", "gzip", "snappy", "lz4"].contains(&self.kafka.compression.as_str()) {
                 return bad(
                     "kafka.compression",
                     format!(
-                        "'{}' is not none, gzip, snappy, lz4 or zstd",
+                        "'{}' is not none, gzip, snappy or lz4",
                         self.kafka.compression
                     ),
                 );

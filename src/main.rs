@@ -561,6 +561,7 @@ async fn replay(
         rules: settings.parse_rules(),
         fallback: settings.fallback_charset(),
         duplicate_window: Duration::from_secs(settings.event_log.duplicate_window_hours * 3600),
+        stored: None,
     };
     let summary = replay_kafka(&settings.kafka, processor, from).await?;
     println!("{}", serde_json::to_string(&summary)?);

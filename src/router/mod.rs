@@ -50,6 +50,8 @@ pub struct RecordProcessor {
     pub rules: ParseRules,
     pub fallback: &'static encoding_rs::Encoding,
     pub duplicate_window: Duration,
+    /// Told when records were stored (the router in this process routes them).
+    pub stored: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl RecordProcessor {
@@ -87,10 +89,11 @@ impl RecordProcessor {
             }
         }
         let since = now_us() - self.duplicate_window.as_micros() as i64;
-        for (slot, stored) in slots
-            .into_iter()
-            .zip(self.store.record_consumed(&rows, since).await?)
-        {
+        let stored_all = self.store.record_consumed(&rows, since).await?;
+        if let Some(w) = self.stored.as_ref().filter(|_| !rows.is_empty()) {
+            w.notify_one();
+        }
+        for (slot, stored) in slots.into_iter().zip(stored_all) {
             out[slot] = match stored {
                 Some(a) => Processed::Stored {
                     duplicate: a.duplicate,

@@ -96,6 +96,36 @@ fn every_subcommand_has_help_and_bad_config_fails_clearly() {
             && text.contains("PV1"),
         "{text}"
     );
+    // librdkafka options: printed by key only (they may hold passwords); the ones the
+    // delivery guarantees rest on are refused.
+    std::fs::write(
+        &cfg,
+        "[kafka.librdkafka_options]\n\"sasl.password\" = \"hunter2-secret\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("sasl.password") && !text.contains("hunter2"),
+        "{text}"
+    );
+    std::fs::write(&cfg, "[kafka.librdkafka_options]\nacks = \"1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kafka.librdkafka_options") && err.contains("acks"),
+        "{err}"
+    );
     let out = Command::new(BIN)
         .args(["send", "--to", "127.0.0.1:1", "/nonexistent.hl7"])
         .output()
