@@ -438,6 +438,20 @@ pub async fn delete(
     }
 }
 
+/// One subscription's status as a searchset entry (`query-status`).
+fn status_entry(base: &str, row: &SubscriptionRow) -> (String, Value) {
+    let p = fhir::status_parameters(
+        base,
+        &row.id,
+        &row.topic,
+        &row.status,
+        "query-status",
+        row.events_since_start,
+        row.error.as_deref(),
+    );
+    (format!("urn:uuid:{}", fhir::uuid_like(&row.id)), p)
+}
+
 /// `GET /fhir/Subscription/{id}/$status`: a searchset with the status Parameters.
 pub async fn status(
     State(s): State<HttpState>,
@@ -448,23 +462,58 @@ pub async fn status(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let row = match visible(&s, &c, &id).await {
-        Ok(r) => r,
+    match visible(&s, &c, &id).await {
+        Ok(row) => fhir(
+            StatusCode::OK,
+            fhir::searchset(vec![status_entry(&s.fhir_base, &row)]),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// `GET /fhir/Subscription/$status?id=a,b&status=error`: the statuses of every
+/// subscription the caller may see, narrowed by id and status (each ORed within
+/// itself, comma-separated or repeated), one searchset entry each.
+pub async fn status_all(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
         Err(r) => return r,
     };
-    let p = fhir::status_parameters(
-        &s.fhir_base,
-        &row.id,
-        &row.topic,
-        &row.status,
-        "query-status",
-        row.events_since_start,
-        row.error.as_deref(),
-    );
-    fhir(
-        StatusCode::OK,
-        fhir::searchset(vec![(format!("urn:uuid:{}", fhir::uuid_like(&row.id)), p)]),
-    )
+    let mut ids = Vec::new();
+    let mut statuses = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        let values = v
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty());
+        match k.as_ref() {
+            "id" => ids.extend(values),
+            "status" => statuses.extend(values),
+            other => {
+                return outcome(
+                    StatusCode::BAD_REQUEST,
+                    "not-supported",
+                    format!("$status takes id and status, not {other}"),
+                )
+            }
+        }
+    }
+    let rows = match s.store.subscriptions(None, None).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let entries = rows
+        .iter()
+        .filter(|r| may_see(&c, r))
+        .filter(|r| ids.is_empty() || ids.contains(&r.id))
+        .filter(|r| statuses.is_empty() || statuses.contains(&r.status))
+        .map(|r| status_entry(&s.fhir_base, r))
+        .collect();
+    fhir(StatusCode::OK, fhir::searchset(entries))
 }
 
 /// `GET|POST /fhir/Subscription/{id}/$events`: the kept events with numbers from

@@ -55,6 +55,7 @@ pub fn router(state: HttpState) -> Router {
                 .delete(fhir::delete)
                 .layer(axum::extract::DefaultBodyLimit::max(256 * 1024)),
         )
+        .route("/fhir/Subscription/$status", get(fhir::status_all))
         .route("/fhir/Subscription/{id}/$status", get(fhir::status))
         .route(
             "/fhir/Subscription/{id}/$events",

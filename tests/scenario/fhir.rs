@@ -220,6 +220,40 @@ fn subscriptions_api_validates_and_refuses_with_operation_outcomes() {
     assert_eq!(param("type")["valueCode"], "query-status");
     assert_eq!(param("events-since-subscription-start")["valueString"], "0");
     emitted.push(st.clone());
+    // Type-level $status: every subscription the caller sees, narrowed by id / status.
+    let count = |path: &str| {
+        let (status, _, b) = req("GET", path, Some(PRACTICE), &Value::Null);
+        assert_eq!(status, 200, "{path}: {b}");
+        b["entry"].as_array().map_or(0, |e| e.len())
+    };
+    assert_eq!(count("/fhir/Subscription/$status"), 2);
+    assert_eq!(count(&format!("/fhir/Subscription/$status?id={id}")), 1);
+    assert_eq!(
+        count(&format!(
+            "/fhir/Subscription/$status?id={id},nope&status=requested"
+        )),
+        1
+    );
+    assert_eq!(count("/fhir/Subscription/$status?status=active,error"), 0);
+    let (status, _, all) = req(
+        "GET",
+        "/fhir/Subscription/$status",
+        Some(PRACTICE),
+        &Value::Null,
+    );
+    assert_eq!(
+        all["entry"][0]["resource"]["parameter"][3]["valueCode"],
+        "query-status"
+    );
+    emitted.push(all);
+    let (status_bad, _, oo) = req(
+        "GET",
+        "/fhir/Subscription/$status?topic=x",
+        Some(PRACTICE),
+        &Value::Null,
+    );
+    assert_eq!((status, status_bad), (200, 400), "{oo}");
+    emitted.push(oo);
 
     // Refusals, each with an OperationOutcome that says why.
     let cases: Vec<(Value, Option<&str>, u16, &str)> = vec![
