@@ -162,24 +162,42 @@ pub fn build(
         );
     }
     let part = json!({ "name": "notification-event", "part": part });
+    // What the notification refers to; kept so an id-only subscriber can read it back.
+    let all: Vec<Value> = if sub.content == "empty" {
+        Vec::new()
+    } else {
+        let (enc, pat, more) = resources(t, &enc_id, &pat_id, &at);
+        [enc, pat].into_iter().chain(more).collect()
+    };
+    let path = |r: &Value| {
+        format!(
+            "{}/{}",
+            r["resourceType"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or("")
+        )
+    };
     let entries: Vec<Value> = match sub.content.as_str() {
         "empty" => vec![],
-        "full-resource" => {
-            let (enc, pat, more) = resources(t, &enc_id, &pat_id, &at);
-            let entry = |r: Value| {
-                let path = format!(
-                    "{}/{}",
-                    r["resourceType"].as_str().unwrap_or(""),
-                    r["id"].as_str().unwrap_or("")
-                );
-                json!({ "fullUrl": format!("{base}/{path}"), "resource": r,
-                        "request": { "method": "PUT", "url": path }, "response": { "status": "200" } })
-            };
-            [enc, pat].into_iter().chain(more).map(entry).collect()
-        }
+        "full-resource" => all
+            .iter()
+            .map(|r| {
+                json!({ "fullUrl": format!("{base}/{}", path(r)), "resource": r,
+                        "request": { "method": "PUT", "url": path(r) }, "response": { "status": "200" } })
+            })
+            .collect(),
         _ => vec![json!({ "fullUrl": enc_url,
                           "request": { "method": "PUT", "url": format!("Encounter/{enc_id}") }, "response": { "status": "200" } })],
     };
+    let kept = all
+        .iter()
+        .map(|r| {
+            (
+                r["resourceType"].as_str().unwrap_or("").to_string(),
+                r["id"].as_str().unwrap_or("").to_string(),
+                r.to_string(),
+            )
+        })
+        .collect();
     let bundle = bundle(
         base,
         sub,
@@ -193,6 +211,7 @@ pub fn build(
         part: part.to_string(),
         entries: Value::Array(entries).to_string(),
         bundle: bundle.to_string().into_bytes(),
+        resources: kept,
     }
 }
 
@@ -252,4 +271,68 @@ pub fn proof_of(payload: &[u8]) -> Option<Value> {
         })
         .collect();
     Some(json!({ "type": value("type")?, "event_numbers": numbers }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An id-only notification carries references only, but what they refer to is kept
+    /// for the subscriber to read back; an empty one keeps nothing.
+    #[test]
+    fn id_only_keeps_what_it_refers_to() {
+        let mut sub = SubscriptionRow {
+            id: "s1".into(),
+            owner_role: "admin".into(),
+            owner_npis: vec![],
+            topic: "https://r.example/fhir/SubscriptionTopic/admission".into(),
+            filters: "[]".into(),
+            endpoint: "https://p.example/hook".into(),
+            content: "id-only".into(),
+            status: "active".into(),
+            error: None,
+            events_since_start: 1,
+            resource: "{}".into(),
+            created_at_us: 0,
+            deleted: false,
+            headers: vec![],
+            heartbeat_secs: None,
+            timeout_secs: None,
+        };
+        let body = json!({
+            "patient": {"family": "DOE", "given": "JANE", "birth_date": "1970-01-01", "sex": "F"},
+            "encounter": {"patient_class": "I"},
+            "treating_practitioner": {"name": "JAMES KILDARE", "npi": "1234567893"},
+            "treating_facility": "GENHOSP",
+        });
+        let t = FanoutTransition {
+            id: 1,
+            transition_key: "t1".into(),
+            kind: "admission".into(),
+            event_at_us: 0,
+            encounter: "GENHOSP|V1".into(),
+            patient_key: "MRN1^GENHOSP".into(),
+            recipients: vec!["1234567893".into()],
+            payload: Some(body.to_string().into_bytes()),
+        };
+        let ev = build(
+            "https://r.example/fhir",
+            &sub,
+            &t,
+            1,
+            "2026-11-29T00:00:00Z",
+        );
+        let entries: Vec<Value> = serde_json::from_str(&ev.entries).unwrap();
+        assert!(entries.iter().all(|e| e.get("resource").is_none()));
+        let kinds: Vec<&str> = ev.resources.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["Encounter", "Patient", "Practitioner", "Organization"]
+        );
+        assert_eq!(ev.resources[0].1, key_hash("GENHOSP|V1"));
+        sub.content = "empty".into();
+        assert!(build("https://r.example/fhir", &sub, &t, 1, "x")
+            .resources
+            .is_empty());
+    }
 }

@@ -134,6 +134,15 @@ pub fn capability_statement(base: &str, now: &str) -> Value {
                     { "name": "status", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-status") },
                     { "name": "events", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-events") },
                 ],
+            }, {
+                "type": "Encounter", "interaction": [{ "code": "read" }],
+                "documentation": "The encounters notifications referred to, as the reader's subscription was told of them.",
+            }, {
+                "type": "Patient", "interaction": [{ "code": "read" }],
+            }, {
+                "type": "Practitioner", "interaction": [{ "code": "read" }],
+            }, {
+                "type": "Organization", "interaction": [{ "code": "read" }],
             }],
         }],
     })

@@ -600,3 +600,44 @@ pub async fn events(
         ),
     )
 }
+
+/// `GET /fhir/{Encounter|Patient|Practitioner|Organization}/{id}`: a resource a
+/// notification referred to, as the caller's subscription was told of it (an `id-only`
+/// subscriber reads what it was notified of). A practice reads only through its own
+/// live subscriptions; anything else is a 404, as for an unknown id.
+pub async fn read_resource(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+) -> Response {
+    let c = match caller(&s, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !["Encounter", "Patient", "Practitioner", "Organization"].contains(&kind.as_str()) {
+        return outcome(
+            StatusCode::NOT_FOUND,
+            "not-supported",
+            format!("no {kind} resources here: Subscription, and the Encounter, Patient, Practitioner and Organization its notifications refer to"),
+        );
+    }
+    let held = match s.store.fhir_resource(&kind, &id).await {
+        Ok(h) => h,
+        Err(e) => return store_error(e),
+    };
+    for (sub, resource) in held {
+        match s.store.subscription(&sub).await {
+            Ok(Some(row)) if !row.deleted && may_see(&c, &row) => {
+                let r: Value = serde_json::from_str(&resource).unwrap_or(Value::Null);
+                return fhir(StatusCode::OK, r);
+            }
+            Ok(_) => {}
+            Err(e) => return store_error(e),
+        }
+    }
+    outcome(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no {kind}/{id} for this caller"),
+    )
+}

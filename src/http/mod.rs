@@ -56,6 +56,7 @@ pub fn router(state: HttpState) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(256 * 1024)),
         )
         .route("/fhir/Subscription/$status", get(fhir::status_all))
+        .route("/fhir/{kind}/{id}", get(fhir::read_resource))
         .route("/fhir/Subscription/{id}/$status", get(fhir::status))
         .route(
             "/fhir/Subscription/{id}/$events",

@@ -379,6 +379,9 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7)";
         const SEND: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, endpoint, payload, status, due_at_us, created_at_us, kind, subscription_id, transition_key) \
              VALUES ($1, $2, 'FHIR', $3, $4, 'pending', $5, $5, 'event', $6, $7) ON CONFLICT (notification_key) DO NOTHING";
+        const RESOURCE: &str = "INSERT INTO fhir_resource (subscription_id, resource_type, resource_id, resource, updated_at_us) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscription_id, resource_type, resource_id) \
+             DO UPDATE SET resource = excluded.resource, updated_at_us = excluded.updated_at_us";
         let moved = on_pool!(self, |p, sql| {
             let mut tx = p.begin().await?;
             let moved = sqlx::query(&sql(MOVE))
@@ -406,6 +409,16 @@ impl Store {
                         .bind(now_us)
                         .execute(&mut *tx)
                         .await?;
+                    for (kind, id, json) in &ev.resources {
+                        sqlx::query(&sql(RESOURCE))
+                            .bind(&sub.id)
+                            .bind(kind)
+                            .bind(id)
+                            .bind(json)
+                            .bind(now_us)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     sqlx::query(&sql(SEND))
                         .bind(super::key_hash(&format!("{}|{}", sub.id, t.transition_key)))
                         .bind(format!("fhir|{}", sub.id))
@@ -422,6 +435,25 @@ impl Store {
             moved
         });
         Ok(moved)
+    }
+
+    /// A resource as the subscriptions that were told of it hold it: (subscription id,
+    /// resource JSON), newest first.
+    pub async fn fhir_resource(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        const SQL: &str = "SELECT subscription_id, resource FROM fhir_resource WHERE resource_type = $1 AND resource_id = $2 \
+             ORDER BY updated_at_us DESC LIMIT 100";
+        let rows = on_pool!(self, |p, sql| {
+            sqlx::query_as(&sql(SQL))
+                .bind(kind)
+                .bind(id)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows)
     }
 
     /// A subscription's kept events with numbers in `since..=until`: (number, part, entries).
@@ -468,4 +500,6 @@ pub struct FhirEvent {
     pub part: String,
     pub entries: String,
     pub bundle: Vec<u8>,
+    /// The resources it refers to: (type, id, JSON), readable by the subscriber.
+    pub resources: Vec<(String, String, String)>,
 }

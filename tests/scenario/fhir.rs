@@ -707,8 +707,10 @@ fn events_are_numbered_and_missed_ones_recovered() {
     std::fs::write(
         &config,
         format!(
-            "[[auth.tokens]]\ntoken = \"practice-token-fhir-0123456789\"\nrole = \"practice\"\nnpis = [\"{}\"]\n",
-            npi(71)
+            "[[auth.tokens]]\ntoken = \"practice-token-fhir-0123456789\"\nrole = \"practice\"\nnpis = [\"{}\"]\n\
+             [[auth.tokens]]\ntoken = \"other-practice-token-0123456789\"\nrole = \"practice\"\nnpis = [\"{}\"]\n",
+            npi(71),
+            npi(99)
         ),
     )
     .unwrap();
@@ -826,6 +828,27 @@ fn events_are_numbered_and_missed_ones_recovered() {
         format!("Organization/{}", org["id"].as_str().unwrap()).as_str()
     );
     assert_valid(dir.path(), &first);
+    // The resources a notification refers to can be read back (what an id-only
+    // subscriber does), by the practice it was sent to and nobody else.
+    let read_as =
+        |token: &str, path: &str| http_request_json(&server.http, "GET", path, token, b"");
+    for r in [enc, pat, doc, org] {
+        let path = format!(
+            "/fhir/{}/{}",
+            r["resourceType"].as_str().unwrap(),
+            r["id"].as_str().unwrap()
+        );
+        let (status, _, got) = read_as(PRACTICE, &path);
+        assert_eq!((status, &got), (200, r), "{path}");
+        let (status, _, oo) = read_as(
+            "Authorization: Bearer other-practice-token-0123456789",
+            &path,
+        );
+        assert_eq!(status, 404, "another practice: {oo}");
+    }
+    let (status, _, oo) = read_as(PRACTICE, "/fhir/Condition/1");
+    assert_eq!(status, 404);
+    assert_eq!(oo["issue"][0]["code"], "not-supported");
 
     // The subscriber goes down; two more admissions happen.
     let _ = subscriber.kill();
