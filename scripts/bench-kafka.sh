@@ -6,6 +6,7 @@
 #
 #   scripts/bench-kafka.sh                 RUNS=5 runs of C=1 and C=8
 #   RUNS=9 N8=50000 scripts/bench-kafka.sh
+#   BIN=/tmp/other-build scripts/bench-kafka.sh   measure another binary
 #   CORPUS=../shared/corpus/hl7 scripts/bench-kafka.sh   the corpus messages (many patients,
 #                                          so many keys and partitions) instead of one template
 #
@@ -19,9 +20,12 @@ N8="${N8:-50000}"
 export PATH="${ADT_ROUTER_CACHE:-$HOME/.cache/adt-router}/tansu/bin:$PATH"
 command -v tansu >/dev/null || { echo "error: tansu is not installed (run scripts/test.sh once)" >&2; exit 1; }
 
-cargo build --quiet --release
+# BIN=path measures another build (an A/B comparison); by default this tree's.
+if [ -z "${BIN:-}" ]; then
+  cargo build --quiet --release
+  BIN="$PWD/target/release/adt-router"
+fi
 MB="$(ADT_ROUTER_SHARED="$SHARED" scripts/build-mllp-bench.sh)"
-BIN="$PWD/target/release/adt-router"
 
 work=$(mktemp -d /tmp/adt-router-kbench.XXXXXX)
 pids=()
