@@ -53,6 +53,17 @@ fn caller(s: &HttpState, headers: &HeaderMap) -> Result<Caller, Response> {
     })
 }
 
+/// The request body as JSON, or the 400 that says why not.
+fn json_body(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        outcome(
+            StatusCode::BAD_REQUEST,
+            "structure",
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
 /// A caller that may change subscriptions (admin or practice); `what` says what it asked.
 fn writer(s: &HttpState, headers: &HeaderMap, what: &str) -> Result<Caller, Response> {
     let c = caller(s, headers)?;
@@ -84,15 +95,9 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
         Ok(c) => c,
         Err(r) => return r,
     };
-    let resource: Value = match serde_json::from_slice(&body) {
+    let resource = match json_body(&body) {
         Ok(v) => v,
-        Err(e) => {
-            return outcome(
-                StatusCode::BAD_REQUEST,
-                "structure",
-                format!("the body is not JSON: {e}"),
-            )
-        }
+        Err(r) => return r,
     };
     let req = match read(&s.fhir_base, &resource, s.endpoints) {
         Ok(r) => r,
@@ -240,15 +245,9 @@ pub async fn update(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let resource: Value = match serde_json::from_slice(&body) {
+    let resource = match json_body(&body) {
         Ok(v) => v,
-        Err(e) => {
-            return outcome(
-                StatusCode::BAD_REQUEST,
-                "structure",
-                format!("the body is not JSON: {e}"),
-            )
-        }
+        Err(r) => return r,
     };
     if resource["id"].as_str() != Some(id.as_str()) {
         return fhir(
