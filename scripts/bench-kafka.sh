@@ -7,8 +7,8 @@
 #   scripts/bench-kafka.sh                 RUNS=5 runs of C=1 and C=8
 #   RUNS=9 N8=50000 scripts/bench-kafka.sh
 #   BIN=/tmp/other-build scripts/bench-kafka.sh   measure another binary
-#   CORPUS=../shared/corpus/hl7 scripts/bench-kafka.sh   the corpus messages (many patients,
-#                                          so many keys and partitions) instead of one template
+# (mllp-bench --corpus is not offered: some corpus messages say MSH-15 = NE, so they
+# get no accept ACK by the HL7 rules, and the client waits for one until it times out.)
 #
 # Needs tansu on PATH (scripts/test.sh installs it in ~/.cache/adt-router/tansu/bin).
 set -euo pipefail
@@ -50,12 +50,10 @@ for run in $(seq 1 "$RUNS"); do
   pids+=("$server")
   for _ in $(seq 1 200); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
   grep -q listening "$work/serve.out" || { echo "error: adt-router did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
-  extra=()
-  [ -n "${CORPUS:-}" ] && extra=(--corpus "$CORPUS")
   # A short warm-up (connections, producer id, topic metadata), then the measured runs.
-  "$MB" load --addr "127.0.0.1:$mport" --conns 8 --n 2000 "${extra[@]}" >/dev/null
-  one=$("$MB" load --addr "127.0.0.1:$mport" --conns 1 --n "$N1" "${extra[@]}")
-  eight=$("$MB" load --addr "127.0.0.1:$mport" --conns 8 --n "$N8" "${extra[@]}")
+  "$MB" load --addr "127.0.0.1:$mport" --conns 8 --n 2000 >/dev/null
+  one=$("$MB" load --addr "127.0.0.1:$mport" --conns 1 --n "$N1")
+  eight=$("$MB" load --addr "127.0.0.1:$mport" --conns 8 --n "$N8")
   echo "run $run C=1: $one"
   echo "run $run C=8: $eight"
   c8+=("$(echo "$eight" | python3 -c 'import json,sys; print(json.load(sys.stdin)["msgs_per_s"])')")
