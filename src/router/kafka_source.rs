@@ -10,7 +10,7 @@
 
 use super::{Processed, RecordMeta, RecordProcessor};
 use crate::config::KafkaSettings;
-use crate::log::kafka::{client_config, headers};
+use crate::log::kafka::{client_config, create, headers};
 use crate::metrics::Metrics;
 use crate::store::Origin;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -138,37 +138,40 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let heartbeat = (settings.session_timeout_ms / 3).clamp(100, 3000);
-    let consumer: StreamConsumer<RouterContext> = client_config(&settings)
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "500")
-        // Offsets become committable only when we store them, after the database commit.
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout_ms.to_string(),
-        )
-        .set("heartbeat.interval.ms", heartbeat.to_string())
-        // Also the rebalance timeout: members that do not rejoin within it are dropped.
-        // Processing a record takes milliseconds, so this can be short.
-        .set(
-            "max.poll.interval.ms",
-            (settings.session_timeout_ms * 2).max(10_000).to_string(),
-        )
-        .set("enable.partition.eof", "false")
-        // Incremental rebalancing: a joining or dying router moves only the partitions
-        // that must move, and the others keep working. (Also the protocol under which
-        // tansu hands a dead member's partitions to the survivors; with the eager one it
-        // re-forms the group without a new generation and keeps the stale assignment.)
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        // librdkafka prefetches up to 64 MB per consumer by default; a few MB keeps a
-        // router busy and its memory small.
-        .set("queued.max.messages.kbytes", "8192")
-        .create_with_context(RouterContext {
+    let consumer: StreamConsumer<RouterContext> = create(
+        client_config(&settings)
+            .set("group.id", &settings.group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            // Offsets become committable only when we store them, after the database commit.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout_ms.to_string(),
+            )
+            .set("heartbeat.interval.ms", heartbeat.to_string())
+            // Also the rebalance timeout: members that do not rejoin within it are dropped.
+            // Processing a record takes milliseconds, so this can be short.
+            .set(
+                "max.poll.interval.ms",
+                (settings.session_timeout_ms * 2).max(10_000).to_string(),
+            )
+            .set("enable.partition.eof", "false")
+            // Incremental rebalancing: a joining or dying router moves only the partitions
+            // that must move, and the others keep working. (Also the protocol under which
+            // tansu hands a dead member's partitions to the survivors; with the eager one it
+            // re-forms the group without a new generation and keeps the stale assignment.)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // librdkafka prefetches up to 64 MB per consumer by default; a few MB keeps a
+            // router busy and its memory small.
+            .set("queued.max.messages.kbytes", "8192"),
+        &settings,
+        RouterContext {
             metrics: metrics.clone(),
             quiet: Default::default(),
-        })?;
+        },
+    )?;
     consumer.subscribe(&[&settings.topic])?;
     let consumer = Arc::new(consumer);
     tracing::info!(group = %settings.group, topic = %settings.topic, "Router joined the Kafka consumer group.");

@@ -9,7 +9,7 @@
 use super::kafka_source::process_until_done;
 use super::RecordProcessor;
 use crate::config::KafkaSettings;
-use crate::log::kafka::client_config;
+use crate::log::kafka::{client_config, create};
 use crate::metrics::Metrics;
 use anyhow::{bail, Context};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -42,15 +42,18 @@ pub async fn replay_kafka(
     processor: RecordProcessor,
     from: From,
 ) -> anyhow::Result<Summary> {
-    let consumer: StreamConsumer<crate::log::kafka::QuietContext> = client_config(settings)
-        .set(
-            "group.id",
-            format!("{}-replay-{}", settings.group, std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create_with_context(Default::default())
-        .context("creating the replay consumer")?;
+    let consumer: StreamConsumer<crate::log::kafka::QuietContext> = create(
+        client_config(settings)
+            .set(
+                "group.id",
+                format!("{}-replay-{}", settings.group, std::process::id()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false"),
+        settings,
+        Default::default(),
+    )
+    .context("creating the replay consumer")?;
     let topic = settings.topic.clone();
     let c = &consumer;
     let timeout = Timeout::After(Duration::from_secs(10));
