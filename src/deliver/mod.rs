@@ -497,18 +497,10 @@ impl Deliverer {
     async fn heartbeats(&self) -> Result<(), StoreError> {
         let now = now_us();
         for sub in self.store.heartbeats_due(now).await? {
-            let bundle = crate::fhir::event::bundle(
-                &self.fhir_base,
-                &sub,
-                "heartbeat",
-                sub.events_since_start,
-                &[],
-                &[],
-                &crate::directory::rfc3339_us(now),
-            );
-            let key = crate::store::key_hash(&format!("{}|heartbeat|{now}", sub.id));
+            let (key, bundle) =
+                crate::fhir::event::status_only(&self.fhir_base, &sub, "heartbeat", now);
             self.store
-                .enqueue_fhir(&sub, "heartbeat", &key, bundle.to_string().as_bytes(), now)
+                .enqueue_fhir(&sub, "heartbeat", &key, &bundle, now)
                 .await?;
         }
         Ok(())

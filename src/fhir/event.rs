@@ -215,6 +215,29 @@ pub fn build(
     }
 }
 
+/// A notification without events (`handshake`, `heartbeat`) for `sub` at `now_us`: its
+/// outbox key (one per sending) and its Bundle.
+pub fn status_only(
+    base: &str,
+    sub: &SubscriptionRow,
+    kind: &str,
+    now_us: i64,
+) -> (String, Vec<u8>) {
+    let b = bundle(
+        base,
+        sub,
+        kind,
+        sub.events_since_start,
+        &[],
+        &[],
+        &crate::directory::rfc3339_us(now_us),
+    );
+    (
+        key_hash(&format!("{}|{kind}|{now_us}", sub.id)),
+        b.to_string().into_bytes(),
+    )
+}
+
 /// A notification Bundle (`history`): the status Parameters with the events' parts,
 /// then their entries.
 pub fn bundle(

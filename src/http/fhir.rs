@@ -113,15 +113,8 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
         req.endpoint,
         rand::random::<u64>()
     ));
-    let mut stored = resource;
+    let mut stored = held(resource, "requested");
     stored["id"] = json!(id);
-    stored["status"] = json!("requested");
-    stored["meta"] = json!({
-        "profile": [format!("{}/StructureDefinition/backport-subscription", fhir::BACKPORT)]
-    });
-    if let Some(o) = stored.as_object_mut() {
-        o.remove("error");
-    }
     let row = SubscriptionRow {
         id: id.clone(),
         owner_role: format!("{:?}", c.role).to_ascii_lowercase(),
@@ -159,22 +152,26 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
         .into_response()
 }
 
+/// The Subscription as the server holds it: the client's resource with the server's
+/// status and profile, and no error (the server sets that).
+fn held(mut resource: Value, status: &str) -> Value {
+    resource["status"] = json!(status);
+    resource["meta"] = json!({
+        "profile": [format!("{}/StructureDefinition/backport-subscription", fhir::BACKPORT)]
+    });
+    if let Some(o) = resource.as_object_mut() {
+        o.remove("error");
+    }
+    resource
+}
+
 /// Queues a handshake through the delivery engine; its answer makes the subscription
 /// active (or error). Each (re)activation has its own.
 async fn handshake(s: &HttpState, row: &SubscriptionRow) -> Result<(), Response> {
     let now = crate::store::now_us();
-    let bundle = fhir::event::bundle(
-        &s.fhir_base,
-        row,
-        "handshake",
-        row.events_since_start,
-        &[],
-        &[],
-        &crate::directory::rfc3339_us(now),
-    );
-    let key = crate::store::key_hash(&format!("{}|handshake|{now}", row.id));
+    let (key, bundle) = fhir::event::status_only(&s.fhir_base, row, "handshake", now);
     s.store
-        .enqueue_fhir(row, "handshake", &key, bundle.to_string().as_bytes(), now)
+        .enqueue_fhir(row, "handshake", &key, &bundle, now)
         .await
         .map_err(store_error)
 }
@@ -295,14 +292,7 @@ pub async fn update(
         Ok(n) => n,
         Err(r) => return r,
     };
-    let mut stored = resource;
-    stored["status"] = json!(status);
-    stored["meta"] = json!({
-        "profile": [format!("{}/StructureDefinition/backport-subscription", fhir::BACKPORT)]
-    });
-    if let Some(o) = stored.as_object_mut() {
-        o.remove("error");
-    }
+    let stored = held(resource, status);
     let row = SubscriptionRow {
         owner_npis,
         filters: serde_json::to_string(&req.filters).unwrap_or_else(|_| "[]".into()),
