@@ -43,6 +43,9 @@ pub struct RoutingSettings {
     pub watched: Vec<String>,
     /// When daily-digest notifications fall due (UTC hour).
     pub digest_hour_utc: u32,
+    /// Messages routed per transaction (one commit per page, overlapped with planning
+    /// the next page).
+    pub page_size: u32,
 }
 
 impl Default for RoutingSettings {
@@ -56,6 +59,7 @@ impl Default for RoutingSettings {
             transfer_dispositions: e.transfer_dispositions,
             watched: e.watched,
             digest_hour_utc: 7,
+            page_size: 1000,
         }
     }
 }
@@ -551,6 +555,9 @@ impl Settings {
                 "direct.processed_timeout_secs",
                 "timeouts must be above 0".into(),
             );
+        }
+        if !(1..=10_000).contains(&self.routing.page_size) {
+            return bad("routing.page_size", "must be 1 to 10000".into());
         }
         if self.routing.digest_hour_utc > 23 {
             return bad("routing.digest_hour_utc", "must be 0 to 23".into());

@@ -127,27 +127,14 @@ struct RosterRow {
 
 const ROW_COLUMNS: &str = "source, patient_id, assigning_authority, family, given, norm_family, norm_given, birth_date, sex, postal_code, provider_npi, relationship, effective_from, effective_to, import_id, line, loaded_at_us";
 
-/// Roster rows matching `where_clause`, and the directory's live snapshots, in one
-/// query (see [`directory::json_rows`]).
-async fn fetch(
-    store: &Store,
-    where_clause: &str,
-    args: &[&str],
-) -> Result<(Vec<RosterRow>, directory::ActiveSnapshots), StoreError> {
-    let query = format!(
-        "SELECT {}, {}",
-        directory::json_rows(
-            store,
-            ROW_COLUMNS,
-            &format!("roster_entry WHERE {where_clause}")
-        ),
-        directory::active_json(store)
-    );
-    let row = store
-        .text_row(&query, args.iter().map(|a| a.to_string()).collect(), 2)
-        .await?;
-    let (rows, active) = (&row[0], &row[1]);
-    Ok((directory::decode(rows)?, directory::decode(active)?))
+/// Whether `r` is one of the patient's identifiers in its assigning authority.
+fn is_identified(r: &RosterRow, facts: &PatientFacts) -> bool {
+    facts.identifiers.iter().any(|i| {
+        r.patient_id == i.id
+            && (r.authority == i.authority_namespace.to_ascii_uppercase()
+                || r.authority == i.authority_universal.to_ascii_uppercase())
+            && !(i.authority_namespace.is_empty() && i.authority_universal.is_empty())
+    })
 }
 
 impl RosterRow {
@@ -168,50 +155,196 @@ pub async fn attribute(
     facts: &PatientFacts,
     policy: &AttributionPolicy,
 ) -> Result<Attribution, StoreError> {
+    let mut all = attribute_many(store, &[facts], policy).await?;
+    Ok(all.remove(0))
+}
+
+/// Patients per roster query: a page of messages asks in a few queries, not one per
+/// patient (the query's fixed cost was most of attribution's).
+const PATIENTS_PER_QUERY: usize = 200;
+
+/// [`attribute`] for several patients, in the same order: one roster query per
+/// [`PATIENTS_PER_QUERY`] patients and one directory query for all their providers.
+pub async fn attribute_many(
+    store: &Store,
+    patients: &[&PatientFacts],
+    policy: &AttributionPolicy,
+) -> Result<Vec<Attribution>, StoreError> {
+    let mut matched = Vec::with_capacity(patients.len());
+    let active = directory::active_snapshots(store).await?;
+    for chunk in patients.chunks(PATIENTS_PER_QUERY) {
+        // First by identifier (either half of the assigning authority)...
+        let mut conds = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        for ident in chunk.iter().flat_map(|f| &f.identifiers) {
+            let ns = ident.authority_namespace.to_ascii_uppercase();
+            let uni = ident.authority_universal.to_ascii_uppercase();
+            if ns.is_empty() && uni.is_empty() {
+                continue;
+            }
+            let k = args.len();
+            conds.push(format!(
+                "(patient_id = ${} AND assigning_authority IN (${}, ${}))",
+                k + 1,
+                k + 2,
+                k + 3
+            ));
+            args.extend([ident.id.clone(), ns, uni]);
+        }
+        let mut rows: Vec<RosterRow> = match conds.is_empty() {
+            true => Vec::new(),
+            false => {
+                store
+                    .select(
+                        ROW_COLUMNS,
+                        &format!("roster_entry WHERE {}", conds.join(" OR ")),
+                        args,
+                    )
+                    .await?
+            }
+        };
+        // ...then, for the demographic fallback, by birth date in the sources where
+        // the identifier did not match (an identifier match never looks further).
+        // Separate queries: SQLite's OR of both kinds cost ten times their sum.
+        let (mut anywhere, mut conds, mut args) = (Vec::new(), Vec::new(), Vec::new());
+        for facts in chunk {
+            let Some(d) = &facts.birth_date else {
+                continue;
+            };
+            let mut matched: Vec<&str> = rows
+                .iter()
+                .filter(|r| is_identified(r, facts))
+                .map(|r| r.source.as_str())
+                .collect();
+            matched.sort_unstable();
+            matched.dedup();
+            if matched.is_empty() {
+                if !anywhere.contains(d) {
+                    anywhere.push(d.clone());
+                }
+                continue;
+            }
+            args.push(d.clone());
+            let k = args.len();
+            args.extend(matched.iter().map(|m| m.to_string()));
+            let list: Vec<String> = (k + 1..=args.len()).map(|i| format!("${i}")).collect();
+            conds.push(format!(
+                "(birth_date = ${k} AND source NOT IN ({}))",
+                list.join(", ")
+            ));
+        }
+        if !anywhere.is_empty() {
+            let k = args.len();
+            args.extend(anywhere.iter().cloned());
+            let list: Vec<String> = (k + 1..=args.len()).map(|i| format!("${i}")).collect();
+            conds.push(format!("birth_date IN ({})", list.join(", ")));
+        }
+        if !conds.is_empty() {
+            let more: Vec<RosterRow> = store
+                .select(
+                    ROW_COLUMNS,
+                    &format!("roster_entry WHERE {}", conds.join(" OR ")),
+                    args,
+                )
+                .await?;
+            rows.extend(more);
+        }
+        let mut by_dob: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
+        let mut by_patient: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
+        for r in &rows {
+            by_dob.entry(&r.birth_date).or_default().push(r);
+            by_patient.entry(&r.patient_id).or_default().push(r);
+        }
+        for facts in chunk {
+            let none = Vec::new();
+            let by_id: Vec<&RosterRow> = facts
+                .identifiers
+                .iter()
+                .flat_map(|i| by_patient.get(i.id.as_str()).unwrap_or(&none))
+                .copied()
+                .collect();
+            let dob = facts.birth_date.as_deref().unwrap_or_default();
+            let by_dob = by_dob.get(dob).unwrap_or(&none);
+            matched.push(match_rosters(facts, &by_id, by_dob, policy));
+        }
+    }
+    // Every provider of every patient, once, in one directory query.
+    let mut npis: Vec<Npi> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (_, providers, _) in &matched {
+        for (n, _) in providers {
+            if let Ok(n) = Npi::parse(n) {
+                if seen.insert(n.as_str().to_string()) {
+                    npis.push(n);
+                }
+            }
+        }
+    }
+    let entries: HashMap<String, DirectoryEntry> = npis
+        .iter()
+        .map(|n| n.as_str().to_string())
+        .zip(directory::lookup_many(store, &active, &npis, &policy.resolve).await?)
+        .collect();
+    Ok(matched
+        .into_iter()
+        .map(|(rosters, providers, unused)| {
+            let providers = providers
+                .into_iter()
+                .filter_map(|(npi, provenance)| {
+                    let directory = entries.get(&npi)?.clone();
+                    let mut relationships: Vec<String> =
+                        provenance.iter().map(|p| p.relationship.clone()).collect();
+                    relationships.sort();
+                    relationships.dedup();
+                    Some(AttributedProvider {
+                        directory,
+                        npi,
+                        relationships,
+                        provenance,
+                    })
+                })
+                .collect();
+            Attribution {
+                rosters,
+                providers,
+                unused_message_providers: unused,
+            }
+        })
+        .collect())
+}
+
+/// What the rosters and the message say of one patient: a decision per roster source,
+/// the providers with their provenance, and the message's providers not used.
+/// `id_rows` may hold rows of other identifiers and `dob_rows` rows of sources already
+/// matched by identifier: both are filtered here.
+#[allow(clippy::type_complexity)]
+fn match_rosters(
+    facts: &PatientFacts,
+    id_rows: &[&RosterRow],
+    dob_rows: &[&RosterRow],
+    policy: &AttributionPolicy,
+) -> (
+    Vec<SourceDecision>,
+    Vec<(String, Vec<Provenance>)>,
+    Vec<Unused>,
+) {
     let today = time::OffsetDateTime::now_utc().date().to_string();
     let day = facts.event_date.clone().unwrap_or(today);
-    // Candidate rows: by identifier (either half of the assigning authority), and by
-    // birth date for the demographic fallback.
-    // Identifiers (either half of the assigning authority) and, for the
-    // demographic fallback, the birth date: one query for all of them.
-    let mut conds = Vec::new();
-    let mut args: Vec<String> = Vec::new();
-    let mut ids: Vec<(String, String, String)> = Vec::new();
-    for ident in &facts.identifiers {
-        let ns = ident.authority_namespace.to_ascii_uppercase();
-        let uni = ident.authority_universal.to_ascii_uppercase();
-        if ns.is_empty() && uni.is_empty() {
-            continue;
-        }
-        let k = args.len();
-        conds.push(format!(
-            "(patient_id = ${} AND assigning_authority IN (${}, ${}))",
-            k + 1,
-            k + 2,
-            k + 3
-        ));
-        args.extend([ident.id.clone(), ns.clone(), uni.clone()]);
-        ids.push((ident.id.clone(), ns, uni));
-    }
-    if let Some(d) = &facts.birth_date {
-        conds.push(format!("birth_date = ${}", args.len() + 1));
-        args.push(d.clone());
-    }
-    if conds.is_empty() {
-        conds.push("FALSE".into());
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (rows, active) = fetch(store, &conds.join(" OR "), &refs).await?;
+    let mut seen = std::collections::HashSet::new();
+    let rows: Vec<&RosterRow> = id_rows
+        .iter()
+        .chain(dob_rows)
+        .copied()
+        .filter(|r| seen.insert(r.key()))
+        .collect();
     let by_id: Vec<&RosterRow> = rows
         .iter()
-        .filter(|r| {
-            ids.iter().any(|(id, ns, uni)| {
-                r.patient_id == *id && (r.authority == *ns || r.authority == *uni)
-            })
-        })
+        .copied()
+        .filter(|r| is_identified(r, facts))
         .collect();
     let by_dob: Vec<&RosterRow> = rows
         .iter()
+        .copied()
         .filter(|r| facts.birth_date.as_ref() == Some(&r.birth_date))
         .collect();
     let msg = Demographics::new(
@@ -417,37 +550,7 @@ pub async fn attribute(
             },
         );
     }
-    let npis: Vec<Npi> = providers
-        .iter()
-        .filter_map(|(n, _)| Npi::parse(n).ok())
-        .collect();
-    let mut entries = directory::lookup_many(store, &active, &npis, &policy.resolve)
-        .await?
-        .into_iter();
-    let mut out = Vec::new();
-    for (npi, provenance) in providers {
-        if Npi::parse(&npi).is_err() {
-            continue;
-        }
-        let Some(directory) = entries.next() else {
-            break;
-        };
-        let mut relationships: Vec<String> =
-            provenance.iter().map(|p| p.relationship.clone()).collect();
-        relationships.sort();
-        relationships.dedup();
-        out.push(AttributedProvider {
-            directory,
-            npi,
-            relationships,
-            provenance,
-        });
-    }
-    Ok(Attribution {
-        rosters: decisions,
-        providers: out,
-        unused_message_providers: unused,
-    })
+    (decisions, providers, unused)
 }
 
 /// One candidate per person (rows with the same demographics), for explanations.

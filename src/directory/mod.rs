@@ -189,36 +189,13 @@ struct OverrideRow {
     updated_at_us: i64,
 }
 
-/// `(SELECT <rows as one JSON array> FROM ...)`: one result value however many rows.
-/// sqlx hands SQLite rows over one at a time through a channel (~30 us a row), so a
-/// lookup asks for one row of JSON instead.
-pub(crate) fn json_rows(store: &Store, columns: &str, from: &str) -> String {
-    match store {
-        Store::Sqlite(_) => {
-            format!("(SELECT json_group_array(json_array({columns})) FROM {from})")
-        }
-        Store::Postgres(_) => format!(
-            "(SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text FROM {from})"
-        ),
-    }
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
-}
-
 /// The live snapshot ids, `(kind, import id)`.
 pub type ActiveSnapshots = Vec<(String, i64)>;
 
-/// The SQL expression for the live snapshots, as JSON (to fold into another query).
-pub(crate) fn active_json(store: &Store) -> String {
-    json_rows(store, "kind, snapshot", "directory_active")
-}
-
 pub async fn active_snapshots(store: &Store) -> Result<ActiveSnapshots, StoreError> {
-    let q = format!("SELECT {}", active_json(store));
-    let row = store.text_row(&q, Vec::new(), 1).await?;
-    decode(&row[0])
+    store
+        .select("kind, snapshot", "directory_active", Vec::new())
+        .await
 }
 
 /// Everything the directory knows about one NPI, and the endpoint it would use.
@@ -254,33 +231,33 @@ pub async fn lookup_many(
             .find(|(k, _)| k == kind.as_str())
             .map(|(_, id)| nppes::table(kind, *id))
     };
-    let rows = |columns: &str, table: Option<String>, alias: &str| {
-        match table {
-        Some(t) => json_rows(
-            store,
-            columns,
-            &format!("{t} {alias} JOIN directory_import i ON i.id = {alias}.source_import WHERE {alias}.npi IN ({list})"),
-        ),
-        None => "'[]'".to_string(),
-    }
+    let args: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let from = |table: String, alias: &str| {
+        format!("{table} {alias} JOIN directory_import i ON i.id = {alias}.source_import WHERE {alias}.npi IN ({list})")
     };
-    let query = format!(
-        "SELECT {}, {}, {}",
-        rows(PROVIDER_COLUMNS, snapshot(nppes::FileKind::Npidata), "p"),
-        rows(ENDPOINT_COLUMNS, snapshot(nppes::FileKind::Endpoints), "e"),
-        json_rows(
-            store,
+    let mut providers: Vec<ProviderRow> = match snapshot(nppes::FileKind::Npidata) {
+        Some(t) => {
+            store
+                .select(PROVIDER_COLUMNS, &from(t, "p"), args.clone())
+                .await?
+        }
+        None => Vec::new(),
+    };
+    let mut nppes_endpoints: Vec<EndpointRow> = match snapshot(nppes::FileKind::Endpoints) {
+        Some(t) => {
+            store
+                .select(ENDPOINT_COLUMNS, &from(t, "e"), args.clone())
+                .await?
+        }
+        None => Vec::new(),
+    };
+    let mut overrides: Vec<OverrideRow> = store
+        .select(
             OVERRIDE_COLUMNS,
-            &format!("directory_override WHERE npi IN ({list})")
-        ),
-    );
-    let row = store
-        .text_row(&query, keys.iter().map(|k| k.to_string()).collect(), 3)
+            &format!("directory_override WHERE npi IN ({list})"),
+            args,
+        )
         .await?;
-    let (providers, nppes_endpoints, overrides) = (&row[0], &row[1], &row[2]);
-    let mut providers: Vec<ProviderRow> = decode(providers)?;
-    let mut nppes_endpoints: Vec<EndpointRow> = decode(nppes_endpoints)?;
-    let mut overrides: Vec<OverrideRow> = decode(overrides)?;
     providers.sort_by_key(|r| (r.source_import, r.source_line));
     nppes_endpoints.sort_by_key(|r| (r.source_import, r.source_line));
     overrides.sort_by_key(|r| r.id);

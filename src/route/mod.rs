@@ -36,9 +36,13 @@ pub struct Router {
     pub fallback: &'static encoding_rs::Encoding,
     /// UTC hour at which daily-digest notifications fall due.
     pub digest_hour_utc: u32,
+    /// Messages per page (one transaction).
+    pub page_size: i64,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Woken when a message is stored; wakes the deliverer after routing.
     pub wake: crate::wake::Wakers,
+    /// The page being committed while the next is planned ([`Router::step`]).
+    pub pipeline: Arc<tokio::sync::Mutex<Pipeline>>,
 }
 
 /// What routing one message decided, for `rules explain` and for the write.
@@ -88,6 +92,8 @@ pub struct Sim {
     /// Attributions already worked out in this batch, by the patient facts they were
     /// worked out from (an encounter's messages usually arrive together).
     pub attributions: std::collections::HashMap<String, Vec<AttributedProvider>>,
+    /// Encounters looked up in the store already (found ones are in `encounters`).
+    pub fetched: std::collections::HashSet<String>,
 }
 
 /// The row that stores an encounter's state.
@@ -168,8 +174,72 @@ fn rank_endpoints(
     }
 }
 
-/// The notification body (schema `adt-router.notification/v1`, docs/routing.md), cut
-/// to the content profile and the redactions.
+/// The notification body (schema `adt-router.notification/v1`, docs/routing.md).
+/// Fields in alphabetical order, as earlier releases wrote them; absent fields are
+/// left out by the content profile or a redaction.
+#[derive(Serialize)]
+struct Body<'a> {
+    content_profile: &'static str,
+    encounter: BodyEncounter<'a>,
+    event_time: String,
+    idempotency_key: &'a str,
+    kind: &'a str,
+    patient: BodyPatient<'a>,
+    redacted: &'a std::collections::BTreeSet<String>,
+    retracts_kind: Option<&'a str>,
+    schema: &'static str,
+    sending_facility: &'a str,
+    treating_facility: &'a str,
+    treating_practitioner: Option<Practitioner<'a>>,
+    trigger: &'a str,
+}
+
+#[derive(Serialize)]
+struct Practitioner<'a> {
+    name: String,
+    npi: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BodyPatient<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'a Option<crate::hl7::adt::Address>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    birth_date: Option<&'a Option<String>>,
+    family: &'a str,
+    given: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identifiers: Option<&'a [crate::hl7::adt::Identifier]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sex: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BodyEncounter<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admit_reason: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admit_time: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diagnoses: Option<Vec<&'a crate::hl7::adt::Diagnosis>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discharge_disposition: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discharge_time: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discharged_to: Option<&'a str>,
+    id_hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a crate::hl7::adt::Location>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patient_class: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visit_number: Option<&'a str>,
+}
+
+/// The notification body, cut to the content profile and the redactions.
 fn payload(
     ev: &AdtEvent,
     t: &Transition,
@@ -178,67 +248,98 @@ fn payload(
     v: &Verdict,
 ) -> Vec<u8> {
     use rules::ContentProfile::*;
-    let pv1 = ev.pv1.clone().unwrap_or_default();
+    let empty = crate::hl7::adt::Pv1::default();
+    let pv1 = ev.pv1.as_ref().unwrap_or(&empty);
     let keep = |f: &str| !v.redact.contains(f);
-    let mut patient = serde_json::json!({
-        "family": ev.pid.family, "given": ev.pid.given,
-    });
-    let mut encounter = serde_json::json!({ "id_hash": key_hash(enc_id) });
-    if matches!(v.content, Standard | Full) {
-        if keep("birth_date") {
-            patient["birth_date"] = serde_json::json!(ev.pid.birth_date);
-        }
-        patient["sex"] = serde_json::json!(ev.pid.sex);
-        patient["identifiers"] = serde_json::json!(ev.pid.identifiers);
-        encounter["visit_number"] = serde_json::json!(pv1.visit_number);
-        encounter["patient_class"] = serde_json::json!(pv1.patient_class);
-        if keep("location") {
-            encounter["location"] = serde_json::json!(pv1.location);
-        }
-        encounter["admit_time"] = serde_json::json!(pv1.admit_time);
-        encounter["discharge_time"] = serde_json::json!(pv1.discharge_time);
-        if keep("discharge_disposition") {
-            encounter["discharge_disposition"] = serde_json::json!(pv1.discharge_disposition);
-        }
-        if keep("discharged_to") {
-            encounter["discharged_to"] = serde_json::json!(pv1.discharged_to);
-        }
-    }
-    if v.content == Full {
-        if keep("patient_address") {
-            patient["address"] = serde_json::json!(ev.pid.address);
-        }
-        if keep("patient_phone") {
-            patient["phone"] = serde_json::json!(ev.pid.phone);
-        }
-        if keep("admit_reason") {
-            encounter["admit_reason"] =
-                serde_json::json!(ev.pv2.as_ref().map(|p| p.admit_reason.clone()));
-        }
-        if keep("diagnosis") {
-            // DG1-18 = Y never leaves.
-            let dx: Vec<_> = ev.diagnoses.iter().filter(|d| !d.confidential).collect();
-            encounter["diagnoses"] = serde_json::json!(dx);
-        }
-    }
-    let body = serde_json::json!({
-        "schema": "adt-router.notification/v1",
-        "idempotency_key": idempotency_key,
-        "kind": t.kind,
-        "retracts_kind": t.retracted_kind,
-        "event_time": crate::directory::rfc3339_us(t.at_us),
-        "trigger": ev.msh.trigger,
-        "sending_facility": ev.msh.sending_facility,
-        "treating_facility": if ev.evn.event_facility.is_empty() { &pv1.location.facility } else { &ev.evn.event_facility },
-        "treating_practitioner": ev.treating_practitioner().map(|p| serde_json::json!({
-            "name": p.display_name(), "npi": if p.labelled_npi { Some(&p.id) } else { None },
-        })),
-        "patient": patient,
-        "encounter": encounter,
-        "content_profile": v.content.as_str(),
-        "redacted": v.redact,
-    });
+    let standard = matches!(v.content, Standard | Full);
+    let full = v.content == Full;
+    let when = |on: bool, f: &str| on && keep(f);
+    let body = Body {
+        content_profile: v.content.as_str(),
+        encounter: BodyEncounter {
+            admit_reason: when(full, "admit_reason")
+                .then(|| ev.pv2.as_ref().map(|p| p.admit_reason.as_str())),
+            admit_time: standard.then_some(pv1.admit_time.as_str()),
+            diagnoses: when(full, "diagnosis").then(|| {
+                // DG1-18 = Y never leaves.
+                ev.diagnoses.iter().filter(|d| !d.confidential).collect()
+            }),
+            discharge_disposition: when(standard, "discharge_disposition")
+                .then_some(pv1.discharge_disposition.as_str()),
+            discharge_time: standard.then_some(pv1.discharge_time.as_str()),
+            discharged_to: when(standard, "discharged_to").then_some(pv1.discharged_to.as_str()),
+            id_hash: key_hash(enc_id),
+            location: when(standard, "location").then_some(&pv1.location),
+            patient_class: standard.then_some(pv1.patient_class.as_str()),
+            visit_number: standard.then_some(pv1.visit_number.as_str()),
+        },
+        event_time: crate::directory::rfc3339_us(t.at_us),
+        idempotency_key,
+        kind: &t.kind,
+        patient: BodyPatient {
+            address: when(full, "patient_address").then_some(&ev.pid.address),
+            birth_date: when(standard, "birth_date").then_some(&ev.pid.birth_date),
+            family: &ev.pid.family,
+            given: &ev.pid.given,
+            identifiers: standard.then_some(ev.pid.identifiers.as_slice()),
+            phone: when(full, "patient_phone").then_some(ev.pid.phone.as_str()),
+            sex: standard.then_some(ev.pid.sex.as_str()),
+        },
+        redacted: &v.redact,
+        retracts_kind: t.retracted_kind.as_deref(),
+        schema: "adt-router.notification/v1",
+        sending_facility: &ev.msh.sending_facility,
+        treating_facility: if ev.evn.event_facility.is_empty() {
+            &pv1.location.facility
+        } else {
+            &ev.evn.event_facility
+        },
+        treating_practitioner: ev.treating_practitioner().map(|p| Practitioner {
+            name: p.display_name(),
+            npi: p.labelled_npi.then_some(p.id.as_str()),
+        }),
+        trigger: &ev.msh.trigger,
+    };
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The message decoded and parsed, or why it cannot be routed.
+fn routable(raw: &[u8], fallback: &'static encoding_rs::Encoding) -> Result<AdtEvent, String> {
+    let (text, _) = charset::decode(raw, fallback).map_err(|e| format!("charset: {e}"))?;
+    AdtEvent::parse(&text).map_err(|r| format!("not routable: {}", r.err.diagnostic))
+}
+
+/// (facility, visit, patient key) of the encounter a message belongs to: PV1-19, else
+/// PID-18, else one encounter per patient. `None` when the message names no patient.
+fn encounter_key(ev: &AdtEvent) -> Option<(String, String, String)> {
+    let patient_key = ev.patient_key()?;
+    let visit = ev
+        .pv1
+        .as_ref()
+        .map(|p| p.visit_number.as_str())
+        .into_iter()
+        .chain([ev.pid.account_number.as_str()])
+        .find(|v| !v.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("patient:{patient_key}"));
+    Some((ev.msh.sending_facility.clone(), visit, patient_key))
+}
+
+/// What attribution reads (the patient, the named providers, the date), as a key:
+/// messages with the same key get the same providers.
+fn attribution_key(facts: &PatientFacts) -> String {
+    serde_json::to_string(&(
+        &facts.identifiers,
+        &facts.family,
+        &facts.given,
+        &facts.birth_date,
+        &facts.sex,
+        &facts.postal_code,
+        &facts.providers,
+        &facts.event_date,
+        &facts.sending_facility,
+    ))
+    .unwrap_or_default()
 }
 
 impl Router {
@@ -256,8 +357,10 @@ impl Router {
             encounters: settings.encounter_config(),
             fallback: settings.fallback_charset(),
             digest_hour_utc: settings.routing.digest_hour_utc,
+            page_size: settings.routing.page_size.into(),
             metrics,
             wake: crate::wake::Wakers::default(),
+            pipeline: Arc::default(),
         }
     }
 
@@ -274,41 +377,79 @@ impl Router {
         raw: &[u8],
         inbound_id: Option<i64>,
         now: i64,
+        sim: Option<&mut Sim>,
+    ) -> Result<Plan, StoreError> {
+        match routable(raw, self.fallback) {
+            Ok(ev) => self.plan_event(&ev, inbound_id, now, sim).await,
+            Err(skipped) => Ok(Plan {
+                skipped: Some(skipped),
+                ..Plan::default()
+            }),
+        }
+    }
+
+    /// Reads what a page of messages needs from the store in a few queries (each
+    /// encounter's state, each patient's attribution) into `sim`, where
+    /// [`Self::plan_event`] finds them.
+    async fn prefetch(&self, events: &[&AdtEvent], sim: &mut Sim) -> Result<(), StoreError> {
+        let mut keys: Vec<(String, String)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut patients: Vec<(String, PatientFacts)> = Vec::new();
+        for ev in events {
+            let Some((facility, visit, _)) = encounter_key(ev) else {
+                continue;
+            };
+            let id = format!("{facility}|{visit}");
+            if !sim.encounters.contains_key(&id) && sim.fetched.insert(id) {
+                keys.push((facility, visit));
+            }
+            let facts = PatientFacts::of(ev);
+            let key = attribution_key(&facts);
+            if !sim.attributions.contains_key(&key) && seen.insert(key.clone()) {
+                patients.push((key, facts));
+            }
+        }
+        for chunk in keys.chunks(500) {
+            for (facility, visit, state) in self.store.load_encounters(chunk).await? {
+                if let Ok(enc) = serde_json::from_str::<Encounter>(&state) {
+                    sim.encounters.insert(format!("{facility}|{visit}"), enc);
+                }
+            }
+        }
+        let facts: Vec<&PatientFacts> = patients.iter().map(|(_, f)| f).collect();
+        let found = attribution::attribute_many(&self.store, &facts, &self.attribution).await?;
+        for ((key, _), a) in patients.iter().zip(found) {
+            sim.attributions.insert(key.clone(), a.providers);
+        }
+        Ok(())
+    }
+
+    /// [`Self::plan`] for a parsed message.
+    pub async fn plan_event(
+        &self,
+        ev: &AdtEvent,
+        inbound_id: Option<i64>,
+        now: i64,
         mut sim: Option<&mut Sim>,
     ) -> Result<Plan, StoreError> {
-        let mut plan = Plan::default();
-        let text = match charset::decode(raw, self.fallback) {
-            Ok((t, _)) => t,
-            Err(e) => {
-                plan.skipped = Some(format!("charset: {e}"));
-                return Ok(plan);
-            }
+        let mut plan = Plan {
+            control_id: ev.msh.control_id.clone(),
+            trigger: ev.msh.trigger.clone(),
+            sending_facility: ev.msh.sending_facility.clone(),
+            ..Plan::default()
         };
-        let ev = match AdtEvent::parse(&text) {
-            Ok(ev) => ev,
-            Err(r) => {
-                plan.skipped = Some(format!("not routable: {}", r.err.diagnostic));
-                return Ok(plan);
-            }
-        };
-        plan.control_id = ev.msh.control_id.clone();
-        plan.trigger = ev.msh.trigger.clone();
-        plan.sending_facility = ev.msh.sending_facility.clone();
-        let Some(patient_key) = ev.patient_key() else {
+        let Some((facility, visit, patient_key)) = encounter_key(ev) else {
             plan.skipped = Some("no patient identifier (PID-3): nothing to route".into());
             return Ok(plan);
         };
         let pv1 = ev.pv1.clone().unwrap_or_default();
-        let visit = [&pv1.visit_number, &ev.pid.account_number]
-            .into_iter()
-            .find(|v| !v.is_empty())
-            .cloned()
-            .unwrap_or_else(|| format!("patient:{patient_key}"));
-        let facility = ev.msh.sending_facility.clone();
         let cached = sim
             .as_deref()
             .and_then(|s| s.encounters.get(&format!("{facility}|{visit}")).cloned());
-        let stored = match (cached, sim.as_deref().is_none_or(|s| s.overlay)) {
+        let fetched = sim
+            .as_deref()
+            .is_some_and(|s| s.fetched.contains(&format!("{facility}|{visit}")));
+        let stored = match (cached, sim.as_deref().is_none_or(|s| s.overlay) && !fetched) {
             (Some(e), _) => Some(e),
             (None, true) => self
                 .store
@@ -321,7 +462,7 @@ impl Router {
         enc.patient_key = patient_key.clone();
         plan.encounter = enc.id();
         plan.status_before = enc.status.clone();
-        let transitions = enc.step(&ev, &self.encounters, now);
+        let transitions = enc.step(ev, &self.encounters, now);
         plan.status_after = enc.status.clone();
         if let Some(sim) = sim.as_deref_mut() {
             sim.encounters.insert(enc.id(), enc.clone());
@@ -348,7 +489,7 @@ impl Router {
         for t in &transitions {
             plan.write
                 .transitions
-                .push(transition_row(&enc, t, Some(&ev), inbound_id));
+                .push(transition_row(&enc, t, Some(ev), inbound_id));
             if !t.notifiable {
                 continue;
             }
@@ -376,26 +517,19 @@ impl Router {
                     None => Vec::new(),
                 };
                 if sim.as_deref().is_none_or(|s| s.overlay) {
-                    sent.extend(self.store.sent_to(retracted).await?);
+                    // A page in flight may be in both, once committed.
+                    for s in self.store.sent_to(retracted).await? {
+                        if !sent.iter().any(|x| x.recipient_npi == s.recipient_npi) {
+                            sent.push(s);
+                        }
+                    }
                 }
-                self.plan_retraction(&mut plan, &ev, t, sent, &enc.id(), now);
+                self.plan_retraction(&mut plan, ev, t, sent, &enc.id(), now);
                 continue;
             }
             if attributed.is_none() {
-                let facts = PatientFacts::of(&ev);
-                // What attribution reads: the patient, the named providers, the date.
-                let key = serde_json::to_string(&(
-                    &facts.identifiers,
-                    &facts.family,
-                    &facts.given,
-                    &facts.birth_date,
-                    &facts.sex,
-                    &facts.postal_code,
-                    &facts.providers,
-                    &facts.event_date,
-                    &facts.sending_facility,
-                ))
-                .unwrap_or_default();
+                let facts = PatientFacts::of(ev);
+                let key = attribution_key(&facts);
                 let cached = sim
                     .as_deref()
                     .and_then(|s| s.attributions.get(&key).cloned());
@@ -424,7 +558,7 @@ impl Router {
                     from_message: p.provenance.iter().any(|pr| pr.kind == "message"),
                 };
                 let v = rules.evaluate(&facts, &cand);
-                self.decide(&mut plan, &ev, t, &enc.id(), p, &v, now);
+                self.decide(&mut plan, ev, t, &enc.id(), p, &v, now);
             }
         }
         if let Some(sim) = sim {
@@ -618,6 +752,51 @@ impl Router {
         }
     }
 
+    /// Works out a page of stored messages in order, on top of `sim` (what earlier
+    /// messages, of this page or of pages not yet committed, did): the plans and the
+    /// one write that records them all and marks the messages routed.
+    async fn plan_page(
+        &self,
+        msgs: &[StoredMessage],
+        now: i64,
+        sim: &mut Sim,
+    ) -> Result<(Vec<Plan>, RoutingWrite), StoreError> {
+        let parsed = self.parse_page(msgs);
+        let events: Vec<&AdtEvent> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+        self.prefetch(&events, sim).await?;
+        let mut plans = Vec::with_capacity(msgs.len());
+        let mut all = RoutingWrite::default();
+        let mut latest = std::collections::HashMap::new();
+        for (m, ev) in msgs.iter().zip(&parsed) {
+            let mut plan = match ev {
+                Ok(ev) => self.plan_event(ev, Some(m.id), now, Some(sim)).await?,
+                Err(skipped) => Plan {
+                    skipped: Some(skipped.clone()),
+                    ..Plan::default()
+                },
+            };
+            let w = std::mem::take(&mut plan.write);
+            // An encounter's last state in the page is the one to keep.
+            for e in w.encounters {
+                let id = (e.facility.clone(), e.visit_number.clone());
+                match latest.get(&id) {
+                    Some(&i) => all.encounters[i] = e,
+                    None => {
+                        latest.insert(id, all.encounters.len());
+                        all.encounters.push(e);
+                    }
+                }
+            }
+            all.transitions.extend(w.transitions);
+            all.decisions.extend(w.decisions);
+            all.outbox.extend(w.outbox);
+            all.merges.extend(w.merges);
+            all.routed_inbound.push(m.id);
+            plans.push(plan);
+        }
+        Ok((plans, all))
+    }
+
     /// Routes stored messages in order and marks them routed, all in one transaction
     /// (one commit, one fsync, for the batch). Later messages see what earlier ones of
     /// the batch did through an in-memory overlay.
@@ -627,52 +806,38 @@ impl Router {
             overlay: true,
             ..Sim::default()
         };
-        let mut plans = Vec::with_capacity(msgs.len());
-        let mut all = RoutingWrite::default();
-        for m in msgs {
-            let mut plan = if m.duplicate {
-                Plan {
-                    skipped: Some("duplicate control id: routed when first received".into()),
-                    ..Plan::default()
-                }
-            } else {
-                self.plan(
-                    m.raw.as_deref().unwrap_or_default(),
-                    Some(m.id),
-                    now,
-                    Some(&mut sim),
-                )
-                .await?
-            };
-            let w = std::mem::take(&mut plan.write);
-            all.encounters.extend(w.encounters);
-            all.transitions.extend(w.transitions);
-            all.decisions.extend(w.decisions);
-            all.outbox.extend(w.outbox);
-            all.merges.extend(w.merges);
-            all.routed_inbound.push(m.id);
-            plans.push(plan);
-        }
-        self.store.commit_routing(&all, now).await?;
-        for plan in &plans {
-            let outcome = if plan.skipped.is_some() {
-                "skipped"
-            } else {
-                "routed"
-            };
-            self.metrics.routed.with_label_values(&[outcome]).inc();
-        }
-        for o in &all.outbox {
-            self.metrics
-                .notifications_created
-                .with_label_values(&[o.status.as_str()])
-                .inc();
-        }
+        let (plans, write) = self.plan_page(msgs, now, &mut sim).await?;
+        commit_page(&self.store, &self.metrics, &write, &plans, now).await?;
         Ok(plans)
+    }
+
+    /// Each message of a page parsed (duplicates are not routed), on as many threads
+    /// as there are cores: parsing is the part of routing that needs nothing else.
+    fn parse_page(&self, msgs: &[StoredMessage]) -> Vec<Result<AdtEvent, String>> {
+        let one = |m: &StoredMessage| match m.duplicate {
+            true => Err("duplicate control id: routed when first received".to_string()),
+            false => routable(m.raw.as_deref().unwrap_or_default(), self.fallback),
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads < 2 || msgs.len() < 64 {
+            return msgs.iter().map(one).collect();
+        }
+        let per = msgs.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = msgs
+                .chunks(per)
+                .map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
     }
 
     /// Closes ED visits that have gone quiet ([`EncounterConfig::ed_timeout_us`]).
     pub async fn sweep(&self) -> Result<usize, StoreError> {
+        self.flush().await?;
         let now = now_us();
         let states = self
             .store
@@ -755,15 +920,122 @@ impl Router {
         }
     }
 
-    /// Routes the next page of messages; returns how many.
+    /// Routes the next page of messages; returns how many. The page's write goes to the
+    /// database while the next page is planned (a second core's worth of work): it is
+    /// planned on top of what the page in flight did, kept in memory until its commit
+    /// is known. A page that returns 0 has also finished the write in flight.
     pub async fn step(&self) -> Result<usize, StoreError> {
-        let page = self.store.unrouted(200).await?;
-        if !page.is_empty() {
-            self.route_stored(&page).await?;
+        let mut pipe = self.pipeline.lock().await;
+        let skip = pipe.inflight.as_ref().map(|f| f.ids);
+        let page = self.store.unrouted(self.page_size, skip).await?;
+        if page.is_empty() {
+            // Idle: everything is in the database; carry nothing into the next burst.
+            pipe.sim = Sim::default();
+            pipe.finish().await?;
+            return Ok(0);
         }
+        let now = now_us();
+        pipe.sim.overlay = true;
+        // Attributions are worked out again each page (rosters change); encounters and
+        // what was sent are carried over.
+        pipe.sim.attributions.clear();
+        let planned = self.plan_page(&page, now, &mut pipe.sim).await;
+        // The page before must have committed for this one's plan to stand.
+        let flushed = pipe.finish().await;
+        let (plans, write) = match (planned, flushed) {
+            (Ok(p), Ok(())) => p,
+            (Err(e), _) | (_, Err(e)) => {
+                pipe.sim = Sim::default();
+                return Err(e);
+            }
+        };
+        let ids = (
+            page.first().map_or(0, |m| m.id),
+            page.last().map_or(0, |m| m.id),
+        );
+        if pipe.sim.encounters.len() > CARRIED_ENCOUNTERS {
+            // Bound the memory: commit this page in place and start afresh.
+            pipe.sim = Sim::default();
+            commit_page(&self.store, &self.metrics, &write, &plans, now).await?;
+            self.wake.routed.notify_one();
+            return Ok(page.len());
+        }
+        let (store, metrics, wake) = (self.store.clone(), self.metrics.clone(), self.wake.clone());
+        pipe.inflight = Some(Inflight {
+            ids,
+            commit: tokio::spawn(async move {
+                commit_page(&store, &metrics, &write, &plans, now).await?;
+                wake.routed.notify_one();
+                Ok(())
+            }),
+        });
         Ok(page.len())
     }
+
+    /// Finishes the write in flight and forgets what was carried between pages (the
+    /// ED-timeout sweep changes encounters behind the router's back).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let mut pipe = self.pipeline.lock().await;
+        pipe.sim = Sim::default();
+        pipe.finish().await
+    }
 }
+
+/// A page's write, and the metrics once it is committed.
+async fn commit_page(
+    store: &Store,
+    metrics: &crate::metrics::Metrics,
+    write: &RoutingWrite,
+    plans: &[Plan],
+    now: i64,
+) -> Result<(), StoreError> {
+    store.commit_routing(write, now).await?;
+    for plan in plans {
+        let outcome = match plan.skipped {
+            Some(_) => "skipped",
+            None => "routed",
+        };
+        metrics.routed.with_label_values(&[outcome]).inc();
+    }
+    for o in &write.outbox {
+        metrics
+            .notifications_created
+            .with_label_values(&[o.status.as_str()])
+            .inc();
+    }
+    Ok(())
+}
+
+/// Pages planned but not yet known to be committed, and what they did.
+#[derive(Default)]
+pub struct Pipeline {
+    sim: Sim,
+    inflight: Option<Inflight>,
+}
+
+/// A page being committed: its first and last message ids, and the commit.
+struct Inflight {
+    ids: (i64, i64),
+    commit: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+impl Pipeline {
+    /// Waits for the page in flight, if any.
+    async fn finish(&mut self) -> Result<(), StoreError> {
+        let Some(f) = self.inflight.take() else {
+            return Ok(());
+        };
+        match f.commit.await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Db(sqlx::Error::Protocol(format!(
+                "routing commit task failed: {e}"
+            )))),
+        }
+    }
+}
+
+/// Encounters carried between pages before the overlay is dropped (memory bound).
+const CARRIED_ENCOUNTERS: usize = 20_000;
 
 /// The next `hour`:00 UTC after `now`.
 fn next_digest(now: i64, hour: u32) -> i64 {

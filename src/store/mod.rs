@@ -442,6 +442,47 @@ impl Store {
         }
     }
 
+    /// `SELECT columns FROM from` (`$N` placeholders, text parameters), each row
+    /// deserialised by position into a `T`. One round trip either way: PostgreSQL
+    /// returns the rows as one JSON value, SQLite's are read in place (building JSON
+    /// in SQLite costs more than reading the rows).
+    pub async fn select<T: serde::de::DeserializeOwned>(
+        &self,
+        columns: &str,
+        from: &str,
+        args: Vec<String>,
+    ) -> Result<Vec<T>, StoreError> {
+        let decode = |v: serde_json::Value| {
+            serde_json::from_value(v).map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
+        };
+        match self {
+            Store::Sqlite(_) => {
+                let path = self.sqlite_path().expect("sqlite store has a path");
+                let sql = format!("SELECT {columns} FROM {from}").replace('$', "?");
+                let read = move || sqlite_reads::rows(&path, &sql, &args);
+                let rows = match tokio::runtime::Handle::current().runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(read),
+                    _ => tokio::task::spawn_blocking(read).await.map_err(|e| {
+                        StoreError::Db(sqlx::Error::Protocol(format!("lookup task failed: {e}")))
+                    })?,
+                }?;
+                rows.into_iter().map(decode).collect()
+            }
+            Store::Postgres(_) => {
+                let query = format!(
+                    "SELECT (SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text FROM {from})"
+                );
+                let row = self.text_row(&query, args, 1).await?;
+                let v: serde_json::Value = serde_json::from_str(&row[0])
+                    .map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))?;
+                match v {
+                    serde_json::Value::Array(rows) => rows.into_iter().map(decode).collect(),
+                    _ => Ok(Vec::new()),
+                }
+            }
+        }
+    }
+
     /// Counts used by tests and the audit side: (messages, quarantined).
     pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
         const SQL: &str =

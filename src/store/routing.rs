@@ -171,6 +171,36 @@ impl Store {
         Ok(row.into_iter().next().filter(|s| !s.is_empty()))
     }
 
+    /// The stored states of several encounters, `(facility, visit, state)`, in one
+    /// query; encounters not stored yet are left out.
+    pub async fn load_encounters(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conds: Vec<String> = (0..keys.len())
+            .map(|i| {
+                format!(
+                    "(facility = ${} AND visit_number = ${})",
+                    2 * i + 1,
+                    2 * i + 2
+                )
+            })
+            .collect();
+        let args = keys
+            .iter()
+            .flat_map(|(f, v)| [f.clone(), v.clone()])
+            .collect();
+        self.select(
+            "facility, visit_number, state",
+            &format!("encounter WHERE {}", conds.join(" OR ")),
+            args,
+        )
+        .await
+    }
+
     /// Open ED encounters last heard of before `before_us` (the ED-timeout sweep).
     pub async fn quiet_ed_encounters(
         &self,
@@ -187,14 +217,25 @@ impl Store {
         .await?))
     }
 
-    /// The oldest messages not routed yet, with their bytes.
-    pub async fn unrouted(&self, limit: i64) -> Result<Vec<super::StoredMessage>, StoreError> {
+    /// The oldest messages not routed yet, with their bytes, leaving out ids from
+    /// `skip.0` to `skip.1` (a page being committed).
+    pub async fn unrouted(
+        &self,
+        limit: i64,
+        skip: Option<(i64, i64)>,
+    ) -> Result<Vec<super::StoredMessage>, StoreError> {
         let query = format!(
-            "SELECT {}, raw FROM inbound_messages WHERE routed_at_us IS NULL ORDER BY id LIMIT $1",
+            "SELECT {}, raw FROM inbound_messages WHERE routed_at_us IS NULL AND id NOT BETWEEN $2 AND $3 ORDER BY id LIMIT $1",
             super::EXPORT_COLUMNS
         );
+        let (from, to) = skip.unwrap_or((0, -1));
         on_pool!(self, |p, sql| {
-            let rows = sqlx::query(&sql(&query)).bind(limit).fetch_all(p).await?;
+            let rows = sqlx::query(&sql(&query))
+                .bind(limit)
+                .bind(from)
+                .bind(to)
+                .fetch_all(p)
+                .await?;
             rows.iter()
                 .map(|r| super::stored_message(r, true))
                 .collect()

@@ -31,14 +31,11 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
-/// Runs one statement (`?N` placeholders, text parameters) that returns one row, and
-/// returns its first `columns` values as text. Blocking: call from a blocking thread.
-pub fn text_row(
+/// Runs `f` on a pooled connection for `path`.
+fn with_conn<T>(
     path: &Path,
-    sql: &str,
-    args: &[String],
-    columns: usize,
-) -> Result<Vec<String>, StoreError> {
+    f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+) -> Result<T, StoreError> {
     let taken = pool()
         .lock()
         .ok()
@@ -47,12 +44,7 @@ pub fn text_row(
         Some(c) => c,
         None => open(path)?,
     };
-    let result = (|| -> Result<Vec<String>, rusqlite::Error> {
-        let mut stmt = conn.prepare_cached(sql)?;
-        stmt.query_row(rusqlite::params_from_iter(args.iter()), |r| {
-            (0..columns).map(|i| r.get::<_, String>(i)).collect()
-        })
-    })();
+    let result = f(&conn);
     if let Ok(mut p) = pool().lock() {
         let idle = p.entry(path.to_path_buf()).or_default();
         if idle.len() < KEEP {
@@ -60,4 +52,49 @@ pub fn text_row(
         }
     }
     Ok(result?)
+}
+
+/// Runs one statement (`?N` placeholders, text parameters) that returns one row, and
+/// returns its first `columns` values as text. Blocking: call from a blocking thread.
+pub fn text_row(
+    path: &Path,
+    sql: &str,
+    args: &[String],
+    columns: usize,
+) -> Result<Vec<String>, StoreError> {
+    with_conn(path, |conn| {
+        let mut stmt = conn.prepare_cached(sql)?;
+        stmt.query_row(rusqlite::params_from_iter(args.iter()), |r| {
+            (0..columns).map(|i| r.get::<_, String>(i)).collect()
+        })
+    })
+}
+
+/// Runs one statement (`?N` placeholders, text parameters) and returns every row as a
+/// JSON array of its values (text, integer, real or null), to deserialise by position.
+/// Blocking: call from a blocking thread.
+pub fn rows(path: &Path, sql: &str, args: &[String]) -> Result<Vec<serde_json::Value>, StoreError> {
+    use rusqlite::types::ValueRef;
+    use serde_json::Value;
+    with_conn(path, |conn| {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut row = Vec::with_capacity(columns);
+            for i in 0..columns {
+                row.push(match r.get_ref(i)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(n) => Value::from(n),
+                    ValueRef::Real(x) => Value::from(x),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => {
+                        Value::String(String::from_utf8_lossy(t).into_owned())
+                    }
+                });
+            }
+            out.push(Value::Array(row));
+        }
+        Ok(out)
+    })
 }

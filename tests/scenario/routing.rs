@@ -713,3 +713,113 @@ fn whole_corpus_routes() {
         "the corpus has triggers with no routing meaning"
     );
 }
+
+/// Pages change nothing: the same messages routed one per page (each committed before
+/// the next is planned) and three per page (encounters split across pages, each page
+/// planned while the one before is still being committed, cancels retracting what a page
+/// in flight sent) give exactly the same notifications.
+#[test]
+fn page_size_changes_no_notification() {
+    let rules = rules_dir(&[]);
+    let rules_path = rules.path().to_str().unwrap().to_string();
+    let steps = [
+        ("A04", "E", "ED", String::new()),
+        ("A01", "I", "4W", String::new()),
+        ("A08", "I", "ICU", String::new()),
+        ("A11", "I", "ICU", String::new()),
+        ("A01", "I", "4W", String::new()),
+        ("A03", "I", "4W", disposition("01")),
+    ];
+    // Round robin: every page holds several encounters.
+    let mut msgs = Vec::new();
+    for (i, (trigger, class, unit, extra)) in steps.iter().enumerate() {
+        for e in 0..4 {
+            msgs.push(adt(
+                &format!("PG{e}-{i}"),
+                trigger,
+                &format!("202611{:02}{:02}0000", 20 + e, 8 + i),
+                &format!("MRN-PG{e}"),
+                &format!("VPG{e}"),
+                class,
+                unit,
+                extra,
+            ));
+        }
+    }
+    let mut results = Vec::new();
+    for page_size in ["1", "3"] {
+        let dir = tempdir();
+        let cli = Cli::new(
+            dir.path(),
+            None,
+            &[
+                ("ADT_ROUTER__ROUTING__RULES_DIR", &rules_path),
+                ("ADT_ROUTER__ROUTING__PAGE_SIZE", page_size),
+            ],
+        );
+        set_endpoint(&cli, PCP, "REST", "https://pcp.example.org/adt");
+        {
+            let server = Server::start(
+                dir.path(),
+                &[
+                    ("ADT_ROUTER__ROUTING__RULES_DIR", &rules_path),
+                    ("ADT_ROUTER__ROUTING__ENABLED", "false"),
+                ],
+            );
+            let mut files = Vec::new();
+            for (n, m) in msgs.iter().enumerate() {
+                let f = dir.path().join(format!("m{n}.hl7"));
+                std::fs::write(&f, m).unwrap();
+                files.push(f.to_str().unwrap().to_string());
+            }
+            let mut args = vec!["send", "--to", &server.mllp];
+            args.extend(files.iter().map(String::as_str));
+            let out = server.run(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let drained = cli.json(&["route", "drain"]);
+        assert_eq!(drained["messages"], msgs.len(), "{drained}");
+        let out = cli.run(&["notifications", "export", "--format", "jsonl"]);
+        assert!(out.status.success());
+        let mut rows: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let n: Value = serde_json::from_str(l).unwrap();
+                format!(
+                    "{} {} {} {} {} {}",
+                    n["encounter"],
+                    n["kind"],
+                    n["recipient_npi"],
+                    n["status"],
+                    n["rule_ids"],
+                    n["idempotency_key"]
+                )
+            })
+            .collect();
+        rows.sort();
+        results.push(rows);
+    }
+    // Per encounter, all to the PCP: ED registration, admission, update (unit), the
+    // cancel (A11) retracting the visit's ED registration and admission, the new
+    // admission, discharge.
+    assert_eq!(results[0].len(), 4 * 7, "{:#?}", results[0]);
+    for (kind, n) in [
+        ("ed-registration", 4),
+        ("admission", 8),
+        ("update", 4),
+        ("retraction", 8),
+        ("discharge", 4),
+    ] {
+        let found = results[0]
+            .iter()
+            .filter(|r| r.contains(&format!("\"{kind}\"")))
+            .count();
+        assert_eq!(found, n, "{kind}: {:#?}", results[0]);
+    }
+    assert_eq!(results[0], results[1]);
+}
