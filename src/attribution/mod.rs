@@ -127,6 +127,14 @@ struct RosterRow {
 
 const ROW_COLUMNS: &str = "source, patient_id, assigning_authority, family, given, norm_family, norm_given, birth_date, sex, postal_code, provider_npi, relationship, effective_from, effective_to, import_id, line, loaded_at_us";
 
+/// `$first, $first+1, ...`: `n` placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Whether `r` is one of the patient's identifiers in its assigning authority.
 fn is_identified(r: &RosterRow, facts: &PatientFacts) -> bool {
     facts.identifiers.iter().any(|i| {
@@ -172,6 +180,17 @@ pub async fn attribute_many(
 ) -> Result<Vec<Attribution>, StoreError> {
     let mut matched = Vec::with_capacity(patients.len());
     let active = directory::active_snapshots(store).await?;
+    // Every source that has ever loaded a roster (a superset of those with rows).
+    let sources: Vec<String> = store
+        .select::<(String,)>(
+            "source",
+            "(SELECT DISTINCT source FROM roster_import) s",
+            Vec::new(),
+        )
+        .await?
+        .into_iter()
+        .map(|(s,)| s)
+        .collect();
     for chunk in patients.chunks(PATIENTS_PER_QUERY) {
         // First by identifier (either half of the assigning authority)...
         let mut conds = Vec::new();
@@ -204,9 +223,10 @@ pub async fn attribute_many(
             }
         };
         // ...then, for the demographic fallback, by birth date in the sources where
-        // the identifier did not match (an identifier match never looks further).
-        // Separate queries: SQLite's OR of both kinds cost ten times their sum.
-        let (mut anywhere, mut conds, mut args) = (Vec::new(), Vec::new(), Vec::new());
+        // the identifier did not match (an identifier match never looks further):
+        // nothing when it matched in every source. Separate queries, not one OR: in
+        // SQLite an OR of such terms cost several times the queries on their own.
+        let (mut anywhere, mut excluding) = (Vec::new(), Vec::new());
         for facts in chunk {
             let Some(d) = &facts.birth_date else {
                 continue;
@@ -222,33 +242,37 @@ pub async fn attribute_many(
                 if !anywhere.contains(d) {
                     anywhere.push(d.clone());
                 }
-                continue;
+            } else if sources.iter().any(|s| !matched.contains(&s.as_str())) {
+                let mut args = vec![d.clone()];
+                args.extend(matched.iter().map(|m| m.to_string()));
+                excluding.push(args);
             }
-            args.push(d.clone());
-            let k = args.len();
-            args.extend(matched.iter().map(|m| m.to_string()));
-            let list: Vec<String> = (k + 1..=args.len()).map(|i| format!("${i}")).collect();
-            conds.push(format!(
-                "(birth_date = ${k} AND source NOT IN ({}))",
-                list.join(", ")
-            ));
         }
+        let mut more = Vec::new();
         if !anywhere.is_empty() {
-            let k = args.len();
-            args.extend(anywhere.iter().cloned());
-            let list: Vec<String> = (k + 1..=args.len()).map(|i| format!("${i}")).collect();
-            conds.push(format!("birth_date IN ({})", list.join(", ")));
+            let list = placeholders(1, anywhere.len());
+            let from = format!("roster_entry WHERE birth_date IN ({list})");
+            more.extend(
+                store
+                    .select::<RosterRow>(ROW_COLUMNS, &from, anywhere)
+                    .await?,
+            );
         }
-        if !conds.is_empty() {
-            let more: Vec<RosterRow> = store
-                .select(
-                    ROW_COLUMNS,
-                    &format!("roster_entry WHERE {}", conds.join(" OR ")),
-                    args,
-                )
-                .await?;
-            rows.extend(more);
+        if !excluding.is_empty() {
+            let (mut conds, mut args) = (Vec::new(), Vec::new());
+            for a in excluding {
+                let k = args.len();
+                conds.push(format!(
+                    "(birth_date = ${} AND source NOT IN ({}))",
+                    k + 1,
+                    placeholders(k + 2, a.len() - 1)
+                ));
+                args.extend(a);
+            }
+            let from = format!("roster_entry WHERE {}", conds.join(" OR "));
+            more.extend(store.select::<RosterRow>(ROW_COLUMNS, &from, args).await?);
         }
+        rows.extend(more);
         let mut by_dob: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
         let mut by_patient: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
         for r in &rows {

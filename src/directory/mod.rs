@@ -209,6 +209,31 @@ pub async fn lookup(
     Ok(all.remove(0))
 }
 
+/// The rows for the NPIs in `list` (placeholders for `args`) of the live snapshot of
+/// `kind`, each with its import; none when nothing of that kind is loaded.
+async fn snapshot_rows<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    active: &ActiveSnapshots,
+    kind: nppes::FileKind,
+    columns: &str,
+    list: &str,
+    args: &[String],
+) -> Result<Vec<T>, StoreError> {
+    let Some((_, id)) = active.iter().find(|(k, _)| k == kind.as_str()) else {
+        return Ok(Vec::new());
+    };
+    let table = nppes::table(kind, *id);
+    // The columns are written against the alias `p` (providers) or `e` (endpoints).
+    let alias = match kind {
+        nppes::FileKind::Npidata => "p",
+        nppes::FileKind::Endpoints => "e",
+    };
+    let from = format!(
+        "{table} {alias} JOIN directory_import i ON i.id = {alias}.source_import WHERE {alias}.npi IN ({list})"
+    );
+    store.select(columns, &from, args.to_vec()).await
+}
+
 /// [`lookup`] for several NPIs, in the same order, in one query (attribution resolves
 /// every provider of a patient at once).
 pub async fn lookup_many(
@@ -225,32 +250,25 @@ pub async fn lookup_many(
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let snapshot = |kind: nppes::FileKind| {
-        active
-            .iter()
-            .find(|(k, _)| k == kind.as_str())
-            .map(|(_, id)| nppes::table(kind, *id))
-    };
     let args: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-    let from = |table: String, alias: &str| {
-        format!("{table} {alias} JOIN directory_import i ON i.id = {alias}.source_import WHERE {alias}.npi IN ({list})")
-    };
-    let mut providers: Vec<ProviderRow> = match snapshot(nppes::FileKind::Npidata) {
-        Some(t) => {
-            store
-                .select(PROVIDER_COLUMNS, &from(t, "p"), args.clone())
-                .await?
-        }
-        None => Vec::new(),
-    };
-    let mut nppes_endpoints: Vec<EndpointRow> = match snapshot(nppes::FileKind::Endpoints) {
-        Some(t) => {
-            store
-                .select(ENDPOINT_COLUMNS, &from(t, "e"), args.clone())
-                .await?
-        }
-        None => Vec::new(),
-    };
+    let mut providers: Vec<ProviderRow> = snapshot_rows(
+        store,
+        active,
+        nppes::FileKind::Npidata,
+        PROVIDER_COLUMNS,
+        &list,
+        &args,
+    )
+    .await?;
+    let mut nppes_endpoints: Vec<EndpointRow> = snapshot_rows(
+        store,
+        active,
+        nppes::FileKind::Endpoints,
+        ENDPOINT_COLUMNS,
+        &list,
+        &args,
+    )
+    .await?;
     let mut overrides: Vec<OverrideRow> = store
         .select(
             OVERRIDE_COLUMNS,
