@@ -9,7 +9,7 @@ pub mod roster;
 use crate::directory::npi::Npi;
 use crate::directory::{self, DirectoryEntry, ResolvePolicy};
 use crate::hl7::patient::PatientFacts;
-use crate::store::{Store, StoreError};
+use crate::store::{placeholders, Store, StoreError};
 use matching::{Demographics, MatchPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -127,22 +127,27 @@ struct RosterRow {
 
 const ROW_COLUMNS: &str = "source, patient_id, assigning_authority, family, given, norm_family, norm_given, birth_date, sex, postal_code, provider_npi, relationship, effective_from, effective_to, import_id, line, loaded_at_us";
 
-/// `$first, $first+1, ...`: `n` placeholders.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// A patient's identifiers as the roster keeps them: (id, namespace, universal id),
+/// authorities upper case; identifiers with no authority are left out.
+fn roster_ids(facts: &PatientFacts) -> Vec<(&str, String, String)> {
+    facts
+        .identifiers
+        .iter()
+        .map(|i| {
+            (
+                i.id.as_str(),
+                i.authority_namespace.to_ascii_uppercase(),
+                i.authority_universal.to_ascii_uppercase(),
+            )
+        })
+        .filter(|(_, ns, uni)| !(ns.is_empty() && uni.is_empty()))
+        .collect()
 }
 
-/// Whether `r` is one of the patient's identifiers in its assigning authority.
-fn is_identified(r: &RosterRow, facts: &PatientFacts) -> bool {
-    facts.identifiers.iter().any(|i| {
-        r.patient_id == i.id
-            && (r.authority == i.authority_namespace.to_ascii_uppercase()
-                || r.authority == i.authority_universal.to_ascii_uppercase())
-            && !(i.authority_namespace.is_empty() && i.authority_universal.is_empty())
-    })
+/// Whether `r` is one of `ids` ([`roster_ids`]) in its assigning authority.
+fn is_identified(r: &RosterRow, ids: &[(&str, String, String)]) -> bool {
+    ids.iter()
+        .any(|(id, ns, uni)| r.patient_id == *id && (r.authority == *ns || r.authority == *uni))
 }
 
 impl RosterRow {
@@ -192,50 +197,49 @@ pub async fn attribute_many(
         .map(|(s,)| s)
         .collect();
     for chunk in patients.chunks(PATIENTS_PER_QUERY) {
+        let ids: Vec<Vec<(&str, String, String)>> = chunk.iter().map(|f| roster_ids(f)).collect();
         // First by identifier (either half of the assigning authority)...
-        let mut conds = Vec::new();
-        let mut args: Vec<String> = Vec::new();
-        for ident in chunk.iter().flat_map(|f| &f.identifiers) {
-            let ns = ident.authority_namespace.to_ascii_uppercase();
-            let uni = ident.authority_universal.to_ascii_uppercase();
-            if ns.is_empty() && uni.is_empty() {
-                continue;
-            }
-            let k = args.len();
+        let (mut conds, mut args) = (Vec::new(), Vec::new());
+        for (id, ns, uni) in ids.iter().flatten() {
             conds.push(format!(
-                "(patient_id = ${} AND assigning_authority IN (${}, ${}))",
-                k + 1,
-                k + 2,
-                k + 3
+                "(patient_id = ${} AND assigning_authority IN ({}))",
+                args.len() + 1,
+                placeholders(args.len() + 2, 2)
             ));
-            args.extend([ident.id.clone(), ns, uni]);
+            args.extend([id.to_string(), ns.clone(), uni.clone()]);
         }
-        let mut rows: Vec<RosterRow> = match conds.is_empty() {
+        let id_rows: Vec<RosterRow> = match conds.is_empty() {
             true => Vec::new(),
             false => {
-                store
-                    .select(
-                        ROW_COLUMNS,
-                        &format!("roster_entry WHERE {}", conds.join(" OR ")),
-                        args,
-                    )
-                    .await?
+                let from = format!("roster_entry WHERE {}", conds.join(" OR "));
+                store.select(ROW_COLUMNS, &from, args).await?
             }
         };
+        let mut by_patient: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
+        for r in &id_rows {
+            by_patient.entry(&r.patient_id).or_default().push(r);
+        }
+        let none = Vec::new();
+        let identified: Vec<Vec<&RosterRow>> = ids
+            .iter()
+            .map(|ids| {
+                ids.iter()
+                    .flat_map(|(id, _, _)| by_patient.get(id).unwrap_or(&none))
+                    .copied()
+                    .filter(|r| is_identified(r, ids))
+                    .collect()
+            })
+            .collect();
         // ...then, for the demographic fallback, by birth date in the sources where
         // the identifier did not match (an identifier match never looks further):
         // nothing when it matched in every source. Separate queries, not one OR: in
         // SQLite an OR of such terms cost several times the queries on their own.
         let (mut anywhere, mut excluding) = (Vec::new(), Vec::new());
-        for facts in chunk {
+        for (facts, found) in chunk.iter().zip(&identified) {
             let Some(d) = &facts.birth_date else {
                 continue;
             };
-            let mut matched: Vec<&str> = rows
-                .iter()
-                .filter(|r| is_identified(r, facts))
-                .map(|r| r.source.as_str())
-                .collect();
+            let mut matched: Vec<&str> = found.iter().map(|r| r.source.as_str()).collect();
             matched.sort_unstable();
             matched.dedup();
             if matched.is_empty() {
@@ -248,11 +252,11 @@ pub async fn attribute_many(
                 excluding.push(args);
             }
         }
-        let mut more = Vec::new();
+        let mut dob_rows: Vec<RosterRow> = Vec::new();
         if !anywhere.is_empty() {
             let list = placeholders(1, anywhere.len());
             let from = format!("roster_entry WHERE birth_date IN ({list})");
-            more.extend(
+            dob_rows.extend(
                 store
                     .select::<RosterRow>(ROW_COLUMNS, &from, anywhere)
                     .await?,
@@ -270,26 +274,16 @@ pub async fn attribute_many(
                 args.extend(a);
             }
             let from = format!("roster_entry WHERE {}", conds.join(" OR "));
-            more.extend(store.select::<RosterRow>(ROW_COLUMNS, &from, args).await?);
+            dob_rows.extend(store.select::<RosterRow>(ROW_COLUMNS, &from, args).await?);
         }
-        rows.extend(more);
         let mut by_dob: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
-        let mut by_patient: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
-        for r in &rows {
+        for r in id_rows.iter().chain(&dob_rows) {
             by_dob.entry(&r.birth_date).or_default().push(r);
-            by_patient.entry(&r.patient_id).or_default().push(r);
         }
-        for facts in chunk {
-            let none = Vec::new();
-            let by_id: Vec<&RosterRow> = facts
-                .identifiers
-                .iter()
-                .flat_map(|i| by_patient.get(i.id.as_str()).unwrap_or(&none))
-                .copied()
-                .collect();
+        for ((facts, ids), found) in chunk.iter().zip(&ids).zip(&identified) {
             let dob = facts.birth_date.as_deref().unwrap_or_default();
             let by_dob = by_dob.get(dob).unwrap_or(&none);
-            matched.push(match_rosters(facts, &by_id, by_dob, policy));
+            matched.push(match_rosters(facts, ids, found, by_dob, policy));
         }
     }
     // Every provider of every patient, once, in one directory query.
@@ -339,11 +333,12 @@ pub async fn attribute_many(
 
 /// What the rosters and the message say of one patient: a decision per roster source,
 /// the providers with their provenance, and the message's providers not used.
-/// `id_rows` may hold rows of other identifiers and `dob_rows` rows of sources already
-/// matched by identifier: both are filtered here.
+/// `id_rows` are the rows of the patient's identifiers `ids`; `dob_rows` may hold rows
+/// of sources already matched by identifier and rows found twice: filtered here.
 #[allow(clippy::type_complexity)]
 fn match_rosters(
     facts: &PatientFacts,
+    ids: &[(&str, String, String)],
     id_rows: &[&RosterRow],
     dob_rows: &[&RosterRow],
     policy: &AttributionPolicy,
@@ -364,7 +359,7 @@ fn match_rosters(
     let by_id: Vec<&RosterRow> = rows
         .iter()
         .copied()
-        .filter(|r| is_identified(r, facts))
+        .filter(|r| is_identified(r, ids))
         .collect();
     let by_dob: Vec<&RosterRow> = rows
         .iter()

@@ -246,10 +246,7 @@ pub async fn lookup_many(
         return Ok(Vec::new());
     }
     let keys: Vec<&str> = npis.iter().map(|n| n.as_str()).collect();
-    let list = (1..=keys.len())
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = crate::store::placeholders(1, keys.len());
     let args: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
     let mut providers: Vec<ProviderRow> = snapshot_rows(
         store,

@@ -443,12 +443,9 @@ impl Router {
             return Ok(plan);
         };
         let pv1 = ev.pv1.clone().unwrap_or_default();
-        let cached = sim
-            .as_deref()
-            .and_then(|s| s.encounters.get(&format!("{facility}|{visit}")).cloned());
-        let fetched = sim
-            .as_deref()
-            .is_some_and(|s| s.fetched.contains(&format!("{facility}|{visit}")));
+        let id = format!("{facility}|{visit}");
+        let cached = sim.as_deref().and_then(|s| s.encounters.get(&id).cloned());
+        let fetched = sim.as_deref().is_some_and(|s| s.fetched.contains(&id));
         let stored = match (cached, sim.as_deref().is_none_or(|s| s.overlay) && !fetched) {
             (Some(e), _) => Some(e),
             (None, true) => self
@@ -795,20 +792,6 @@ impl Router {
             plans.push(plan);
         }
         Ok((plans, all))
-    }
-
-    /// Routes stored messages in order and marks them routed, all in one transaction
-    /// (one commit, one fsync, for the batch). Later messages see what earlier ones of
-    /// the batch did through an in-memory overlay.
-    pub async fn route_stored(&self, msgs: &[StoredMessage]) -> Result<Vec<Plan>, StoreError> {
-        let now = now_us();
-        let mut sim = Sim {
-            overlay: true,
-            ..Sim::default()
-        };
-        let (plans, write) = self.plan_page(msgs, now, &mut sim).await?;
-        commit_page(&self.store, &self.metrics, &write, &plans, now).await?;
-        Ok(plans)
     }
 
     /// Each message of a page parsed (duplicates are not routed), on as many threads

@@ -412,22 +412,7 @@ impl Store {
             Store::Sqlite(_) => {
                 let path = self.sqlite_path().expect("sqlite store has a path");
                 let sql = sql.replace('$', "?");
-                // On the multi-threaded runtime, run it right here (the other workers
-                // carry on): a hand-off to a blocking thread costs more than the query.
-                if tokio::runtime::Handle::current().runtime_flavor()
-                    == tokio::runtime::RuntimeFlavor::MultiThread
-                {
-                    return tokio::task::block_in_place(|| {
-                        sqlite_reads::text_row(&path, &sql, &args, columns)
-                    });
-                }
-                tokio::task::spawn_blocking(move || {
-                    sqlite_reads::text_row(&path, &sql, &args, columns)
-                })
-                .await
-                .map_err(|e| {
-                    StoreError::Db(sqlx::Error::Protocol(format!("lookup task failed: {e}")))
-                })?
+                on_reader(move || sqlite_reads::text_row(&path, &sql, &args, columns)).await
             }
             Store::Postgres(p) => {
                 let mut q = sqlx::query(sql);
@@ -459,13 +444,7 @@ impl Store {
             Store::Sqlite(_) => {
                 let path = self.sqlite_path().expect("sqlite store has a path");
                 let sql = format!("SELECT {columns} FROM {from}").replace('$', "?");
-                let read = move || sqlite_reads::rows(&path, &sql, &args);
-                let rows = match tokio::runtime::Handle::current().runtime_flavor() {
-                    tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(read),
-                    _ => tokio::task::spawn_blocking(read).await.map_err(|e| {
-                        StoreError::Db(sqlx::Error::Protocol(format!("lookup task failed: {e}")))
-                    })?,
-                }?;
+                let rows = on_reader(move || sqlite_reads::rows(&path, &sql, &args)).await?;
                 rows.into_iter().map(decode).collect()
             }
             Store::Postgres(_) => {
@@ -616,6 +595,28 @@ where
 /// Wall-clock time in microseconds since the epoch, the unit of every `*_us` column.
 /// A PHI-free key: the first 16 bytes of the SHA-256 of `s`, as hex. Idempotency keys,
 /// ordering keys and fallback keys are made this way.
+/// Runs a blocking SQLite read ([`sqlite_reads`]). On the multi-threaded runtime it
+/// runs right here (the other workers carry on): a hand-off to a blocking thread costs
+/// more than the query.
+async fn on_reader<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(read),
+        _ => tokio::task::spawn_blocking(read).await.map_err(|e| {
+            StoreError::Db(sqlx::Error::Protocol(format!("lookup task failed: {e}")))
+        })?,
+    }
+}
+
+/// `$first, $first+1, ...`: `n` statement placeholders.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn key_hash(s: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(s.as_bytes())[..16])
