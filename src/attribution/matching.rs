@@ -103,10 +103,13 @@ impl Demographics {
 
 /// `M`, `F`, or empty for unknown / other / not given.
 pub fn normalize_sex(s: &str) -> &'static str {
-    match s.trim().to_ascii_uppercase().as_str() {
-        "M" | "MALE" => "M",
-        "F" | "FEMALE" => "F",
-        _ => "",
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("M") || s.eq_ignore_ascii_case("MALE") {
+        "M"
+    } else if s.eq_ignore_ascii_case("F") || s.eq_ignore_ascii_case("FEMALE") {
+        "F"
+    } else {
+        ""
     }
 }
 
@@ -192,15 +195,58 @@ fn given_match(a: &str, b: &str) -> NameMatch {
     NameMatch::Differs
 }
 
-/// Scores a roster candidate against the message's patient.
+/// Scores a roster candidate against the message's patient, with the reasons.
 pub fn score(msg: &Demographics, cand: &Demographics) -> Score {
-    let mut s = 0.0;
     let mut reasons = Vec::new();
-    let mut add = |points: f64, why: &str| {
+    let score = tally(msg, &cand.as_view(), |points, why| {
+        reasons.push(format!("{points:+} {why}"))
+    });
+    Score { score, reasons }
+}
+
+/// The score alone, for a candidate as the roster stores it (names normalised): what
+/// routing asks of each of the ~60 roster rows sharing a birth date, keeping no reasons.
+pub fn points(msg: &Demographics, cand: &View) -> f64 {
+    tally(msg, cand, |_, _| {})
+}
+
+/// A roster candidate's facts, borrowed: names normalised, sex and postal code raw.
+pub struct View<'a> {
+    pub family: &'a str,
+    pub given: &'a str,
+    pub birth_date: &'a str,
+    pub sex: &'a str,
+    pub postal_code: &'a str,
+}
+
+impl Demographics {
+    fn as_view(&self) -> View<'_> {
+        View {
+            family: &self.family,
+            given: &self.given,
+            birth_date: &self.birth_date,
+            sex: &self.sex,
+            postal_code: &self.postal_code,
+        }
+    }
+}
+
+/// The weights of the table at the top, each one told to `why` as it is added.
+fn tally(msg: &Demographics, cand: &View, mut why: impl FnMut(f64, &'static str)) -> f64 {
+    let mut s = 0.0;
+    let mut add = |points: f64, reason: &'static str| {
         s += points;
-        reasons.push(format!("{points:+} {why}"));
+        why(points, reason);
     };
-    if !msg.birth_date.is_empty() && msg.birth_date == cand.birth_date {
+    let cand_sex = normalize_sex(cand.sex);
+    // The first five digits, as `Demographics` keeps them.
+    let cand_zip = cand
+        .postal_code
+        .trim()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(5);
+    if !msg.birth_date.is_empty() && msg.birth_date == cand.birth_date.trim() {
         add(4.0, "birth date equal");
     } else {
         add(-10.0, "birth date differs or is missing");
@@ -213,13 +259,13 @@ pub fn score(msg: &Demographics, cand: &Demographics) -> Score {
     if swapped {
         add(6.0, "given and family names swapped");
     } else {
-        match family_match(&msg.family, &cand.family) {
+        match family_match(&msg.family, cand.family) {
             NameMatch::Equal => add(4.0, "family name equal"),
             NameMatch::SharesPart => add(3.0, "family name shares a part (hyphenated or double)"),
             NameMatch::Similar => add(2.5, "family name similar (spelling)"),
             _ => add(-4.0, "family name differs"),
         }
-        match given_match(&msg.given, &cand.given) {
+        match given_match(&msg.given, cand.given) {
             NameMatch::Equal => add(3.0, "given name equal"),
             NameMatch::SharesPart => add(2.5, "first given name equal"),
             NameMatch::Similar => add(2.0, "given name similar (spelling)"),
@@ -227,15 +273,15 @@ pub fn score(msg: &Demographics, cand: &Demographics) -> Score {
             NameMatch::Differs => add(-3.0, "given name differs"),
         }
     }
-    match (msg.sex.as_str(), cand.sex.as_str()) {
+    match (msg.sex.as_str(), cand_sex) {
         ("", _) | (_, "") => {}
         (a, b) if a == b => add(1.0, "sex equal"),
         _ => add(-5.0, "sex differs"),
     }
-    if msg.postal_code.len() == 5 && msg.postal_code == cand.postal_code {
+    if msg.postal_code.len() == 5 && cand_zip.eq(msg.postal_code.chars()) {
         add(1.0, "postal code equal");
     }
-    Score { score: s, reasons }
+    s
 }
 
 /// The decision over one roster's scored candidates: the index of the match, or why
@@ -331,6 +377,30 @@ mod tests {
         assert_eq!(accept(&d("LEE", "J", "2010-03-03", "F", ""), &twins), Ok(1));
         // ... but not when the message does not say.
         assert!(accept(&d("LEE", "J", "2010-03-03", "", ""), &twins).is_err());
+    }
+
+    /// Routing scores roster rows as stored (sex and postal code raw) without reasons;
+    /// it must reach the same score as the explained path, which normalises first.
+    #[test]
+    fn points_equal_the_explained_score() {
+        let msg = d("Garcia", "Maria", "2001-06-01", "F", "62701");
+        for (f, g, dob, sex, zip) in [
+            ("GARCIA", "MARIA", "2001-06-01", " female ", "62701-1234"),
+            ("GARCIA", "MARTA", " 2001-06-01", "f", "62702"),
+            ("MARIA", "GARCIA", "2001-06-01", "", ""),
+            ("GARCIA LOPEZ", "M", "2001-06-01", "Male", "6270"),
+            ("GARCIA", "MARIA", "2001-06-02", "U", "62701"),
+        ] {
+            let view = View {
+                family: f,
+                given: g,
+                birth_date: dob,
+                sex,
+                postal_code: zip,
+            };
+            let explained = score(&msg, &Demographics::normalized(f, g, dob, sex, zip));
+            assert_eq!(points(&msg, &view), explained.score, "{f} {g} {sex} {zip}");
+        }
     }
 
     #[test]

@@ -155,6 +155,34 @@ impl RosterRow {
     fn key(&self) -> (i64, i64) {
         (self.import_id, self.line)
     }
+
+    fn view(&self) -> matching::View<'_> {
+        matching::View {
+            family: &self.norm_family,
+            given: &self.norm_given,
+            birth_date: &self.birth_date,
+            sex: &self.sex,
+            postal_code: &self.postal_code,
+        }
+    }
+
+    fn demographics(&self) -> Demographics {
+        Demographics::normalized(
+            &self.norm_family,
+            &self.norm_given,
+            &self.birth_date,
+            &self.sex,
+            &self.postal_code,
+        )
+    }
+}
+
+/// How much of the decision to keep: all of it for `attribution explain` and the API,
+/// only the providers for routing (which reads nothing else, and asks per page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    Full,
+    ProvidersOnly,
 }
 
 fn in_effect(r: &RosterRow, day: &str) -> bool {
@@ -168,7 +196,7 @@ pub async fn attribute(
     facts: &PatientFacts,
     policy: &AttributionPolicy,
 ) -> Result<Attribution, StoreError> {
-    let mut all = attribute_many(store, &[facts], policy).await?;
+    let mut all = attribute_many(store, &[facts], policy, Detail::Full).await?;
     Ok(all.remove(0))
 }
 
@@ -182,6 +210,7 @@ pub async fn attribute_many(
     store: &Store,
     patients: &[&PatientFacts],
     policy: &AttributionPolicy,
+    detail: Detail,
 ) -> Result<Vec<Attribution>, StoreError> {
     let mut matched = Vec::with_capacity(patients.len());
     let active = directory::active_snapshots(store).await?;
@@ -283,7 +312,7 @@ pub async fn attribute_many(
         for ((facts, ids), found) in chunk.iter().zip(&ids).zip(&identified) {
             let dob = facts.birth_date.as_deref().unwrap_or_default();
             let by_dob = by_dob.get(dob).unwrap_or(&none);
-            matched.push(match_rosters(facts, ids, found, by_dob, policy));
+            matched.push(match_rosters(facts, ids, found, by_dob, policy, detail));
         }
     }
     // Every provider of every patient, once, in one directory query.
@@ -342,6 +371,7 @@ fn match_rosters(
     id_rows: &[&RosterRow],
     dob_rows: &[&RosterRow],
     policy: &AttributionPolicy,
+    detail: Detail,
 ) -> (
     Vec<SourceDecision>,
     Vec<(String, Vec<Provenance>)>,
@@ -441,39 +471,29 @@ fn match_rosters(
                 None => people.push(vec![r]),
             }
         }
-        let scored: Vec<matching::Score> = people
+        let values: Vec<f64> = people
             .iter()
-            .map(|p| {
-                let c = p[0];
-                matching::score(
-                    &msg,
-                    &Demographics::normalized(
-                        &c.norm_family,
-                        &c.norm_given,
-                        &c.birth_date,
-                        &c.sex,
-                        &c.postal_code,
-                    ),
-                )
-            })
+            .map(|p| matching::points(&msg, &p[0].view()))
             .collect();
-        let values: Vec<f64> = scored.iter().map(|s| s.score).collect();
         let decision = matching::decide(&values, policy.matching);
         let mut candidates = Vec::new();
-        for (i, (p, s)) in people.iter().zip(&scored).enumerate() {
+        for (i, (p, &score)) in people.iter().zip(&values).enumerate() {
             let chosen = decision.as_ref().is_ok_and(|&b| b == i);
             let live: Vec<&RosterRow> = p.iter().copied().filter(|r| in_effect(r, &day)).collect();
             if chosen {
-                chosen_rows.extend(live.iter().map(|r| (*r, "demographic", Some(s.score))));
+                chosen_rows.extend(live.iter().map(|r| (*r, "demographic", Some(score))));
+            }
+            if detail == Detail::ProvidersOnly {
+                continue;
             }
             let mut c = group(
                 p,
                 "demographic",
-                Some(s.score),
+                Some(score),
                 if chosen { &live } else { &[] },
             );
             let mut c = c.remove(0);
-            c.reasons = s.reasons.clone();
+            c.reasons = matching::score(&msg, &p[0].demographics()).reasons;
             candidates.push(c);
         }
         candidates.sort_by(|a, b| b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0)));

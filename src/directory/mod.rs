@@ -211,7 +211,7 @@ pub async fn lookup(
 
 /// The rows for the NPIs in `list` (placeholders for `args`) of the live snapshot of
 /// `kind`, each with its import; none when nothing of that kind is loaded.
-async fn snapshot_rows<T: serde::de::DeserializeOwned>(
+async fn snapshot_rows<T: serde::de::DeserializeOwned + Send + 'static>(
     store: &Store,
     active: &ActiveSnapshots,
     kind: nppes::FileKind,

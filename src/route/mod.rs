@@ -417,7 +417,13 @@ impl Router {
             }
         }
         let facts: Vec<&PatientFacts> = patients.iter().map(|(_, f)| f).collect();
-        let found = attribution::attribute_many(&self.store, &facts, &self.attribution).await?;
+        let found = attribution::attribute_many(
+            &self.store,
+            &facts,
+            &self.attribution,
+            attribution::Detail::ProvidersOnly,
+        )
+        .await?;
         for ((key, _), a) in patients.iter().zip(found) {
             sim.attributions.insert(key.clone(), a.providers);
         }
@@ -533,8 +539,14 @@ impl Router {
                 let providers = match cached {
                     Some(p) => p,
                     None => {
-                        let a =
-                            attribution::attribute(&self.store, &facts, &self.attribution).await?;
+                        let a = attribution::attribute_many(
+                            &self.store,
+                            &[&facts],
+                            &self.attribution,
+                            attribution::Detail::ProvidersOnly,
+                        )
+                        .await?
+                        .remove(0);
                         if let Some(s) = sim.as_deref_mut() {
                             s.attributions.insert(key, a.providers.clone());
                         }

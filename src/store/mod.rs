@@ -431,7 +431,7 @@ impl Store {
     /// deserialised by position into a `T`. One round trip either way: PostgreSQL
     /// returns the rows as one JSON value, SQLite's are read in place (building JSON
     /// in SQLite costs more than reading the rows).
-    pub async fn select<T: serde::de::DeserializeOwned>(
+    pub async fn select<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         columns: &str,
         from: &str,
@@ -444,8 +444,7 @@ impl Store {
             Store::Sqlite(_) => {
                 let path = self.sqlite_path().expect("sqlite store has a path");
                 let sql = format!("SELECT {columns} FROM {from}").replace('$', "?");
-                let rows = on_reader(move || sqlite_reads::rows(&path, &sql, &args)).await?;
-                rows.into_iter().map(decode).collect()
+                on_reader(move || sqlite_reads::rows(&path, &sql, &args)).await
             }
             Store::Postgres(_) => {
                 let query = format!(
@@ -592,9 +591,6 @@ where
     })
 }
 
-/// Wall-clock time in microseconds since the epoch, the unit of every `*_us` column.
-/// A PHI-free key: the first 16 bytes of the SHA-256 of `s`, as hex. Idempotency keys,
-/// ordering keys and fallback keys are made this way.
 /// Runs a blocking SQLite read ([`sqlite_reads`]). On the multi-threaded runtime it
 /// runs right here (the other workers carry on): a hand-off to a blocking thread costs
 /// more than the query.
@@ -617,11 +613,14 @@ pub fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// A PHI-free key: the first 16 bytes of the SHA-256 of `s`, as hex. Idempotency keys,
+/// ordering keys and fallback keys are made this way.
 pub fn key_hash(s: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(s.as_bytes())[..16])
 }
 
+/// Wall-clock time in microseconds since the epoch, the unit of every `*_us` column.
 pub fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }

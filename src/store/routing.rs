@@ -229,6 +229,13 @@ impl Store {
             super::EXPORT_COLUMNS
         );
         let (from, to) = skip.unwrap_or((0, -1));
+        if let Some(path) = self.sqlite_path() {
+            let sql = query.replace('$', "?");
+            return super::on_reader(move || {
+                super::sqlite_reads::messages(&path, &sql, &[limit, from, to])
+            })
+            .await;
+        }
         on_pool!(self, |p, sql| {
             let rows = sqlx::query(&sql(&query))
                 .bind(limit)

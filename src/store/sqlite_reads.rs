@@ -70,31 +70,140 @@ pub fn text_row(
     })
 }
 
-/// Runs one statement (`?N` placeholders, text parameters) and returns every row as a
-/// JSON array of its values (text, integer, real or null), to deserialise by position.
-/// Blocking: call from a blocking thread.
-pub fn rows(path: &Path, sql: &str, args: &[String]) -> Result<Vec<serde_json::Value>, StoreError> {
-    use rusqlite::types::ValueRef;
-    use serde_json::Value;
+/// Runs a statement over `inbound_messages` that selects [`super::EXPORT_COLUMNS`] and
+/// `raw` (integer parameters): the routing page, read here rather than through sqlx,
+/// whose worker thread hand-off cost more than the read. Blocking.
+pub fn messages(
+    path: &Path,
+    sql: &str,
+    args: &[i64],
+) -> Result<Vec<super::StoredMessage>, StoreError> {
+    with_conn(path, |conn| {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            Ok(super::StoredMessage {
+                id: r.get(0)?,
+                received_at_us: r.get(1)?,
+                peer: r.get(2)?,
+                sending_application: r.get(3)?,
+                sending_facility: r.get(4)?,
+                control_id: r.get(5)?,
+                message_type: r.get(6)?,
+                trigger_event: r.get(7)?,
+                version: r.get(8)?,
+                charset: r.get(9)?,
+                ack_code: r.get(10)?,
+                status: r.get(11)?,
+                duplicate: r.get(12)?,
+                error: r.get(13)?,
+                sha256: r.get(14)?,
+                raw: Some(r.get(15)?),
+            })
+        })?;
+        rows.collect()
+    })
+}
+
+/// Runs one statement (`?N` placeholders, text parameters) and deserialises every row,
+/// by position, straight from SQLite's values: text and blobs as strings, integers,
+/// reals, NULL as `None`. Blocking: call from a blocking thread.
+pub fn rows<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    sql: &str,
+    args: &[String],
+) -> Result<Vec<T>, StoreError> {
     with_conn(path, |conn| {
         let mut stmt = conn.prepare_cached(sql)?;
         let columns = stmt.column_count();
         let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            let mut row = Vec::with_capacity(columns);
-            for i in 0..columns {
-                row.push(match r.get_ref(i)? {
-                    ValueRef::Null => Value::Null,
-                    ValueRef::Integer(n) => Value::from(n),
-                    ValueRef::Real(x) => Value::from(x),
-                    ValueRef::Text(t) | ValueRef::Blob(t) => {
-                        Value::String(String::from_utf8_lossy(t).into_owned())
-                    }
-                });
-            }
-            out.push(Value::Array(row));
+            let row = T::deserialize(row::Row { row: r, columns }).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, e.into())
+            })?;
+            out.push(row);
         }
         Ok(out)
     })
+}
+
+/// A serde view of one row as a sequence of its columns: the rows of a page's roster
+/// reads become structs without a JSON value (or its allocations) in between.
+mod row {
+    use rusqlite::types::ValueRef;
+    use serde::de::{self, value::Error, DeserializeSeed, SeqAccess, Visitor};
+    use serde::forward_to_deserialize_any;
+
+    pub struct Row<'a, 'b> {
+        pub row: &'a rusqlite::Row<'b>,
+        pub columns: usize,
+    }
+
+    impl<'de> de::Deserializer<'de> for Row<'_, '_> {
+        type Error = Error;
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_seq(Columns {
+                row: self.row,
+                next: 0,
+                columns: self.columns,
+            })
+        }
+        forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            struct enum identifier ignored_any
+        }
+    }
+
+    struct Columns<'a, 'b> {
+        row: &'a rusqlite::Row<'b>,
+        next: usize,
+        columns: usize,
+    }
+
+    impl<'de> SeqAccess<'de> for Columns<'_, '_> {
+        type Error = Error;
+        fn next_element_seed<S: DeserializeSeed<'de>>(
+            &mut self,
+            seed: S,
+        ) -> Result<Option<S::Value>, Error> {
+            if self.next == self.columns {
+                return Ok(None);
+            }
+            let value = self
+                .row
+                .get_ref(self.next)
+                .map_err(<Error as de::Error>::custom)?;
+            self.next += 1;
+            seed.deserialize(Cell(value)).map(Some)
+        }
+    }
+
+    struct Cell<'a>(ValueRef<'a>);
+
+    impl<'de> de::Deserializer<'de> for Cell<'_> {
+        type Error = Error;
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            match self.0 {
+                ValueRef::Null => visitor.visit_unit(),
+                ValueRef::Integer(n) => visitor.visit_i64(n),
+                ValueRef::Real(x) => visitor.visit_f64(x),
+                ValueRef::Text(t) | ValueRef::Blob(t) => match std::str::from_utf8(t) {
+                    Ok(s) => visitor.visit_str(s),
+                    Err(_) => visitor.visit_string(String::from_utf8_lossy(t).into_owned()),
+                },
+            }
+        }
+        fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            match self.0 {
+                ValueRef::Null => visitor.visit_none(),
+                _ => visitor.visit_some(self),
+            }
+        }
+        forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf unit unit_struct newtype_struct seq tuple tuple_struct map
+            struct enum identifier ignored_any
+        }
+    }
 }

@@ -54,10 +54,13 @@ impl Broker {
                     break; // lost the port; try another
                 }
                 if std::net::TcpStream::connect(&addr).is_ok() {
-                    // Still ours a moment later (not a neighbour's broker on the port)?
-                    std::thread::sleep(Duration::from_millis(200));
-                    if child.try_wait().unwrap().is_none() {
+                    // Ours, not a neighbour's broker that drew the same port?
+                    if listens_on(child.id(), port) {
                         return Broker { child, addr };
+                    }
+                    if child.try_wait().unwrap().is_none() {
+                        let _ = child.kill();
+                        let _ = child.wait();
                     }
                     break;
                 }
@@ -72,12 +75,27 @@ impl Broker {
     }
 
     /// SIGSTOP: the broker stops answering, keeping its data; `resume` continues it.
+    /// Returns once every thread of the broker is stopped: the signal is delivered to
+    /// each thread on its own time, and one still running could answer a request.
     pub fn pause(&self) {
+        let pid = self.child.id();
         assert!(Command::new("kill")
-            .args(["-STOP", &self.child.id().to_string()])
+            .args(["-STOP", &pid.to_string()])
             .status()
             .unwrap()
             .success());
+        wait_for(Duration::from_secs(10), "the broker to stop", || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    // The state follows the command name, which is in parentheses.
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                })
+            })
+        });
     }
 
     pub fn resume(&self) {
@@ -87,6 +105,29 @@ impl Broker {
             .unwrap()
             .success());
     }
+}
+
+/// Whether process `pid` holds a socket listening on `port` (Linux /proc).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let table = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .collect::<String>();
+    // Fields: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode.
+    let port = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1].ends_with(&port) && f[3] == "0A")
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.to_str() == Some(i.as_str())))
+    })
 }
 
 impl Drop for Broker {
