@@ -207,6 +207,12 @@ pub struct KafkaSettings {
     /// waits for it, so 0: librdkafka still batches whatever queues up while a request
     /// is in flight. Any value above 0 costs a lone sender about 1 ms per message.
     pub linger_ms: f64,
+    /// The linger of a second producer used while at least `kafka.busy_at` other writes
+    /// are waiting for the broker (many senders at once): their messages then go out in
+    /// fewer, fuller requests. A lone sender never waits for it. 0 turns it off.
+    pub busy_linger_ms: f64,
+    /// Writes in flight from which the busy producer is used.
+    pub busy_at: usize,
     /// none, gzip, snappy or lz4. none by default: an HL7 v2 message is a few hundred
     /// bytes to a few KB, and on the benchmark lz4 cost 18% of C=8 throughput and 38% of
     /// C=1 (docs/benchmarks.md); set lz4 when the broker is across a slow link.
@@ -232,6 +238,8 @@ impl Default for KafkaSettings {
             group: "adt-router".into(),
             produce_timeout_ms: 5000,
             linger_ms: 0.0,
+            busy_linger_ms: 0.05,
+            busy_at: 4,
             compression: "none".into(),
             consume: true,
             session_timeout_ms: 10_000,
@@ -616,6 +624,12 @@ impl Settings {
             }
             if !(0.0..=1000.0).contains(&self.kafka.linger_ms) {
                 return bad("kafka.linger_ms", "must be 0 to 1000".into());
+            }
+            if !(0.0..=1000.0).contains(&self.kafka.busy_linger_ms) {
+                return bad("kafka.busy_linger_ms", "must be 0 to 1000".into());
+            }
+            if self.kafka.busy_at == 0 {
+                return bad("kafka.busy_at", "must be at least 1".into());
             }
             if self.kafka.produce_timeout_ms == 0 {
                 return bad("kafka.produce_timeout_ms", "must be above 0".into());

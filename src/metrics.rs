@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Kafka mode: from send to the broker's confirmation.
     pub produce_latency: Histogram,
     pub produce_errors: IntCounterVec,
+    /// Kafka mode: writes sent, by producer (`immediate`, or `busy` while many wait).
+    pub produced: IntCounterVec,
     /// Kafka mode: high watermark minus the router's position, per partition.
     pub consumer_lag: IntGaugeVec,
     /// Kafka mode: records the router handled, by outcome.
@@ -69,6 +71,11 @@ impl Metrics {
             produce_errors: IntCounterVec::new(
                 Opts::new("kafka_produce_errors_total", "Kafka mode: writes the broker did not confirm (answered AR/CE), by kind."),
                 &["kind"],
+            )
+            .expect("metric"),
+            produced: IntCounterVec::new(
+                Opts::new("kafka_produced_total", "Kafka mode: writes sent to the broker, by producer (immediate, or busy while many writes wait)."),
+                &["producer"],
             )
             .expect("metric"),
             consumer_lag: IntGaugeVec::new(
@@ -194,6 +201,7 @@ impl Metrics {
             Box::new(m.append_errors.clone()),
             Box::new(m.produce_latency.clone()),
             Box::new(m.produce_errors.clone()),
+            Box::new(m.produced.clone()),
             Box::new(m.consumer_lag.clone()),
             Box::new(m.records_processed.clone()),
             Box::new(m.rebalances.clone()),

@@ -64,6 +64,15 @@ impl rdkafka::consumer::ConsumerContext for QuietContext {}
 #[derive(Clone)]
 pub struct KafkaLog {
     producer: Arc<ProducerSlot>,
+    /// The same, lingering `kafka.busy_linger_ms`: used while `busy_at` or more other
+    /// writes wait for the broker. With linger 0 librdkafka's broker thread wakes for
+    /// every message; under many senders that wake-up, not the broker, was the limit
+    /// (docs/benchmarks.md). A lone sender never pays the linger (~1 ms in librdkafka,
+    /// whose timers round up to milliseconds). Each connection sends its next message
+    /// only after this one's ACK, so switching producers keeps a sender's order.
+    busy: Option<Arc<ProducerSlot>>,
+    busy_at: usize,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
     topic: String,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -80,6 +89,29 @@ struct ProducerSlot {
 }
 
 impl ProducerSlot {
+    fn new(s: &KafkaSettings, linger_ms: f64) -> Result<Self, LogError> {
+        let mut config = client_config(s);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &s.compression)
+            .set("linger.ms", linger_ms.to_string())
+            .set("message.timeout.ms", s.produce_timeout_ms.to_string())
+            // One request in flight: with linger 0 the messages of concurrent senders
+            // queue behind it and go out as one batch, instead of one request each
+            // (measured: C=8 7,800 -> 9,200 msgs/s, CPU per message -25%).
+            .set("max.in.flight.requests.per.connection", "1");
+        // `create` leaves the operator's options in `config`, which the slot keeps for
+        // replacements.
+        let producer: FutureProducer<QuietContext> =
+            create(&mut config, s, QuietContext::default())
+                .map_err(|e| LogError::Unavailable(format!("creating the Kafka producer: {e}")))?;
+        Ok(ProducerSlot {
+            config,
+            current: std::sync::RwLock::new((0, producer)),
+        })
+    }
+
     fn get(&self) -> (u64, FutureProducer<QuietContext>) {
         let g = self.current.read().unwrap_or_else(|e| e.into_inner());
         (g.0, g.1.clone())
@@ -105,6 +137,28 @@ impl ProducerSlot {
             }
             Err(e) => tracing::error!(error = %e, "Could not recreate the Kafka producer."),
         }
+    }
+}
+
+/// One write waiting for the broker, counted while it waits (and uncounted however the
+/// wait ends, a cancelled future included).
+struct InFlight<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+    /// Writes already waiting when this one started.
+    others: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        let others = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight { count, others }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -144,28 +198,17 @@ pub fn create<C: ClientContext, T: rdkafka::config::FromClientConfigAndContext<C
 impl KafkaLog {
     /// Builds the producer and makes sure the topic exists.
     pub async fn connect(s: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Self, LogError> {
-        let mut config = client_config(s);
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", &s.compression)
-            .set("linger.ms", s.linger_ms.to_string())
-            .set("message.timeout.ms", s.produce_timeout_ms.to_string())
-            // One request in flight: with linger 0 the messages of concurrent senders
-            // queue behind it and go out as one batch, instead of one request each
-            // (measured: C=8 7,800 -> 9,200 msgs/s, CPU per message -25%).
-            .set("max.in.flight.requests.per.connection", "1");
-        // `create` leaves the operator's options in `config`, which the slot keeps for
-        // replacements.
-        let producer: FutureProducer<QuietContext> =
-            create(&mut config, s, QuietContext::default())
-                .map_err(|e| LogError::Unavailable(format!("creating the Kafka producer: {e}")))?;
+        let busy = match s.busy_linger_ms > 0.0 {
+            true => Some(Arc::new(ProducerSlot::new(s, s.busy_linger_ms)?)),
+            false => None,
+        };
+        let producer = Arc::new(ProducerSlot::new(s, s.linger_ms)?);
         ensure_topic(s).await?;
         Ok(KafkaLog {
-            producer: Arc::new(ProducerSlot {
-                config,
-                current: std::sync::RwLock::new((0, producer)),
-            }),
+            producer,
+            busy,
+            busy_at: s.busy_at,
+            in_flight: Arc::default(),
             topic: s.topic.clone(),
             timeout: Duration::from_millis(s.produce_timeout_ms),
             metrics,
@@ -195,19 +238,26 @@ impl KafkaLog {
             .key(&key)
             .payload(&m.raw)
             .headers(h);
-        let (gen, producer) = self.producer.get();
+        let waiting = InFlight::enter(&self.in_flight);
+        let (slot, which) = match &self.busy {
+            Some(busy) if waiting.others >= self.busy_at => (busy, "busy"),
+            _ => (&self.producer, "immediate"),
+        };
+        self.metrics.produced.with_label_values(&[which]).inc();
+        let (gen, producer) = slot.get();
         let started = Instant::now();
         let sent = tokio::time::timeout(
             self.timeout,
             producer.send(record, Timeout::After(self.timeout)),
         )
         .await;
+        drop(waiting);
         // A fatal producer error always shows up as a failed write; look only then.
         if let Ok(Err((e, _))) = &sent {
             if let Some((_, reason)) = producer.client().fatal_error() {
-                self.producer.replace(gen, &reason);
+                slot.replace(gen, &reason);
             } else if e.rdkafka_error_code().is_some_and(breaks_producer_identity) {
-                self.producer.replace(gen, &e.to_string());
+                slot.replace(gen, &e.to_string());
             }
         }
         self.metrics
@@ -254,11 +304,9 @@ impl KafkaLog {
 
     /// Waits (bounded) for queued writes on shutdown.
     pub fn flush(&self) {
-        let _ = self
-            .producer
-            .get()
-            .1
-            .flush(Timeout::After(Duration::from_secs(5)));
+        for slot in std::iter::once(&self.producer).chain(&self.busy) {
+            let _ = slot.get().1.flush(Timeout::After(Duration::from_secs(5)));
+        }
     }
 }
 

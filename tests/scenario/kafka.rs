@@ -274,6 +274,15 @@ async fn one_patients_events_reach_the_router_in_the_order_they_were_acked() {
     for t in tasks {
         t.await.unwrap();
     }
+    // Eight senders at once: writes went through both producers (the lingering one
+    // while four or more others waited), and the order checks below hold across them.
+    let busy = server.metric("adt_router_kafka_produced_total{producer=\"busy\"}");
+    let immediate = server.metric("adt_router_kafka_produced_total{producer=\"immediate\"}");
+    assert!(
+        busy > 0.0 && immediate > 0.0,
+        "busy {busy}, immediate {immediate}"
+    );
+    assert_eq!((busy + immediate) as usize, PATIENTS * PER_PATIENT);
     let total = PATIENTS * PER_PATIENT;
     wait_for(
         Duration::from_secs(180),

@@ -71,6 +71,20 @@ fn every_subcommand_has_help_and_bad_config_fails_clearly() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a misspelt key must not be ignored");
+    for (key, value, named) in [
+        ("ADT_ROUTER__KAFKA__BUSY_AT", "0", "kafka.busy_at"),
+        ("ADT_ROUTER__KAFKA__BUSY_LINGER_MS", "-1", "kafka.busy_linger_ms"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .env("ADT_ROUTER__KAFKA__BROKERS", "127.0.0.1:9")
+            .env(key, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{key}={value} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{key}={value}: {err}");
+    }
     let dir = tempdir();
     let cfg = dir.path().join("c.toml");
     std::fs::write(
