@@ -73,7 +73,11 @@ fn every_subcommand_has_help_and_bad_config_fails_clearly() {
     assert!(!out.status.success(), "a misspelt key must not be ignored");
     for (key, value, named) in [
         ("ADT_ROUTER__KAFKA__BUSY_AT", "0", "kafka.busy_at"),
-        ("ADT_ROUTER__KAFKA__BUSY_LINGER_MS", "-1", "kafka.busy_linger_ms"),
+        (
+            "ADT_ROUTER__KAFKA__BUSY_LINGER_MS",
+            "-1",
+            "kafka.busy_linger_ms",
+        ),
     ] {
         let out = Command::new(BIN)
             .arg("check-config")
