@@ -210,6 +210,18 @@ pub fn points(msg: &Demographics, cand: &View) -> f64 {
     tally(msg, cand, |_, _| {})
 }
 
+/// The best score a candidate can reach when its sex and the message's are both known
+/// and differ: birth date, both names equal and the postal code, less the sex penalty
+/// (the weights of the table at the top; a unit test holds the two together).
+const BEST_WITH_SEX_DIFFERING: f64 = 4.0 + 4.0 + 3.0 - 5.0 + 1.0;
+
+/// Whether a candidate of the other sex can change the decision under `policy`. One
+/// scoring below `threshold - ambiguity_margin` can neither be chosen nor make the
+/// choice ambiguous, so when this is false routing need not read such rows at all.
+pub fn other_sex_can_matter(policy: MatchPolicy) -> bool {
+    BEST_WITH_SEX_DIFFERING >= policy.threshold - policy.ambiguity_margin
+}
+
 /// A roster candidate's facts, borrowed: names normalised, sex and postal code raw.
 pub struct View<'a> {
     pub family: &'a str,
@@ -401,6 +413,34 @@ mod tests {
             let explained = score(&msg, &Demographics::normalized(f, g, dob, sex, zip));
             assert_eq!(points(&msg, &view), explained.score, "{f} {g} {sex} {zip}");
         }
+    }
+
+    #[test]
+    fn a_candidate_of_the_other_sex_cannot_pass_the_default_policy() {
+        let msg = d("Lee", "Jordan", "2010-03-03", "F", "62701");
+        let mut best = f64::MIN;
+        for (f, g) in [
+            ("LEE", "JORDAN"),
+            ("JORDAN", "LEE"),
+            ("LEE", "J"),
+            ("LI", "JORDAN"),
+        ] {
+            let view = View {
+                family: f,
+                given: g,
+                birth_date: "2010-03-03",
+                sex: "M",
+                postal_code: "62701",
+            };
+            best = best.max(points(&msg, &view));
+        }
+        assert_eq!(best, BEST_WITH_SEX_DIFFERING);
+        assert!(!other_sex_can_matter(MatchPolicy::default()));
+        let lax = MatchPolicy {
+            threshold: 8.0,
+            ambiguity_margin: 1.0,
+        };
+        assert!(other_sex_can_matter(lax));
     }
 
     #[test]

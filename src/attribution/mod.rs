@@ -263,7 +263,13 @@ pub async fn attribute_many(
         // the identifier did not match (an identifier match never looks further):
         // nothing when it matched in every source. Separate queries, not one OR: in
         // SQLite an OR of such terms cost several times the queries on their own.
-        let (mut anywhere, mut excluding) = (Vec::new(), Vec::new());
+        // Birth dates to read in every source, by the sex the rows may have: routing
+        // leaves out the other sex when no such candidate can change the decision
+        // (`matching::other_sex_can_matter`); those rows were most of what it read.
+        let skip_other_sex =
+            detail == Detail::ProvidersOnly && !matching::other_sex_can_matter(policy.matching);
+        let mut anywhere: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        let mut excluding = Vec::new();
         for (facts, found) in chunk.iter().zip(&identified) {
             let Some(d) = &facts.birth_date else {
                 continue;
@@ -272,8 +278,13 @@ pub async fn attribute_many(
             matched.sort_unstable();
             matched.dedup();
             if matched.is_empty() {
-                if !anywhere.contains(d) {
-                    anywhere.push(d.clone());
+                let sex = match skip_other_sex {
+                    true => matching::normalize_sex(&facts.sex),
+                    false => "",
+                };
+                let dates = anywhere.entry(sex).or_default();
+                if !dates.contains(d) {
+                    dates.push(d.clone());
                 }
             } else if sources.iter().any(|s| !matched.contains(&s.as_str())) {
                 let mut args = vec![d.clone()];
@@ -282,14 +293,15 @@ pub async fn attribute_many(
             }
         }
         let mut dob_rows: Vec<RosterRow> = Vec::new();
-        if !anywhere.is_empty() {
-            let list = placeholders(1, anywhere.len());
-            let from = format!("roster_entry WHERE birth_date IN ({list})");
-            dob_rows.extend(
-                store
-                    .select::<RosterRow>(ROW_COLUMNS, &from, anywhere)
-                    .await?,
-            );
+        for (sex, mut args) in anywhere {
+            let list = placeholders(1, args.len());
+            let mut from = format!("roster_entry WHERE birth_date IN ({list})");
+            if !sex.is_empty() {
+                // The roster keeps sex normalised: M, F, or empty for unknown.
+                args.push(sex.to_string());
+                from.push_str(&format!(" AND sex IN ('', ${})", args.len()));
+            }
+            dob_rows.extend(store.select::<RosterRow>(ROW_COLUMNS, &from, args).await?);
         }
         if !excluding.is_empty() {
             let (mut conds, mut args) = (Vec::new(), Vec::new());

@@ -823,3 +823,116 @@ fn page_size_changes_no_notification() {
     }
     assert_eq!(results[0], results[1]);
 }
+
+/// Demographic matching as routing does it (it leaves out roster rows of the other sex
+/// when they cannot change the decision) on both backends: twins with one name and
+/// birth date but different sex are told apart by the message's sex, and a message
+/// that gives no sex matches neither (ambiguous), so nobody is notified from the roster.
+fn twins_by_demographics(db_url: Option<&str>) {
+    let rules = rules_dir(&[]);
+    let rules_path = rules.path().to_str().unwrap().to_string();
+    let dir = tempdir();
+    let mut env = vec![("ADT_ROUTER__ROUTING__RULES_DIR", rules_path.as_str())];
+    if let Some(u) = db_url {
+        env.push(("ADT_ROUTER__DATABASE__URL", u));
+    }
+    let cli = Cli::new(dir.path(), db_url, &env);
+    set_endpoint(&cli, PCP, "REST", "https://sister.example.org/adt");
+    set_endpoint(&cli, SNF, "REST", "https://brother.example.org/adt");
+    let roster = dir.path().join("twins.csv");
+    std::fs::write(
+        &roster,
+        format!(
+            "patient_id,assigning_authority,family,given,birth_date,sex,postal_code,provider_npi,relationship\n\
+             T-1,NET,Lee,Jordan,2010-03-03,F,62701,{},pcp\n\
+             T-2,NET,Lee,Jordan,2010-03-03,M,62701,{},pcp\n",
+            npi(PCP),
+            npi(SNF)
+        ),
+    )
+    .unwrap();
+    cli.json(&[
+        "roster",
+        "import",
+        roster.to_str().unwrap(),
+        "--source",
+        "net",
+    ]);
+    let mut serve_env = env.clone();
+    serve_env.push(("ADT_ROUTER__ROUTING__ENABLED", "false"));
+    {
+        let server = Server::start(dir.path(), &serve_env);
+        let mut files = Vec::new();
+        for (id, sex) in [("TW-F", "F"), ("TW-M", "M"), ("TW-U", "")] {
+            // A hospital MRN the roster does not know: only demographics can match.
+            let m = format!(
+                "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280900||ADT^A01|{id}|P|2.5.1\r\
+                 EVN|A01|202611280900\r\
+                 PID|1||H-{id}^^^GENHOSP^MR||LEE^JORDAN||20100303|{sex}|||1 MAIN ST^^X^IL^62701^USA^H\r\
+                 PV1|1|I|4W^1^A^GENHOSP||||||||MED|||||||||V-{id}\r"
+            );
+            let f = dir.path().join(format!("{id}.hl7"));
+            std::fs::write(&f, m).unwrap();
+            files.push(f.to_str().unwrap().to_string());
+        }
+        let mut args = vec!["send", "--to", &server.mllp];
+        args.extend(files.iter().map(String::as_str));
+        let out = server.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let drained = cli.json(&["route", "drain"]);
+    assert_eq!(drained["messages"], 3, "{drained}");
+    let out = cli.run(&["notifications", "export", "--format", "jsonl"]);
+    assert!(out.status.success());
+    let mut got: Vec<(String, String)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|n| {
+            (
+                n["control_id"].as_str().unwrap_or_default().to_string(),
+                n["recipient_npi"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("TW-F".to_string(), npi(PCP)),
+            ("TW-M".to_string(), npi(SNF)),
+        ]
+    );
+    // What `attribution explain` (which reads every row) says for the message with no
+    // sex: ambiguous between the twins.
+    let m = dir.path().join("TW-U.hl7");
+    let explained = cli.json(&[
+        "attribution",
+        "explain",
+        m.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        explained["rosters"][0]["outcome"], "ambiguous",
+        "{explained}"
+    );
+}
+
+#[test]
+fn twins_by_demographics_sqlite() {
+    twins_by_demographics(None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twins_by_demographics_postgres() {
+    let db = TestDb::create().await;
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || twins_by_demographics(Some(&url)))
+        .await
+        .unwrap();
+}
