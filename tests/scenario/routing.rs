@@ -714,6 +714,39 @@ fn whole_corpus_routes() {
     );
 }
 
+/// Stores `msgs` (as files `m0.hl7`, `m1.hl7`, ...) through a server with routing off,
+/// routes them all with `route drain`, and returns the notifications it wrote.
+fn store_then_drain(cli: &Cli, dir: &Path, env: &[(&str, &str)], msgs: &[String]) -> Vec<Value> {
+    {
+        let mut env = env.to_vec();
+        env.push(("ADT_ROUTER__ROUTING__ENABLED", "false"));
+        let server = Server::start(dir, &env);
+        let mut files = Vec::new();
+        for (n, m) in msgs.iter().enumerate() {
+            let f = dir.join(format!("m{n}.hl7"));
+            std::fs::write(&f, m).unwrap();
+            files.push(f.to_str().unwrap().to_string());
+        }
+        let mut args = vec!["send", "--to", &server.mllp];
+        args.extend(files.iter().map(String::as_str));
+        let out = server.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let drained = cli.json(&["route", "drain"]);
+    assert_eq!(drained["messages"], msgs.len(), "{drained}");
+    let out = cli.run(&["notifications", "export", "--format", "jsonl"]);
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Pages change nothing: the same messages routed one per page (each committed before
 /// the next is planned) and three per page (encounters split across pages, each page
 /// planned while the one before is still being committed, cancels retracting what a page
@@ -758,49 +791,25 @@ fn page_size_changes_no_notification() {
             ],
         );
         set_endpoint(&cli, PCP, "REST", "https://pcp.example.org/adt");
-        {
-            let server = Server::start(
-                dir.path(),
-                &[
-                    ("ADT_ROUTER__ROUTING__RULES_DIR", &rules_path),
-                    ("ADT_ROUTER__ROUTING__ENABLED", "false"),
-                ],
-            );
-            let mut files = Vec::new();
-            for (n, m) in msgs.iter().enumerate() {
-                let f = dir.path().join(format!("m{n}.hl7"));
-                std::fs::write(&f, m).unwrap();
-                files.push(f.to_str().unwrap().to_string());
-            }
-            let mut args = vec!["send", "--to", &server.mllp];
-            args.extend(files.iter().map(String::as_str));
-            let out = server.run(&args);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        let drained = cli.json(&["route", "drain"]);
-        assert_eq!(drained["messages"], msgs.len(), "{drained}");
-        let out = cli.run(&["notifications", "export", "--format", "jsonl"]);
-        assert!(out.status.success());
-        let mut rows: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let n: Value = serde_json::from_str(l).unwrap();
-                format!(
-                    "{} {} {} {} {} {}",
-                    n["encounter"],
-                    n["kind"],
-                    n["recipient_npi"],
-                    n["status"],
-                    n["rule_ids"],
-                    n["idempotency_key"]
-                )
-            })
-            .collect();
+        let mut rows: Vec<String> = store_then_drain(
+            &cli,
+            dir.path(),
+            &[("ADT_ROUTER__ROUTING__RULES_DIR", &rules_path)],
+            &msgs,
+        )
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} {} {} {} {}",
+                n["encounter"],
+                n["kind"],
+                n["recipient_npi"],
+                n["status"],
+                n["rule_ids"],
+                n["idempotency_key"]
+            )
+        })
+        .collect();
         rows.sort();
         results.push(rows);
     }
@@ -839,59 +848,31 @@ fn twins_by_demographics(db_url: Option<&str>) {
     let cli = Cli::new(dir.path(), db_url, &env);
     set_endpoint(&cli, PCP, "REST", "https://sister.example.org/adt");
     set_endpoint(&cli, SNF, "REST", "https://brother.example.org/adt");
-    let roster = dir.path().join("twins.csv");
-    std::fs::write(
-        &roster,
-        format!(
+    cli.roster(
+        "twins.csv",
+        &format!(
             "patient_id,assigning_authority,family,given,birth_date,sex,postal_code,provider_npi,relationship\n\
              T-1,NET,Lee,Jordan,2010-03-03,F,62701,{},pcp\n\
              T-2,NET,Lee,Jordan,2010-03-03,M,62701,{},pcp\n",
             npi(PCP),
             npi(SNF)
         ),
-    )
-    .unwrap();
-    cli.json(&[
-        "roster",
-        "import",
-        roster.to_str().unwrap(),
-        "--source",
         "net",
-    ]);
-    let mut serve_env = env.clone();
-    serve_env.push(("ADT_ROUTER__ROUTING__ENABLED", "false"));
-    {
-        let server = Server::start(dir.path(), &serve_env);
-        let mut files = Vec::new();
-        for (id, sex) in [("TW-F", "F"), ("TW-M", "M"), ("TW-U", "")] {
-            // A hospital MRN the roster does not know: only demographics can match.
-            let m = format!(
+    );
+    // Hospital MRNs the roster does not know: only demographics can match.
+    let msgs: Vec<String> = [("TW-F", "F"), ("TW-M", "M"), ("TW-U", "")]
+        .iter()
+        .map(|(id, sex)| {
+            format!(
                 "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280900||ADT^A01|{id}|P|2.5.1\r\
                  EVN|A01|202611280900\r\
                  PID|1||H-{id}^^^GENHOSP^MR||LEE^JORDAN||20100303|{sex}|||1 MAIN ST^^X^IL^62701^USA^H\r\
                  PV1|1|I|4W^1^A^GENHOSP||||||||MED|||||||||V-{id}\r"
-            );
-            let f = dir.path().join(format!("{id}.hl7"));
-            std::fs::write(&f, m).unwrap();
-            files.push(f.to_str().unwrap().to_string());
-        }
-        let mut args = vec!["send", "--to", &server.mllp];
-        args.extend(files.iter().map(String::as_str));
-        let out = server.run(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    let drained = cli.json(&["route", "drain"]);
-    assert_eq!(drained["messages"], 3, "{drained}");
-    let out = cli.run(&["notifications", "export", "--format", "jsonl"]);
-    assert!(out.status.success());
-    let mut got: Vec<(String, String)> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            )
+        })
+        .collect();
+    let mut got: Vec<(String, String)> = store_then_drain(&cli, dir.path(), &env, &msgs)
+        .iter()
         .map(|n| {
             (
                 n["control_id"].as_str().unwrap_or_default().to_string(),
@@ -909,7 +890,7 @@ fn twins_by_demographics(db_url: Option<&str>) {
     );
     // What `attribution explain` (which reads every row) says for the message with no
     // sex: ambiguous between the twins.
-    let m = dir.path().join("TW-U.hl7");
+    let m = dir.path().join("m2.hl7");
     let explained = cli.json(&[
         "attribution",
         "explain",
