@@ -437,9 +437,6 @@ impl Store {
         from: &str,
         args: Vec<String>,
     ) -> Result<Vec<T>, StoreError> {
-        let decode = |v: serde_json::Value| {
-            serde_json::from_value(v).map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
-        };
         match self {
             Store::Sqlite(_) => {
                 let path = self.sqlite_path().expect("sqlite store has a path");
@@ -451,12 +448,8 @@ impl Store {
                     "SELECT (SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text FROM {from})"
                 );
                 let row = self.text_row(&query, args, 1).await?;
-                let v: serde_json::Value = serde_json::from_str(&row[0])
-                    .map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))?;
-                match v {
-                    serde_json::Value::Array(rows) => rows.into_iter().map(decode).collect(),
-                    _ => Ok(Vec::new()),
-                }
+                serde_json::from_str(&row[0])
+                    .map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
             }
         }
     }

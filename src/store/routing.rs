@@ -229,24 +229,27 @@ impl Store {
             super::EXPORT_COLUMNS
         );
         let (from, to) = skip.unwrap_or((0, -1));
-        if let Some(path) = self.sqlite_path() {
-            let sql = query.replace('$', "?");
-            return super::on_reader(move || {
-                super::sqlite_reads::messages(&path, &sql, &[limit, from, to])
-            })
-            .await;
+        match self {
+            Store::Sqlite(_) => {
+                let path = self.sqlite_path().expect("sqlite store has a path");
+                let sql = query.replace('$', "?");
+                super::on_reader(move || {
+                    super::sqlite_reads::messages(&path, &sql, &[limit, from, to])
+                })
+                .await
+            }
+            Store::Postgres(p) => {
+                let rows = sqlx::query(&query)
+                    .bind(limit)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(p)
+                    .await?;
+                rows.iter()
+                    .map(|r| super::stored_message(r, true))
+                    .collect()
+            }
         }
-        on_pool!(self, |p, sql| {
-            let rows = sqlx::query(&sql(&query))
-                .bind(limit)
-                .bind(from)
-                .bind(to)
-                .fetch_all(p)
-                .await?;
-            rows.iter()
-                .map(|r| super::stored_message(r, true))
-                .collect()
-        })
     }
 
     /// Who was sent `transition_key` (not suppressed, not undeliverable).
