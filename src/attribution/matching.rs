@@ -196,9 +196,9 @@ fn given_match(a: &str, b: &str) -> NameMatch {
 }
 
 /// Scores a roster candidate against the message's patient, with the reasons.
-pub fn score(msg: &Demographics, cand: &Demographics) -> Score {
+pub fn score(msg: &Demographics, cand: &View) -> Score {
     let mut reasons = Vec::new();
-    let score = tally(msg, &cand.as_view(), |points, why| {
+    let score = tally(msg, cand, |points, why| {
         reasons.push(format!("{points:+} {why}"))
     });
     Score { score, reasons }
@@ -229,18 +229,6 @@ pub struct View<'a> {
     pub birth_date: &'a str,
     pub sex: &'a str,
     pub postal_code: &'a str,
-}
-
-impl Demographics {
-    fn as_view(&self) -> View<'_> {
-        View {
-            family: &self.family,
-            given: &self.given,
-            birth_date: &self.birth_date,
-            sex: &self.sex,
-            postal_code: &self.postal_code,
-        }
-    }
 }
 
 /// The weights of the table at the top, each one told to `why` as it is added.
@@ -341,8 +329,18 @@ mod tests {
         assert_eq!(normalize_name("St. John"), "ST JOHN");
     }
 
+    fn view_of(d: &Demographics) -> View<'_> {
+        View {
+            family: &d.family,
+            given: &d.given,
+            birth_date: &d.birth_date,
+            sex: &d.sex,
+            postal_code: &d.postal_code,
+        }
+    }
+
     fn accept(m: &Demographics, cands: &[Demographics]) -> Result<usize, String> {
-        let scores: Vec<f64> = cands.iter().map(|c| score(m, c).score).collect();
+        let scores: Vec<f64> = cands.iter().map(|c| score(m, &view_of(c)).score).collect();
         decide(&scores, MatchPolicy::default())
     }
 
@@ -410,7 +408,8 @@ mod tests {
                 sex,
                 postal_code: zip,
             };
-            let explained = score(&msg, &Demographics::normalized(f, g, dob, sex, zip));
+            let normalized = Demographics::normalized(f, g, dob, sex, zip);
+            let explained = score(&msg, &view_of(&normalized));
             assert_eq!(points(&msg, &view), explained.score, "{f} {g} {sex} {zip}");
         }
     }

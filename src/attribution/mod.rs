@@ -165,16 +165,6 @@ impl RosterRow {
             postal_code: &self.postal_code,
         }
     }
-
-    fn demographics(&self) -> Demographics {
-        Demographics::normalized(
-            &self.norm_family,
-            &self.norm_given,
-            &self.birth_date,
-            &self.sex,
-            &self.postal_code,
-        )
-    }
 }
 
 /// How much of the decision to keep: all of it for `attribution explain` and the API,
@@ -505,7 +495,7 @@ fn match_rosters(
                 if chosen { &live } else { &[] },
             );
             let mut c = c.remove(0);
-            c.reasons = matching::score(&msg, &p[0].demographics()).reasons;
+            c.reasons = matching::score(&msg, &p[0].view()).reasons;
             candidates.push(c);
         }
         candidates.sort_by(|a, b| b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0)));
