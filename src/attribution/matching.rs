@@ -219,7 +219,14 @@ const BEST_WITH_SEX_DIFFERING: f64 = 4.0 + 4.0 + 3.0 - 5.0 + 1.0;
 /// scoring below `threshold - ambiguity_margin` can neither be chosen nor make the
 /// choice ambiguous, so when this is false routing need not read such rows at all.
 pub fn other_sex_can_matter(policy: MatchPolicy) -> bool {
-    BEST_WITH_SEX_DIFFERING >= policy.threshold - policy.ambiguity_margin
+    can_matter(BEST_WITH_SEX_DIFFERING, policy)
+}
+
+/// Whether a candidate scoring `points` can change the decision under `policy`: one
+/// below `threshold - ambiguity_margin` can neither be chosen nor make the choice
+/// ambiguous ([`decide`]), so routing need not build its row.
+pub fn can_matter(points: f64, policy: MatchPolicy) -> bool {
+    points >= policy.threshold - policy.ambiguity_margin.max(0.0)
 }
 
 /// A roster candidate's facts, borrowed: names normalised, sex and postal code raw.

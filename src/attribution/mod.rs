@@ -127,6 +127,36 @@ struct RosterRow {
 
 const ROW_COLUMNS: &str = "source, patient_id, assigning_authority, family, given, norm_family, norm_given, birth_date, sex, postal_code, provider_npi, relationship, effective_from, effective_to, import_id, line, loaded_at_us";
 
+/// Positions in [`ROW_COLUMNS`] of what demographic matching compares: birth date,
+/// normalised family and given names, sex, postal code.
+const DEMOGRAPHICS: &[usize] = &[7, 5, 6, 8, 9];
+
+/// A filter on [`DEMOGRAPHICS`] passing the roster rows that can change the match of
+/// one of `patients` ([`matching::can_matter`]); the others cannot be chosen or make a
+/// choice ambiguous. Most rows sharing a birth date are nobody's match.
+fn could_match(patients: &[&PatientFacts], policy: MatchPolicy) -> crate::store::Keep {
+    let mut by_date: HashMap<String, Vec<Demographics>> = HashMap::new();
+    for f in patients {
+        if let Some(d) = &f.birth_date {
+            let msg = Demographics::new(&f.family, &f.given, d, &f.sex, &f.postal_code);
+            by_date.entry(d.clone()).or_default().push(msg);
+        }
+    }
+    std::sync::Arc::new(move |c: &[&str]| {
+        let row = matching::View {
+            birth_date: c[0],
+            family: c[1],
+            given: c[2],
+            sex: c[3],
+            postal_code: c[4],
+        };
+        by_date.get(c[0]).is_some_and(|msgs| {
+            msgs.iter()
+                .any(|m| matching::can_matter(matching::points(m, &row), policy))
+        })
+    })
+}
+
 /// A patient's identifiers as the roster keeps them: (id, namespace, universal id),
 /// authorities upper case; identifiers with no authority are left out.
 fn roster_ids(facts: &PatientFacts) -> Vec<(&str, String, String)> {
@@ -282,6 +312,25 @@ pub async fn attribute_many(
                 excluding.push(args);
             }
         }
+        // Routing builds only the rows that can change some patient's decision.
+        let keep = (detail == Detail::ProvidersOnly).then(|| could_match(chunk, policy.matching));
+        let keep = &keep;
+        let read = |from: String, args: Vec<String>| async move {
+            match keep {
+                Some(k) => {
+                    store
+                        .select_where::<RosterRow>(
+                            ROW_COLUMNS,
+                            &from,
+                            args,
+                            DEMOGRAPHICS,
+                            k.clone(),
+                        )
+                        .await
+                }
+                None => store.select::<RosterRow>(ROW_COLUMNS, &from, args).await,
+            }
+        };
         let mut dob_rows: Vec<RosterRow> = Vec::new();
         for (sex, mut args) in anywhere {
             let list = placeholders(1, args.len());
@@ -291,7 +340,7 @@ pub async fn attribute_many(
                 args.push(sex.to_string());
                 from.push_str(&format!(" AND sex IN ('', ${})", args.len()));
             }
-            dob_rows.extend(store.select::<RosterRow>(ROW_COLUMNS, &from, args).await?);
+            dob_rows.extend(read(from, args).await?);
         }
         if !excluding.is_empty() {
             let (mut conds, mut args) = (Vec::new(), Vec::new());
@@ -305,7 +354,7 @@ pub async fn attribute_many(
                 args.extend(a);
             }
             let from = format!("roster_entry WHERE {}", conds.join(" OR "));
-            dob_rows.extend(store.select::<RosterRow>(ROW_COLUMNS, &from, args).await?);
+            dob_rows.extend(read(from, args).await?);
         }
         let mut by_dob: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
         for r in id_rows.iter().chain(&dob_rows) {

@@ -14,6 +14,7 @@ use crate::store::{Store, StoreError};
 use endpoint::{EndpointKind, EndpointPolicy};
 use npi::Npi;
 use serde::Serialize;
+use std::collections::HashMap;
 
 /// How resolution ranks endpoints: `[delivery]` settings.
 #[derive(Clone, Debug)]
@@ -276,13 +277,27 @@ pub async fn lookup_many(
     providers.sort_by_key(|r| (r.source_import, r.source_line));
     nppes_endpoints.sort_by_key(|r| (r.source_import, r.source_line));
     overrides.sort_by_key(|r| r.id);
+    // Each NPI's rows in load order (a page asks for hundreds of NPIs at once).
+    let mut latest: HashMap<&str, &ProviderRow> = HashMap::new();
+    for p in &providers {
+        latest.insert(&p.npi, p);
+    }
+    let mut by_npi: HashMap<&str, (Vec<&OverrideRow>, Vec<&EndpointRow>)> = HashMap::new();
+    for o in &overrides {
+        by_npi.entry(&o.npi).or_default().0.push(o);
+    }
+    for e in &nppes_endpoints {
+        by_npi.entry(&e.npi).or_default().1.push(e);
+    }
+    let none = (Vec::new(), Vec::new());
 
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         // Several rows for one NPI (a file listing it twice): the last one loaded wins.
-        let provider = providers.iter().rev().find(|p| p.npi == key).map(provider);
+        let provider = latest.get(key).map(|p| provider(p));
+        let (my_overrides, my_endpoints) = by_npi.get(key).unwrap_or(&none);
         let mut mine: Vec<Endpoint> = Vec::new();
-        for o in overrides.iter().filter(|o| o.npi == key) {
+        for o in my_overrides {
             let preferred = o
                 .preferred
                 .as_bool()
@@ -303,7 +318,7 @@ pub async fn lookup_many(
                 policy,
             ));
         }
-        for e in nppes_endpoints.iter().filter(|e| e.npi == key) {
+        for e in my_endpoints {
             mine.push(endpoint(
                 e.endpoint_type.clone(),
                 e.endpoint.clone(),

@@ -454,6 +454,42 @@ impl Store {
         }
     }
 
+    /// [`Store::select`] keeping only the rows `keep` accepts, judged on the text of the
+    /// columns at `pick` (positions in `columns`) before the row is built: on SQLite
+    /// borrowed from the row, so rows left out cost no allocation.
+    pub async fn select_where<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        columns: &str,
+        from: &str,
+        args: Vec<String>,
+        pick: &'static [usize],
+        keep: Keep,
+    ) -> Result<Vec<T>, StoreError> {
+        match self {
+            Store::Sqlite(_) => {
+                let path = self.sqlite_path().expect("sqlite store has a path");
+                let sql = format!("SELECT {columns} FROM {from}").replace('$', "?");
+                on_reader(move || sqlite_reads::rows_where(&path, &sql, &args, pick, &*keep)).await
+            }
+            Store::Postgres(_) => {
+                let all: Vec<Vec<serde_json::Value>> = self.select(columns, from, args).await?;
+                let decode =
+                    |e: serde_json::Error| StoreError::Db(sqlx::Error::Decode(Box::new(e)));
+                let mut out = Vec::new();
+                for row in all {
+                    let text: Vec<&str> = pick
+                        .iter()
+                        .map(|&i| row.get(i).and_then(|v| v.as_str()).unwrap_or(""))
+                        .collect();
+                    if keep(&text) {
+                        out.push(T::deserialize(serde_json::Value::Array(row)).map_err(decode)?);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Counts used by tests and the audit side: (messages, quarantined).
     pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
         const SQL: &str =
@@ -476,6 +512,9 @@ impl Store {
 /// [`MESSAGE_COLUMNS`] up to `raw`, then the duplicate check's `forced`, control id,
 /// sending facility, sending application and window start.
 pub(crate) const PARAMS_PER_ROW: usize = 26;
+
+/// A row filter for [`Store::select_where`]: the picked columns' text in, keep or not.
+pub type Keep = std::sync::Arc<dyn Fn(&[&str]) -> bool + Send + Sync>;
 
 /// `INSERT ... VALUES (...), (...) RETURNING id, duplicate` for `n` rows. A row is a
 /// duplicate when it repeats an earlier row of the batch (`forced`) or a stored,

@@ -122,7 +122,20 @@ const OUT: &str = "INSERT INTO outbox (notification_key, ordering_key, channel, 
      transition_key, kind, encounter, control_id, sending_facility, recipient_npi, rule_ids, content_profile, fallbacks) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT (notification_key) DO NOTHING";
 const MERGE: &str = "UPDATE encounter SET patient_key = $1 WHERE patient_key = $2";
-const DONE: &str = "UPDATE inbound_messages SET routed_at_us = $1 WHERE id = $2";
+const DONE: &str = "UPDATE inbound_messages SET routed_at_us = $1 WHERE id BETWEEN $2 AND $3";
+
+/// `ids` as runs of consecutive ids `(first, last)`: a page's messages are mostly one
+/// run, one statement instead of one per message.
+fn runs(ids: &[i64]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &id in ids {
+        match out.last_mut() {
+            Some((_, last)) if id == *last + 1 => *last = id,
+            _ => out.push((id, id)),
+        }
+    }
+    out
+}
 
 /// Every statement of a routing write, with its values in column order, written once
 /// for both drivers: calls `$run!(SQL; values...)` for each row.
@@ -150,8 +163,8 @@ macro_rules! routing_rows {
                 &o.kind, &o.encounter, &o.control_id, &o.sending_facility, &o.recipient_npi,
                 &o.rule_ids, &o.content_profile, &o.fallbacks);
         }
-        for id in &$w.routed_inbound {
-            $run!(DONE; $now, id);
+        for (from, to) in runs(&$w.routed_inbound) {
+            $run!(DONE; $now, from, to);
         }
     }};
 }
@@ -415,4 +428,19 @@ fn commit_sqlite(path: &std::path::Path, w: &RoutingWrite, now_us: i64) -> Resul
     routing_rows!(w, now_us, run);
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn routed_ids_become_runs() {
+        assert_eq!(super::runs(&[]), vec![]);
+        assert_eq!(super::runs(&[5]), vec![(5, 5)]);
+        assert_eq!(
+            super::runs(&[1, 2, 3, 7, 8, 10]),
+            vec![(1, 3), (7, 8), (10, 10)]
+        );
+        // Out of order ids are never merged across the gap.
+        assert_eq!(super::runs(&[3, 2]), vec![(3, 3), (2, 2)]);
+    }
 }

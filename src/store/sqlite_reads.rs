@@ -112,12 +112,40 @@ pub fn rows<T: serde::de::DeserializeOwned>(
     sql: &str,
     args: &[String],
 ) -> Result<Vec<T>, StoreError> {
+    rows_where(path, sql, args, &[], &|_| true)
+}
+
+/// Columns [`rows_where`] can hand to its filter.
+pub const MAX_PICKED: usize = 8;
+
+/// [`rows`], building only the rows `keep` accepts, judged on the text of the columns at
+/// `pick` (at most [`MAX_PICKED`]; other values as empty text) borrowed from SQLite.
+pub fn rows_where<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    sql: &str,
+    args: &[String],
+    pick: &[usize],
+    keep: &(dyn Fn(&[&str]) -> bool + Send + Sync),
+) -> Result<Vec<T>, StoreError> {
+    assert!(
+        pick.len() <= MAX_PICKED,
+        "rows_where picks at most {MAX_PICKED} columns"
+    );
     with_conn(path, |conn| {
         let mut stmt = conn.prepare_cached(sql)?;
         let columns = stmt.column_count();
         let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
+            if !pick.is_empty() {
+                let mut text = [""; MAX_PICKED];
+                for (slot, &i) in text.iter_mut().zip(pick) {
+                    *slot = r.get_ref(i)?.as_str().unwrap_or("");
+                }
+                if !keep(&text[..pick.len()]) {
+                    continue;
+                }
+            }
             let row = T::deserialize(row::Row { row: r, columns }).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, e.into())
             })?;

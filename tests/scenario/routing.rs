@@ -833,10 +833,13 @@ fn page_size_changes_no_notification() {
     assert_eq!(results[0], results[1]);
 }
 
-/// Demographic matching as routing does it (it leaves out roster rows of the other sex
-/// when they cannot change the decision) on both backends: twins with one name and
-/// birth date but different sex are told apart by the message's sex, and a message
-/// that gives no sex matches neither (ambiguous), so nobody is notified from the roster.
+/// Demographic matching as routing does it (it leaves out roster rows of the other sex,
+/// and builds no row scoring below threshold - margin, when they cannot change the
+/// decision) on both backends: twins with one name and birth date but different sex
+/// are told apart by the message's sex, and a message that gives no sex matches neither
+/// (ambiguous), so nobody is notified from the roster. Below the threshold but within
+/// the margin still counts: PARK^S scores 10 against Sam and 9 against Sue (sex not
+/// known), ambiguous; PARK^SAM scores 12 against Sam and 5 against Sue, a match.
 fn twins_by_demographics(db_url: Option<&str>) {
     let rules = rules_dir(&[]);
     let rules_path = rules.path().to_str().unwrap().to_string();
@@ -852,25 +855,34 @@ fn twins_by_demographics(db_url: Option<&str>) {
         "twins.csv",
         &format!(
             "patient_id,assigning_authority,family,given,birth_date,sex,postal_code,provider_npi,relationship\n\
-             T-1,NET,Lee,Jordan,2010-03-03,F,62701,{},pcp\n\
-             T-2,NET,Lee,Jordan,2010-03-03,M,62701,{},pcp\n",
-            npi(PCP),
-            npi(SNF)
+             T-1,NET,Lee,Jordan,2010-03-03,F,62701,{pcp},pcp\n\
+             T-2,NET,Lee,Jordan,2010-03-03,M,62701,{snf},pcp\n\
+             A-1,NET,Park,Sam,2012-05-05,F,99999,{pcp},pcp\n\
+             A-2,NET,Park,Sue,2012-05-05,,99999,{snf},pcp\n\
+             A-3,NET,Kim,Alex,2012-05-05,F,62701,{snf},pcp\n",
+            pcp = npi(PCP),
+            snf = npi(SNF)
         ),
         "net",
     );
     // Hospital MRNs the roster does not know: only demographics can match.
-    let msgs: Vec<String> = [("TW-F", "F"), ("TW-M", "M"), ("TW-U", "")]
-        .iter()
-        .map(|(id, sex)| {
-            format!(
-                "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280900||ADT^A01|{id}|P|2.5.1\r\
+    let msgs: Vec<String> = [
+        ("TW-F", "LEE^JORDAN", "20100303", "F"),
+        ("TW-M", "LEE^JORDAN", "20100303", "M"),
+        ("TW-U", "LEE^JORDAN", "20100303", ""),
+        ("TW-A", "PARK^S", "20120505", "F"),
+        ("TW-B", "PARK^SAM", "20120505", "F"),
+    ]
+    .iter()
+    .map(|(id, name, dob, sex)| {
+        format!(
+            "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611280900||ADT^A01|{id}|P|2.5.1\r\
                  EVN|A01|202611280900\r\
-                 PID|1||H-{id}^^^GENHOSP^MR||LEE^JORDAN||20100303|{sex}|||1 MAIN ST^^X^IL^62701^USA^H\r\
+                 PID|1||H-{id}^^^GENHOSP^MR||{name}||{dob}|{sex}|||1 MAIN ST^^X^IL^62701^USA^H\r\
                  PV1|1|I|4W^1^A^GENHOSP||||||||MED|||||||||V-{id}\r"
-            )
-        })
-        .collect();
+        )
+    })
+    .collect();
     let mut got: Vec<(String, String)> = store_then_drain(&cli, dir.path(), &env, &msgs)
         .iter()
         .map(|n| {
@@ -884,6 +896,7 @@ fn twins_by_demographics(db_url: Option<&str>) {
     assert_eq!(
         got,
         vec![
+            ("TW-B".to_string(), npi(PCP)),
             ("TW-F".to_string(), npi(PCP)),
             ("TW-M".to_string(), npi(SNF)),
         ]
@@ -898,6 +911,26 @@ fn twins_by_demographics(db_url: Option<&str>) {
         "--format",
         "json",
     ]);
+    assert_eq!(
+        explained["rosters"][0]["outcome"], "ambiguous",
+        "{explained}"
+    );
+    // PARK^S: ambiguous between Sam (10) and Sue (9); explain lists Kim too (-1).
+    let m = dir.path().join("m3.hl7");
+    let explained = cli.json(&[
+        "attribution",
+        "explain",
+        m.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let scores: Vec<f64> = explained["rosters"][0]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores, vec![10.0, 9.0, -1.0], "{explained}");
     assert_eq!(
         explained["rosters"][0]["outcome"], "ambiguous",
         "{explained}"
