@@ -901,29 +901,25 @@ fn twins_by_demographics(db_url: Option<&str>) {
             ("TW-M".to_string(), npi(SNF)),
         ]
     );
-    // What `attribution explain` (which reads every row) says for the message with no
-    // sex: ambiguous between the twins.
-    let m = dir.path().join("m2.hl7");
-    let explained = cli.json(&[
-        "attribution",
-        "explain",
-        m.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
+    // What `attribution explain` (which reads every row) says of the n-th message.
+    let explain = |n: usize| {
+        let m = dir.path().join(format!("m{n}.hl7"));
+        cli.json(&[
+            "attribution",
+            "explain",
+            m.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+    };
+    // The message with no sex: ambiguous between the twins.
+    let explained = explain(2);
     assert_eq!(
         explained["rosters"][0]["outcome"], "ambiguous",
         "{explained}"
     );
     // PARK^S: ambiguous between Sam (10) and Sue (9); explain lists Kim too (-1).
-    let m = dir.path().join("m3.hl7");
-    let explained = cli.json(&[
-        "attribution",
-        "explain",
-        m.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
+    let explained = explain(3);
     let scores: Vec<f64> = explained["rosters"][0]["candidates"]
         .as_array()
         .unwrap()
