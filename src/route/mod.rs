@@ -448,9 +448,11 @@ impl Router {
             plan.skipped = Some("no patient identifier (PID-3): nothing to route".into());
             return Ok(plan);
         };
-        let pv1 = ev.pv1.clone().unwrap_or_default();
+        let no_pv1 = crate::hl7::adt::Pv1::default();
+        let pv1 = ev.pv1.as_ref().unwrap_or(&no_pv1);
         let id = format!("{facility}|{visit}");
-        let cached = sim.as_deref().and_then(|s| s.encounters.get(&id).cloned());
+        // Taken out of the overlay, and put back (moved) once planned.
+        let cached = sim.as_deref_mut().and_then(|s| s.encounters.remove(&id));
         let fetched = sim.as_deref().is_some_and(|s| s.fetched.contains(&id));
         let stored = match (cached, sim.as_deref().is_none_or(|s| s.overlay) && !fetched) {
             (Some(e), _) => Some(e),
@@ -467,9 +469,6 @@ impl Router {
         plan.status_before = enc.status.clone();
         let transitions = enc.step(ev, &self.encounters, now);
         plan.status_after = enc.status.clone();
-        if let Some(sim) = sim.as_deref_mut() {
-            sim.encounters.insert(enc.id(), enc.clone());
-        }
         if ev.msh.trigger == "A40" {
             if let Some(m) = &ev.mrg {
                 for old in &m.prior_identifiers {
@@ -571,6 +570,7 @@ impl Router {
             }
         }
         if let Some(sim) = sim {
+            sim.encounters.insert(enc.id(), enc);
             for o in plan.write.outbox.iter().filter(|o| o.status == "pending") {
                 sim.sent.entry(o.transition_key.clone()).or_default().push(
                     crate::store::routing::SentTo {
