@@ -247,15 +247,20 @@ pub async fn attribute_many(
         .collect();
     for chunk in patients.chunks(PATIENTS_PER_QUERY) {
         let ids: Vec<Vec<(&str, String, String)>> = chunk.iter().map(|f| roster_ids(f)).collect();
-        // First by identifier (either half of the assigning authority)...
+        // First by identifier (either half of the assigning authority; an empty half
+        // is never looked up: the roster refuses an identifier without authority)...
         let (mut conds, mut args) = (Vec::new(), Vec::new());
         for (id, ns, uni) in ids.iter().flatten() {
+            let mut authorities: Vec<&String> = vec![ns, uni];
+            authorities.retain(|a| !a.is_empty());
+            authorities.dedup();
             conds.push(format!(
                 "(patient_id = ${} AND assigning_authority IN ({}))",
                 args.len() + 1,
-                placeholders(args.len() + 2, 2)
+                placeholders(args.len() + 2, authorities.len())
             ));
-            args.extend([id.to_string(), ns.clone(), uni.clone()]);
+            args.push(id.to_string());
+            args.extend(authorities.into_iter().cloned());
         }
         let id_rows: Vec<RosterRow> = match conds.is_empty() {
             true => Vec::new(),
