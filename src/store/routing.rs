@@ -419,13 +419,25 @@ fn commit_sqlite(path: &std::path::Path, w: &RoutingWrite, now_us: i64) -> Resul
         unreachable!("set above")
     };
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    macro_rules! run {
-        ($sql:expr; $($v:expr),*) => {
-            tx.prepare_cached(&$sql.replace('$', "?"))?
-                .execute(rusqlite::params![$($v),*])?;
-        };
+    {
+        // Each statement looked up once per page, not once per row (the lookup copied
+        // and hashed the SQL text every time).
+        let mut prepared: Vec<(&'static str, rusqlite::CachedStatement<'_>)> = Vec::new();
+        macro_rules! run {
+            ($sql:expr; $($v:expr),*) => {{
+                let sql: &'static str = $sql;
+                let i = match prepared.iter().position(|(s, _)| std::ptr::eq(*s, sql)) {
+                    Some(i) => i,
+                    None => {
+                        prepared.push((sql, tx.prepare_cached(&sql.replace('$', "?"))?));
+                        prepared.len() - 1
+                    }
+                };
+                prepared[i].1.execute(rusqlite::params![$($v),*])?;
+            }};
+        }
+        routing_rows!(w, now_us, run);
     }
-    routing_rows!(w, now_us, run);
     tx.commit()?;
     Ok(())
 }
