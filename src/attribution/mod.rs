@@ -317,24 +317,11 @@ pub async fn attribute_many(
                 excluding.push(args);
             }
         }
-        // Routing builds only the rows that can change some patient's decision.
-        let keep = (detail == Detail::ProvidersOnly).then(|| could_match(chunk, policy.matching));
-        let keep = &keep;
-        let read = |from: String, args: Vec<String>| async move {
-            match keep {
-                Some(k) => {
-                    store
-                        .select_where::<RosterRow>(
-                            ROW_COLUMNS,
-                            &from,
-                            args,
-                            DEMOGRAPHICS,
-                            k.clone(),
-                        )
-                        .await
-                }
-                None => store.select::<RosterRow>(ROW_COLUMNS, &from, args).await,
-            }
+        // Routing builds only the rows that can change some patient's decision;
+        // explanations build them all.
+        let (pick, keep): (&'static [usize], crate::store::Keep) = match detail {
+            Detail::ProvidersOnly => (DEMOGRAPHICS, could_match(chunk, policy.matching)),
+            Detail::Full => (&[], std::sync::Arc::new(|_| true)),
         };
         let mut dob_rows: Vec<RosterRow> = Vec::new();
         for (sex, mut args) in anywhere {
@@ -345,7 +332,11 @@ pub async fn attribute_many(
                 args.push(sex.to_string());
                 from.push_str(&format!(" AND sex IN ('', ${})", args.len()));
             }
-            dob_rows.extend(read(from, args).await?);
+            dob_rows.extend(
+                store
+                    .select_where::<RosterRow>(ROW_COLUMNS, &from, args, pick, keep.clone())
+                    .await?,
+            );
         }
         if !excluding.is_empty() {
             let (mut conds, mut args) = (Vec::new(), Vec::new());
@@ -359,7 +350,11 @@ pub async fn attribute_many(
                 args.extend(a);
             }
             let from = format!("roster_entry WHERE {}", conds.join(" OR "));
-            dob_rows.extend(read(from, args).await?);
+            dob_rows.extend(
+                store
+                    .select_where::<RosterRow>(ROW_COLUMNS, &from, args, pick, keep.clone())
+                    .await?,
+            );
         }
         let mut by_dob: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
         for r in id_rows.iter().chain(&dob_rows) {
