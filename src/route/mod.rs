@@ -91,9 +91,13 @@ pub struct Sim {
     pub overlay: bool,
     /// Attributions already worked out in this batch, by the patient facts they were
     /// worked out from (an encounter's messages usually arrive together).
-    pub attributions: std::collections::HashMap<String, Vec<AttributedProvider>>,
+    /// Shared, not copied, by the messages that use them.
+    pub attributions: std::collections::HashMap<String, Arc<[AttributedProvider]>>,
     /// Encounters looked up in the store already (found ones are in `encounters`).
     pub fetched: std::collections::HashSet<String>,
+    /// Routing: the decisions are written, not explained ([`Plan::recipients`] stays
+    /// empty; building it cost a tenth of planning).
+    pub write_only: bool,
 }
 
 /// The row that stores an encounter's state.
@@ -425,7 +429,7 @@ impl Router {
         )
         .await?;
         for ((key, _), a) in patients.iter().zip(found) {
-            sim.attributions.insert(key.clone(), a.providers);
+            sim.attributions.insert(key.clone(), a.providers.into());
         }
         Ok(())
     }
@@ -487,7 +491,9 @@ impl Router {
             ]
         }));
         let diagnoses: Vec<String> = ev.diagnoses.iter().map(|d| d.code.clone()).collect();
-        let mut attributed: Option<Vec<AttributedProvider>> = None;
+        let mut attributed: Option<Arc<[AttributedProvider]>> = None;
+        let explain = sim.as_deref().is_none_or(|s| !s.write_only);
+        let plan_encounter = plan.encounter.clone();
         for t in &transitions {
             plan.write
                 .transitions
@@ -526,7 +532,7 @@ impl Router {
                         }
                     }
                 }
-                self.plan_retraction(&mut plan, ev, t, sent, &enc.id(), now);
+                self.plan_retraction(&mut plan, ev, t, sent, &plan_encounter, now);
                 continue;
             }
             if attributed.is_none() {
@@ -546,10 +552,11 @@ impl Router {
                         )
                         .await?
                         .remove(0);
+                        let providers: Arc<[AttributedProvider]> = a.providers.into();
                         if let Some(s) = sim.as_deref_mut() {
-                            s.attributions.insert(key, a.providers.clone());
+                            s.attributions.insert(key, providers.clone());
                         }
-                        a.providers
+                        providers
                     }
                 };
                 attributed = Some(providers);
@@ -566,7 +573,7 @@ impl Router {
                     from_message: p.provenance.iter().any(|pr| pr.kind == "message"),
                 };
                 let v = rules.evaluate(&facts, &cand);
-                self.decide(&mut plan, ev, t, &enc.id(), p, &v, now);
+                self.decide(&mut plan, ev, t, &plan_encounter, p, &v, now, explain);
             }
         }
         if let Some(sim) = sim {
@@ -597,22 +604,9 @@ impl Router {
         p: &AttributedProvider,
         v: &Verdict,
         now: i64,
+        explain: bool,
     ) {
         let ids = v.rule_ids();
-        let mut d = RecipientDecision {
-            transition: key_hash(&t.key),
-            kind: t.kind.clone(),
-            npi: p.npi.clone(),
-            relationships: p.relationships.clone(),
-            outcome: String::new(),
-            reason: String::new(),
-            rule_ids: ids.clone(),
-            channel: None,
-            endpoint: None,
-            content: None,
-            timing: None,
-            redacted: v.redact.iter().cloned().collect(),
-        };
         let key = key_hash(&format!("{}|{}", t.key, p.npi));
         let mut row = OutboxRow {
             notification_key: key.clone(),
@@ -634,23 +628,24 @@ impl Router {
             content_profile: v.content.as_str().to_string(),
         };
         let discharge_like = matches!(t.kind.as_str(), "discharge" | "transfer");
-        if v.selected_by.is_none() {
-            d.outcome = "not-selected".into();
-            d.reason = format!(
-                "no notify rule selects a {} for {}",
-                p.relationships.join("/"),
-                t.kind
-            );
+        let (outcome, reason) = if v.selected_by.is_none() {
+            (
+                "not-selected",
+                format!(
+                    "no notify rule selects a {} for {}",
+                    p.relationships.join("/"),
+                    t.kind
+                ),
+            )
         } else if let Some((rule, why)) = &v.suppressed_by {
-            d.outcome = "suppressed".into();
-            d.reason = format!("{why} (rule {rule})");
             row.status = "suppressed".into();
-            row.last_error = Some(d.reason.clone());
+            ("suppressed", format!("{why} (rule {rule})"))
         } else if v.timing == rules::Timing::DischargeOnly && !discharge_like {
-            d.outcome = "suppressed".into();
-            d.reason = "recipient preference: discharge notifications only".into();
             row.status = "suppressed".into();
-            row.last_error = Some(d.reason.clone());
+            (
+                "suppressed",
+                "recipient preference: discharge notifications only".to_string(),
+            )
         } else {
             match rank_endpoints(&p.directory, &v.channels) {
                 Ok(mut ranked) => {
@@ -658,42 +653,57 @@ impl Router {
                     if !ranked.is_empty() {
                         row.fallbacks = serde_json::to_string(&ranked).ok();
                     }
-                    d.outcome = "notify".into();
-                    d.reason = format!(
-                        "selected by rule {}",
-                        v.selected_by.clone().unwrap_or_default()
-                    );
                     row.status = "pending".into();
-                    row.channel = channel.clone();
-                    row.endpoint = endpoint.clone();
-                    d.channel = Some(channel);
-                    d.endpoint = Some(endpoint);
+                    row.channel = channel;
+                    row.endpoint = endpoint;
                     if v.timing == rules::Timing::DailyDigest {
                         row.due_at_us = next_digest(now, self.digest_hour_utc);
                     }
+                    (
+                        "notify",
+                        format!(
+                            "selected by rule {}",
+                            v.selected_by.as_deref().unwrap_or_default()
+                        ),
+                    )
                 }
                 Err(why) => {
-                    d.outcome = "no-endpoint".into();
-                    d.reason = why.clone();
                     row.status = "dead".into();
-                    row.last_error = Some(why);
+                    ("no-endpoint", why)
                 }
             }
+        };
+        if row.status != "pending" {
+            row.last_error = Some(reason.clone());
         }
-        d.content = Some(v.content.as_str().into());
-        d.timing = Some(v.timing.as_str().into());
-        plan.write.decisions.push(DecisionRow {
-            transition_key: t.key.clone(),
-            recipient_npi: p.npi.clone(),
-            outcome: d.outcome.clone(),
-            reason: d.reason.clone(),
-            rule_ids: ids.join(","),
-        });
-        if d.outcome != "not-selected" {
+        if explain {
+            let sent = outcome == "notify";
+            plan.recipients.push(RecipientDecision {
+                transition: key_hash(&t.key),
+                kind: t.kind.clone(),
+                npi: p.npi.clone(),
+                relationships: p.relationships.clone(),
+                outcome: outcome.into(),
+                reason: reason.clone(),
+                rule_ids: ids.clone(),
+                channel: sent.then(|| row.channel.clone()),
+                endpoint: sent.then(|| row.endpoint.clone()),
+                content: Some(v.content.as_str().into()),
+                timing: Some(v.timing.as_str().into()),
+                redacted: v.redact.iter().cloned().collect(),
+            });
+        }
+        if outcome != "not-selected" {
             row.payload = payload(ev, t, enc_id, &key, v);
             plan.write.outbox.push(row);
         }
-        plan.recipients.push(d);
+        plan.write.decisions.push(DecisionRow {
+            transition_key: t.key.clone(),
+            recipient_npi: p.npi.clone(),
+            outcome: outcome.into(),
+            reason,
+            rule_ids: ids.join(","),
+        });
     }
 
     fn plan_retraction(
@@ -931,6 +941,7 @@ impl Router {
         }
         let now = now_us();
         pipe.sim.overlay = true;
+        pipe.sim.write_only = true;
         // Attributions are worked out again each page (rosters change); encounters and
         // what was sent are carried over.
         pipe.sim.attributions.clear();
