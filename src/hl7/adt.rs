@@ -6,7 +6,7 @@
 //! of the patient parts is not redacted, so never log these structs.
 
 use super::escape::unescape;
-use super::parse::{normalize, parse_message, ParseRules, Rejection};
+use super::parse::{normalize, ParseRules, Rejection};
 use hl7_parser::message::Separators;
 use serde::Serialize;
 
@@ -202,13 +202,12 @@ pub struct AdtEvent {
 impl AdtEvent {
     /// Parses decoded text; rejects what ingest would reject.
     pub fn parse(text: &str) -> Result<AdtEvent, Rejection> {
-        let parsed = parse_message(text, &ParseRules::default())?;
-        let norm = normalize(text).expect("parse_message accepted it");
+        // Only the header of the ingest parse: the segments are read below.
+        let norm = normalize(text).ok_or_else(super::parse::not_hl7)?;
         let segments: Vec<&str> = norm.text.split('\r').collect();
-        let (seps, _) =
-            hl7_parser::parser::parse_msh(segments[0]).expect("parse_message accepted it");
+        let (seps, _, h) = super::parse::head(&segments, &ParseRules::default())?;
         let r = Reader { seps };
-        let h = &parsed.header;
+        let h = &h;
         let mut ev = AdtEvent {
             msh: Msh {
                 sending_application: h.sending_application.clone(),

@@ -132,38 +132,15 @@ impl Rejection {
 /// segment header and kept as they are. The ACK must not wait for a full parse: the
 /// router parses the whole message after it is durable.
 pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Rejection> {
-    let normalized = normalize(text).ok_or_else(|| {
-        Rejection::new(
-            "not_hl7",
-            100,
-            Some(ErrLocation::segment("MSH", 1)),
-            "Message does not start with an MSH segment with field separator and encoding characters".into(),
-        )
-    })?;
+    let normalized = normalize(text).ok_or_else(not_hl7)?;
     let segments: Vec<&str> = normalized.text.split('\r').collect();
-    let (seps, msh) = hl7_parser::parser::parse_msh(segments[0]).map_err(|_| {
-        Rejection::new(
-            "bad_msh",
-            102,
-            Some(ErrLocation::field("MSH", 1, 2)),
-            "MSH segment could not be parsed".into(),
-        )
-    })?;
+    let (seps, msh, header) = head(&segments, rules)?;
     let fs = seps.field;
-    let find = |name: &str| -> Option<RawSegment<'_>> {
-        segments[1..]
-            .iter()
-            .find(|s| {
-                s.as_bytes().get(..3) == Some(name.as_bytes())
-                    && s.get(3..).is_some_and(|r| r.starts_with(fs))
-            })
-            .map(|s| RawSegment { text: s, seps })
-    };
+    let find = |name: &str| find_segment(&segments, name, seps);
     let evn = find("EVN");
     let pid = find("PID");
     let pv1 = find("PV1");
 
-    let header = read_header(&msh, evn.as_ref(), &seps, rules)?;
     let routing = read_routing_fields(evn.as_ref(), pid.as_ref(), pv1.as_ref(), &seps);
 
     let mut problems = Vec::new();
@@ -219,6 +196,48 @@ pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Re
         problems,
         segment_count: segments.len(),
     })
+}
+
+pub(crate) fn not_hl7() -> Rejection {
+    Rejection::new(
+        "not_hl7",
+        100,
+        Some(ErrLocation::segment("MSH", 1)),
+        "Message does not start with an MSH segment with field separator and encoding characters"
+            .into(),
+    )
+}
+
+/// Where every parse starts, from the normalised text's segments: the separators, the
+/// MSH, and the header checked against `rules`. The router's full parse
+/// ([`super::adt::AdtEvent::parse`]) needs only this of [`parse_message`].
+pub(crate) fn head<'a>(
+    segments: &[&'a str],
+    rules: &ParseRules,
+) -> Result<(Separators, Segment<'a>, Header), Rejection> {
+    let (seps, msh) = hl7_parser::parser::parse_msh(segments[0]).map_err(|_| {
+        Rejection::new(
+            "bad_msh",
+            102,
+            Some(ErrLocation::field("MSH", 1, 2)),
+            "MSH segment could not be parsed".into(),
+        )
+    })?;
+    let evn = find_segment(segments, "EVN", seps);
+    let header = read_header(&msh, evn.as_ref(), &seps, rules)?;
+    Ok((seps, msh, header))
+}
+
+/// The first segment named `name` (after the MSH), unparsed.
+fn find_segment<'a>(segments: &[&'a str], name: &str, seps: Separators) -> Option<RawSegment<'a>> {
+    let fs = seps.field;
+    segments[1..]
+        .iter()
+        .find(|s| {
+            s.as_bytes().get(..3) == Some(name.as_bytes())
+                && s.get(3..).is_some_and(|r| r.starts_with(fs))
+        })
+        .map(|s| RawSegment { text: s, seps })
 }
 
 /// A segment we have found but not parsed: fields are parsed (by hl7-parser) one at a
