@@ -482,7 +482,9 @@ impl Router {
                 }
             }
         }
-        plan.write.encounters.push(encounter_row(&enc));
+        if sim.as_deref().is_none_or(|s| !s.write_only) {
+            plan.write.encounters.push(encounter_row(&enc));
+        }
         let rules = self.rules();
         let opted_out = rules.opted_out(ev.pid.identifiers.iter().flat_map(|i| {
             [
@@ -785,7 +787,9 @@ impl Router {
         self.prefetch(&events, sim).await?;
         let mut plans = Vec::with_capacity(msgs.len());
         let mut all = RoutingWrite::default();
-        let mut latest = std::collections::HashMap::new();
+        // Encounters in the order the page first touched them.
+        let mut touched: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (m, ev) in msgs.iter().zip(&parsed) {
             let mut plan = match ev {
                 Ok(ev) => self.plan_event(ev, Some(m.id), now, Some(sim)).await?,
@@ -795,16 +799,8 @@ impl Router {
                 },
             };
             let w = std::mem::take(&mut plan.write);
-            // An encounter's last state in the page is the one to keep.
-            for e in w.encounters {
-                let id = (e.facility.clone(), e.visit_number.clone());
-                match latest.get(&id) {
-                    Some(&i) => all.encounters[i] = e,
-                    None => {
-                        latest.insert(id, all.encounters.len());
-                        all.encounters.push(e);
-                    }
-                }
+            if !plan.encounter.is_empty() && seen.insert(plan.encounter.clone()) {
+                touched.push(plan.encounter.clone());
             }
             all.transitions.extend(w.transitions);
             all.decisions.extend(w.decisions);
@@ -813,6 +809,13 @@ impl Router {
             all.routed_inbound.push(m.id);
             plans.push(plan);
         }
+        // Each encounter's row once, with its last state (stored once per page, not
+        // serialised once per message).
+        all.encounters = touched
+            .iter()
+            .filter_map(|id| sim.encounters.get(id))
+            .map(encounter_row)
+            .collect();
         Ok((plans, all))
     }
 
