@@ -154,7 +154,8 @@ impl Encounter {
     /// Feeds one event. `now_us` stands in for an event with no readable time.
     pub fn step(&mut self, ev: &AdtEvent, cfg: &EncounterConfig, now_us: i64) -> Vec<Transition> {
         let at = hl7_time_us(ev.event_time()).unwrap_or(now_us);
-        let pv1 = ev.pv1.clone().unwrap_or_default();
+        let no_pv1 = crate::hl7::adt::Pv1::default();
+        let pv1 = ev.pv1.as_ref().unwrap_or(&no_pv1);
         let class = pv1.patient_class.as_str();
         let newest = at >= self.last_event_us;
         let mut out = Vec::new();
@@ -414,7 +415,8 @@ impl Encounter {
 
     /// Updates the watched snapshot; returns the names of watched fields that changed.
     fn refresh(&mut self, ev: &AdtEvent, cfg: &EncounterConfig) -> Vec<String> {
-        let pv1 = ev.pv1.clone().unwrap_or_default();
+        let no_pv1 = crate::hl7::adt::Pv1::default();
+        let pv1 = ev.pv1.as_ref().unwrap_or(&no_pv1);
         let mut diagnoses: Vec<String> = ev.diagnoses.iter().map(|d| d.code.clone()).collect();
         diagnoses.sort();
         diagnoses.dedup();

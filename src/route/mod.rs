@@ -304,7 +304,12 @@ fn payload(
         }),
         trigger: &ev.msh.trigger,
     };
-    serde_json::to_vec(&body).unwrap_or_default()
+    // Sized for a typical body, so it is not grown three times on the way.
+    let mut out = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut out, &body) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The message decoded and parsed, or why it cannot be routed.
@@ -609,6 +614,7 @@ impl Router {
         explain: bool,
     ) {
         let ids = v.rule_ids();
+        let joined_ids = ids.join(",");
         let key = key_hash(&format!("{}|{}", t.key, p.npi));
         let mut row = OutboxRow {
             notification_key: key.clone(),
@@ -626,7 +632,7 @@ impl Router {
             control_id: Some(ev.msh.control_id.clone()),
             sending_facility: ev.msh.sending_facility.clone(),
             recipient_npi: p.npi.clone(),
-            rule_ids: ids.join(","),
+            rule_ids: joined_ids.clone(),
             content_profile: v.content.as_str().to_string(),
         };
         let discharge_like = matches!(t.kind.as_str(), "discharge" | "transfer");
@@ -704,7 +710,7 @@ impl Router {
             recipient_npi: p.npi.clone(),
             outcome: outcome.into(),
             reason,
-            rule_ids: ids.join(","),
+            rule_ids: joined_ids,
         });
     }
 
