@@ -205,9 +205,9 @@ impl AdtEvent {
         // Only the header of the ingest parse: the segments are read below.
         let norm = normalize(text).ok_or_else(super::parse::not_hl7)?;
         let segments: Vec<&str> = norm.text.split('\r').collect();
-        let (seps, _, h) = super::parse::head(&segments, &ParseRules::default())?;
+        let (seps, _, header) = super::parse::head(&segments, &ParseRules::default())?;
         let r = Reader { seps };
-        let h = &h;
+        let h = &header;
         let mut ev = AdtEvent {
             msh: Msh {
                 sending_application: h.sending_application.clone(),
