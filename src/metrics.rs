@@ -2,8 +2,8 @@
 //! values are few and never carry PHI (facility names are truncated to bound cardinality).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -40,6 +40,10 @@ pub struct Metrics {
     pub routed: IntCounterVec,
     /// Outbox rows written by the router, by status (pending, suppressed, dead).
     pub notifications_created: IntCounterVec,
+    /// Time per routed page, by stage: `plan` (read, parse, attribute, decide),
+    /// `wait` (the plan done, for the page before to commit) and `commit`. Which of
+    /// plan and commit is longer says which half limits routing.
+    pub routing_page: HistogramVec,
     /// Routing-rule (re)loads, by outcome (ok, invalid).
     pub rule_reloads: IntCounterVec,
     /// Delivery attempts, by channel and outcome (delivered, retry, failed, dead).
@@ -101,6 +105,12 @@ impl Metrics {
             notifications_created: IntCounterVec::new(
                 Opts::new("notifications_created_total", "Outbox rows written by the router, by status."),
                 &["status"],
+            )
+            .expect("metric"),
+            routing_page: HistogramVec::new(
+                HistogramOpts::new("routing_page_seconds", "Time per routed page, by stage (plan, wait, commit).")
+                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                &["stage"],
             )
             .expect("metric"),
             rule_reloads: IntCounterVec::new(
@@ -208,6 +218,7 @@ impl Metrics {
             Box::new(m.roster_uploads.clone()),
             Box::new(m.routed.clone()),
             Box::new(m.notifications_created.clone()),
+            Box::new(m.routing_page.clone()),
             Box::new(m.rule_reloads.clone()),
             Box::new(m.delivery_attempts.clone()),
             Box::new(m.delivery_circuit_opens.clone()),

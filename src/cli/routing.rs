@@ -191,6 +191,17 @@ pub async fn route_drain(settings: &Settings) -> anyhow::Result<ExitCode> {
                 .get()
         })
         .sum();
+    let stages: serde_json::Map<String, serde_json::Value> = ["plan", "wait", "commit"]
+        .iter()
+        .map(|s| {
+            let total = r
+                .metrics
+                .routing_page
+                .with_label_values(&[s])
+                .get_sample_sum();
+            (s.to_string(), ((total * 1e6).round() / 1e6).into())
+        })
+        .collect();
     store.close().await;
     println!(
         "{}",
@@ -199,6 +210,8 @@ pub async fn route_drain(settings: &Settings) -> anyhow::Result<ExitCode> {
             "notifications": created,
             "seconds": (secs * 1000.0).round() / 1000.0,
             "msgs_per_s": (messages as f64 / secs.max(1e-9)).round(),
+            // Which half limits routing: planning or the commit beside it.
+            "stage_seconds": stages,
         })
     );
     Ok(ExitCode::SUCCESS)

@@ -941,6 +941,7 @@ impl Router {
     pub async fn step(&self) -> Result<usize, StoreError> {
         let mut pipe = self.pipeline.lock().await;
         let skip = pipe.inflight.as_ref().map(|f| f.ids);
+        let started = std::time::Instant::now();
         let page = self.store.unrouted(self.page_size, skip).await?;
         if page.is_empty() {
             // Idle: everything is in the database; carry nothing into the next burst.
@@ -955,8 +956,17 @@ impl Router {
         // what was sent are carried over.
         pipe.sim.attributions.clear();
         let planned = self.plan_page(&page, now, &mut pipe.sim).await;
+        let planned_at = std::time::Instant::now();
         // The page before must have committed for this one's plan to stand.
         let flushed = pipe.finish().await;
+        let stage = |s: &str, secs: f64| {
+            self.metrics
+                .routing_page
+                .with_label_values(&[s])
+                .observe(secs)
+        };
+        stage("plan", (planned_at - started).as_secs_f64());
+        stage("wait", planned_at.elapsed().as_secs_f64());
         let (plans, write) = match (planned, flushed) {
             (Ok(p), Ok(())) => p,
             (Err(e), _) | (_, Err(e)) => {
@@ -1004,7 +1014,12 @@ async fn commit_page(
     plans: &[Plan],
     now: i64,
 ) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
     store.commit_routing(write, now).await?;
+    metrics
+        .routing_page
+        .with_label_values(&["commit"])
+        .observe(started.elapsed().as_secs_f64());
     for plan in plans {
         let outcome = match plan.skipped {
             Some(_) => "skipped",

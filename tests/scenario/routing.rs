@@ -738,6 +738,15 @@ fn store_then_drain(cli: &Cli, dir: &Path, env: &[(&str, &str)], msgs: &[String]
     }
     let drained = cli.json(&["route", "drain"]);
     assert_eq!(drained["messages"], msgs.len(), "{drained}");
+    // The time per stage: every page was planned and committed.
+    for stage in ["plan", "commit"] {
+        let secs = drained["stage_seconds"][stage].as_f64().unwrap_or(0.0);
+        assert!(secs > 0.0, "{stage}: {drained}");
+    }
+    assert!(
+        drained["stage_seconds"]["wait"].as_f64().is_some(),
+        "{drained}"
+    );
     let out = cli.run(&["notifications", "export", "--format", "jsonl"]);
     assert!(out.status.success());
     String::from_utf8(out.stdout)
