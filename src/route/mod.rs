@@ -487,7 +487,10 @@ impl Router {
                 }
             }
         }
-        if sim.as_deref().is_none_or(|s| !s.write_only) {
+        // Routing builds a page's encounter rows once, in `plan_page`; explaining
+        // builds the recipients' explanations, which routing does not read.
+        let explain = sim.as_deref().is_none_or(|s| !s.write_only);
+        if explain {
             plan.write.encounters.push(encounter_row(&enc));
         }
         let rules = self.rules();
@@ -499,7 +502,6 @@ impl Router {
         }));
         let diagnoses: Vec<String> = ev.diagnoses.iter().map(|d| d.code.clone()).collect();
         let mut attributed: Option<Arc<[AttributedProvider]>> = None;
-        let explain = sim.as_deref().is_none_or(|s| !s.write_only);
         let plan_encounter = plan.encounter.clone();
         for t in &transitions {
             plan.write
@@ -584,7 +586,7 @@ impl Router {
             }
         }
         if let Some(sim) = sim {
-            sim.encounters.insert(enc.id(), enc);
+            sim.encounters.insert(plan_encounter, enc);
             for o in plan.write.outbox.iter().filter(|o| o.status == "pending") {
                 sim.sent.entry(o.transition_key.clone()).or_default().push(
                     crate::store::routing::SentTo {
@@ -681,9 +683,6 @@ impl Router {
                 }
             }
         };
-        if row.status != "pending" {
-            row.last_error = Some(reason.clone());
-        }
         if explain {
             let sent = outcome == "notify";
             plan.recipients.push(RecipientDecision {
@@ -702,6 +701,9 @@ impl Router {
             });
         }
         if outcome != "not-selected" {
+            if row.status != "pending" {
+                row.last_error = Some(reason.clone());
+            }
             row.payload = payload(ev, t, enc_id, &key, v);
             plan.write.outbox.push(row);
         }
