@@ -308,7 +308,22 @@ enum Format {
     Jsonl,
 }
 
+/// mimalloc advises transparent huge pages for its arenas, so every fresh or purged
+/// 2 MiB region is zeroed whole on its first touch: 8-9% of the router's CPU went to the
+/// kernel clearing pages. Turned off for this process, as Redis and most databases
+/// advise, unless mimalloc's own switch `MIMALLOC_ALLOW_THP` says otherwise.
+fn disable_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes no pointers; it sets one flag on this process.
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    disable_huge_pages();
     let cli = Cli::parse();
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -26,7 +26,7 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     c.busy_timeout(Duration::from_secs(5))?;
-    c.pragma_update(None, "mmap_size", 268_435_456)?;
+    c.pragma_update(None, "mmap_size", super::SQLITE_MMAP_BYTES)?;
     c.set_prepared_statement_cache_capacity(64);
     Ok(c)
 }
