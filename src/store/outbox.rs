@@ -35,6 +35,8 @@ pub struct Claimed {
 }
 
 /// No earlier row of the same encounter and recipient is still pending or sending.
+/// `outbox_ordering` indexes only such rows (migration 0013 on SQLite, 0012 on
+/// PostgreSQL): its predicate must stay this status term, word for word.
 const IN_ORDER: &str =
     "NOT EXISTS (SELECT 1 FROM outbox e WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
                      AND e.status IN ('pending', 'sending'))";
@@ -175,5 +177,44 @@ impl Store {
             .await?
             .rows_affected());
         Ok(affected == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IN_ORDER;
+    use crate::store::{Store, StoreOptions};
+    use std::time::Duration;
+
+    /// SQLite uses a partial index only when the query repeats the index's WHERE term; a
+    /// reworded status check would silently fall back to scanning the table.
+    #[tokio::test]
+    async fn the_in_order_check_reads_the_live_rows_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = Store::connect(&StoreOptions {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: 2,
+            busy_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        store.close().await;
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT o.id FROM outbox o WHERE o.status = 'pending' AND {IN_ORDER}"
+        );
+        let mut stmt = c.prepare(&sql).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("SEARCH e USING") && l.contains("INDEX outbox_ordering")),
+            "{plan:?}"
+        );
     }
 }
