@@ -38,6 +38,9 @@ for _ in $(seq 1 100); do grep -q listening serve.out 2>/dev/null && break; slee
 mllp=$(sed -n 's/.*listening: MLLP on \([^,]*\),.*/\1/p' serve.out)
 "$BIN" send --to "$mllp" encounters.hl7 > /dev/null
 kill "$server"; wait "$server" || true; server=""
+# The loads above leave ~500 MB of dirty pages; flushed now, not by the kernel's writeback
+# threads while the drain runs beside them on the same two cores.
+sync
 
 echo "== routing $((ENCOUNTERS * 4)) messages with a $PATIENTS-patient roster"
 "$BIN" route drain
