@@ -9,12 +9,23 @@
 #
 #   scripts/bench-routing.sh
 #   PATIENTS=100000 ENCOUNTERS=2000 scripts/bench-routing.sh     a quicker run
+#
+# Comparing two builds: prepare once, then route a fresh copy of the same database with
+# each build in turn, interleaved (this machine's speed drifts by 10-25% within minutes).
+#   PREPARED=/tmp/rb scripts/bench-routing.sh             steps 1-2 into /tmp/rb, then 3
+#   PREPARED=/tmp/rb BIN=/path/to/adt-router scripts/bench-routing.sh     step 3 only
+# The copy is written 4 KiB at a time, as SQLite writes: a `cp` copy sits in the kernel's
+# cache in large folios and routes ~10% faster than the database in place (README).
+# Prepare with the older build: a build refuses a database with migrations it lacks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATIENTS="${PATIENTS:-1000000}"
 ENCOUNTERS="${ENCOUNTERS:-5000}"
-cargo build --quiet --release
-BIN="$PWD/target/release/adt-router"
+PREPARED="${PREPARED:-}"
+if [ -z "${BIN:-}" ]; then
+  cargo build --quiet --release
+  BIN="$PWD/target/release/adt-router"
+fi
 RULES="$PWD/routing-rules"
 GEN="$PWD/scripts/gen-encounters.py"
 work=$(mktemp -d /tmp/adt-router-routebench.XXXXXX)
@@ -24,23 +35,34 @@ cd "$work"
 export ADT_ROUTER__DATABASE__URL="sqlite://$work/db.sqlite" ADT_ROUTER__ROUTING__RULES_DIR="$RULES"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; work dir $work"
 
-"$BIN" roster synth --patients "$PATIENTS" --out roster.csv > /dev/null
-"$BIN" roster import roster.csv --source bench --replace > /dev/null
-"$BIN" nppes synth --providers 100000 --endpoints 100000 --out-dir nppes > /dev/null 2>&1
-"$BIN" nppes import --npidata nppes/npidata_pfile_synthetic.csv \
-  --endpoints nppes/endpoint_pfile_synthetic.csv --quiet > /dev/null 2>&1
-python3 "$GEN" roster.csv "$ENCOUNTERS" encounters.hl7
+if [ -n "$PREPARED" ] && [ -f "$PREPARED/db.sqlite" ]; then
+  echo "== routing a copy of $PREPARED/db.sqlite with $BIN"
+  dd if="$PREPARED/db.sqlite" of=db.sqlite bs=4096 status=none
+else
+  "$BIN" roster synth --patients "$PATIENTS" --out roster.csv > /dev/null
+  "$BIN" roster import roster.csv --source bench --replace > /dev/null
+  "$BIN" nppes synth --providers 100000 --endpoints 100000 --out-dir nppes > /dev/null 2>&1
+  "$BIN" nppes import --npidata nppes/npidata_pfile_synthetic.csv \
+    --endpoints nppes/endpoint_pfile_synthetic.csv --quiet > /dev/null 2>&1
+  python3 "$GEN" roster.csv "$ENCOUNTERS" encounters.hl7
 
-ADT_ROUTER__ROUTING__ENABLED=false ADT_ROUTER__MLLP__LISTEN=127.0.0.1:0 \
-  ADT_ROUTER__HTTP__LISTEN=127.0.0.1:0 "$BIN" serve > serve.out 2> serve.log &
-server=$!
-for _ in $(seq 1 100); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
-mllp=$(sed -n 's/.*listening: MLLP on \([^,]*\),.*/\1/p' serve.out)
-"$BIN" send --to "$mllp" encounters.hl7 > /dev/null
-kill "$server"; wait "$server" || true; server=""
+  ADT_ROUTER__ROUTING__ENABLED=false ADT_ROUTER__MLLP__LISTEN=127.0.0.1:0 \
+    ADT_ROUTER__HTTP__LISTEN=127.0.0.1:0 "$BIN" serve > serve.out 2> serve.log &
+  server=$!
+  for _ in $(seq 1 100); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
+  mllp=$(sed -n 's/.*listening: MLLP on \([^,]*\),.*/\1/p' serve.out)
+  "$BIN" send --to "$mllp" encounters.hl7 > /dev/null
+  kill "$server"; wait "$server" || true; server=""
+  if [ -n "$PREPARED" ]; then
+    # The server checkpoints on a clean stop; a WAL left behind would not be copied.
+    [ ! -s db.sqlite-wal ] || { echo "error: serve left a WAL behind" >&2; exit 1; }
+    mkdir -p "$PREPARED"
+    cp db.sqlite "$PREPARED/db.sqlite"
+    echo "== prepared $PREPARED/db.sqlite ($PATIENTS patients, $ENCOUNTERS encounters)"
+  fi
+  echo "== routing $((ENCOUNTERS * 4)) messages with a $PATIENTS-patient roster"
+fi
 # The loads above leave ~500 MB of dirty pages; flushed now, not by the kernel's writeback
 # threads while the drain runs beside them on the same two cores.
 sync
-
-echo "== routing $((ENCOUNTERS * 4)) messages with a $PATIENTS-patient roster"
 "$BIN" route drain
