@@ -236,7 +236,7 @@ pub async fn attribute_many(
     let active = directory::active_snapshots(store).await?;
     // Every source that has ever loaded a roster (a superset of those with rows).
     let sources: Vec<String> = store
-        .select::<(String,)>(
+        .select_reference::<(String,)>(
             "source",
             "(SELECT DISTINCT source FROM roster_import) s",
             Vec::new(),
@@ -266,7 +266,7 @@ pub async fn attribute_many(
             true => Vec::new(),
             false => {
                 let from = format!("roster_entry WHERE {}", conds.join(" OR "));
-                store.select(ROW_COLUMNS, &from, args).await?
+                store.select_reference(ROW_COLUMNS, &from, args).await?
             }
         };
         let mut by_patient: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
@@ -334,7 +334,13 @@ pub async fn attribute_many(
             }
             dob_rows.extend(
                 store
-                    .select_where::<RosterRow>(ROW_COLUMNS, &from, args, pick, keep.clone())
+                    .select_reference_where::<RosterRow>(
+                        ROW_COLUMNS,
+                        &from,
+                        args,
+                        pick,
+                        keep.clone(),
+                    )
                     .await?,
             );
         }
@@ -352,7 +358,13 @@ pub async fn attribute_many(
             let from = format!("roster_entry WHERE {}", conds.join(" OR "));
             dob_rows.extend(
                 store
-                    .select_where::<RosterRow>(ROW_COLUMNS, &from, args, pick, keep.clone())
+                    .select_reference_where::<RosterRow>(
+                        ROW_COLUMNS,
+                        &from,
+                        args,
+                        pick,
+                        keep.clone(),
+                    )
                     .await?,
             );
         }

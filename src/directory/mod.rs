@@ -195,7 +195,7 @@ pub type ActiveSnapshots = Vec<(String, i64)>;
 
 pub async fn active_snapshots(store: &Store) -> Result<ActiveSnapshots, StoreError> {
     store
-        .select("kind, snapshot", "directory_active", Vec::new())
+        .select_reference("kind, snapshot", "directory_active", Vec::new())
         .await
 }
 
@@ -232,7 +232,7 @@ async fn snapshot_rows<T: serde::de::DeserializeOwned + Send + 'static>(
     let from = format!(
         "{table} {alias} JOIN directory_import i ON i.id = {alias}.source_import WHERE {alias}.npi IN ({list})"
     );
-    store.select(columns, &from, args.to_vec()).await
+    store.select_reference(columns, &from, args.to_vec()).await
 }
 
 /// [`lookup`] for several NPIs, in the same order, in one query (attribution resolves
@@ -268,7 +268,7 @@ pub async fn lookup_many(
     )
     .await?;
     let mut overrides: Vec<OverrideRow> = store
-        .select(
+        .select_reference(
             OVERRIDE_COLUMNS,
             &format!("directory_override WHERE npi IN ({list})"),
             args,

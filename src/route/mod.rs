@@ -946,8 +946,10 @@ impl Router {
         let started = std::time::Instant::now();
         let page = self.store.unrouted(self.page_size, skip).await?;
         if page.is_empty() {
-            // Idle: everything is in the database; carry nothing into the next burst.
+            // Idle: everything is in the database; carry nothing into the next burst,
+            // and hold no read snapshot open while nothing is routed.
             pipe.sim = Sim::default();
+            self.store.release_reference();
             pipe.finish().await?;
             return Ok(0);
         }

@@ -19,6 +19,7 @@ pub mod routing;
 pub mod sqlite_reads;
 pub mod sqlite_writer;
 
+use sqlite_reads::Reads;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, PgPool, Row, SqlitePool};
@@ -444,11 +445,40 @@ impl Store {
         from: &str,
         args: Vec<String>,
     ) -> Result<Vec<T>, StoreError> {
+        self.select_in(Reads::Fresh, columns, from, args).await
+    }
+
+    /// [`Store::select`] of reference data (rosters, the directory): on SQLite through a
+    /// read transaction kept across calls until an import or override commits
+    /// ([`sqlite_reads::reference`]).
+    pub async fn select_reference<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        columns: &str,
+        from: &str,
+        args: Vec<String>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.select_in(Reads::Reference, columns, from, args).await
+    }
+
+    /// Lets go of the reference snapshot (the router is idle), so the WAL can be reset.
+    pub fn release_reference(&self) {
+        if let Some(path) = self.sqlite_path() {
+            sqlite_reads::reference::release(&path);
+        }
+    }
+
+    async fn select_in<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        reads: Reads,
+        columns: &str,
+        from: &str,
+        args: Vec<String>,
+    ) -> Result<Vec<T>, StoreError> {
         match self {
             Store::Sqlite(_) => {
                 let path = self.sqlite_path().expect("sqlite store has a path");
                 let sql = format!("SELECT {columns} FROM {from}").replace('$', "?");
-                on_reader(move || sqlite_reads::rows(&path, &sql, &args)).await
+                on_reader(move || sqlite_reads::rows(reads, &path, &sql, &args)).await
             }
             Store::Postgres(_) => {
                 let query = format!(
@@ -464,7 +494,8 @@ impl Store {
     /// [`Store::select`] keeping only the rows `keep` accepts, judged on the text of the
     /// columns at `pick` (positions in `columns`) before the row is built: on SQLite
     /// borrowed from the row, so rows left out cost no allocation.
-    pub async fn select_where<T: serde::de::DeserializeOwned + Send + 'static>(
+    /// Reference data, as [`Store::select_reference`] reads it.
+    pub async fn select_reference_where<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         columns: &str,
         from: &str,
@@ -472,14 +503,17 @@ impl Store {
         pick: &'static [usize],
         keep: Keep,
     ) -> Result<Vec<T>, StoreError> {
+        let reads = Reads::Reference;
         match self {
             Store::Sqlite(_) => {
                 let path = self.sqlite_path().expect("sqlite store has a path");
                 let sql = format!("SELECT {columns} FROM {from}").replace('$', "?");
-                on_reader(move || sqlite_reads::rows_where(&path, &sql, &args, pick, &*keep)).await
+                on_reader(move || sqlite_reads::rows_where(reads, &path, &sql, &args, pick, &*keep))
+                    .await
             }
             Store::Postgres(_) => {
-                let all: Vec<Vec<serde_json::Value>> = self.select(columns, from, args).await?;
+                let all: Vec<Vec<serde_json::Value>> =
+                    self.select_in(reads, columns, from, args).await?;
                 let decode =
                     |e: serde_json::Error| StoreError::Db(sqlx::Error::Decode(Box::new(e)));
                 let mut out = Vec::new();
@@ -520,7 +554,7 @@ impl Store {
 /// sending facility, sending application and window start.
 pub(crate) const PARAMS_PER_ROW: usize = 26;
 
-/// A row filter for [`Store::select_where`]: the picked columns' text in, keep or not.
+/// A row filter for [`Store::select_reference_where`]: the picked columns' text in, keep or not.
 pub type Keep = std::sync::Arc<dyn Fn(&[&str]) -> bool + Send + Sync>;
 
 /// `INSERT ... VALUES (...), (...) RETURNING id, duplicate` for `n` rows. A row is a

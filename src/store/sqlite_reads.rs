@@ -108,11 +108,12 @@ pub fn messages(
 /// by position, straight from SQLite's values: text and blobs as strings, integers,
 /// reals, NULL as `None`. Blocking: call from a blocking thread.
 pub fn rows<T: serde::de::DeserializeOwned>(
+    reads: Reads,
     path: &Path,
     sql: &str,
     args: &[String],
 ) -> Result<Vec<T>, StoreError> {
-    rows_where(path, sql, args, &[], &|_| true)
+    rows_where(reads, path, sql, args, &[], &|_| true)
 }
 
 /// Columns [`rows_where`] can hand to its filter.
@@ -121,6 +122,7 @@ pub const MAX_PICKED: usize = 8;
 /// [`rows`], building only the rows `keep` accepts, judged on the text of the columns at
 /// `pick` (at most [`MAX_PICKED`]; other values as empty text) borrowed from SQLite.
 pub fn rows_where<T: serde::de::DeserializeOwned>(
+    reads: Reads,
     path: &Path,
     sql: &str,
     args: &[String],
@@ -131,7 +133,21 @@ pub fn rows_where<T: serde::de::DeserializeOwned>(
         pick.len() <= MAX_PICKED,
         "rows_where picks at most {MAX_PICKED} columns"
     );
-    with_conn(path, |conn| {
+    let query = |conn: &Connection| query_rows(conn, sql, args, pick, keep);
+    match reads {
+        Reads::Fresh => with_conn(path, query),
+        Reads::Reference => reference::with_snapshot(path, query),
+    }
+}
+
+fn query_rows<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    args: &[String],
+    pick: &[usize],
+    keep: &(dyn Fn(&[&str]) -> bool + Send + Sync),
+) -> Result<Vec<T>, rusqlite::Error> {
+    {
         let mut stmt = conn.prepare_cached(sql)?;
         let columns = stmt.column_count();
         let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
@@ -152,7 +168,113 @@ pub fn rows_where<T: serde::de::DeserializeOwned>(
             out.push(row);
         }
         Ok(out)
-    })
+    }
+}
+
+/// Which state a read sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// What is committed now.
+    Fresh,
+    /// Reference data (rosters, the directory) as of the last import or override: see
+    /// [`reference`].
+    Reference,
+}
+
+/// Reference reads through one read transaction kept open across calls.
+///
+/// SQLite drops a connection's page cache and its whole map of the file whenever another
+/// connection has committed: routing commits a page while it plans the next, so every
+/// page's roster and directory lookups faulted their pages in again and unmapped them
+/// after (15% of a drain's CPU with a 1,000,000-patient roster). Rosters and the
+/// directory change only when an import or an override commits, and each of those
+/// writes one of four small tables in the same transaction as its rows. So a snapshot
+/// stays in use while those tables read the same as they do now ([`VERSION`], checked
+/// on a fresh connection at every call), and for at most [`MAX_AGE`]: an open read
+/// transaction keeps the WAL from being reset, so it is let go often, and whenever the
+/// router goes idle ([`release`]).
+pub mod reference {
+    use super::{open, with_conn, Connection, StoreError};
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    /// What the reference tables look like: it changes whenever a roster import, a
+    /// directory import (switch, merge or failure) or an override commits.
+    pub const VERSION: &str = "SELECT \
+        (SELECT count(*) || ':' || coalesce(max(id), 0) FROM roster_import) || '|' || \
+        (SELECT count(*) || ':' || coalesce(max(id), 0) || ':' || coalesce(max(finished_at_us), 0) FROM directory_import) || '|' || \
+        (SELECT coalesce(group_concat(kind || '=' || snapshot), '') FROM directory_active) || '|' || \
+        (SELECT count(*) || ':' || coalesce(max(id), 0) || ':' || coalesce(max(updated_at_us), 0) FROM directory_override)";
+
+    /// The longest a snapshot is kept, changed or not.
+    pub const MAX_AGE: Duration = Duration::from_secs(1);
+
+    struct Snapshot {
+        conn: Connection,
+        version: String,
+        since: Instant,
+    }
+
+    fn snapshots() -> &'static Mutex<HashMap<PathBuf, Snapshot>> {
+        static SNAPSHOTS: OnceLock<Mutex<HashMap<PathBuf, Snapshot>>> = OnceLock::new();
+        SNAPSHOTS.get_or_init(|| Mutex::new(HashMap::new()))
+    }
+
+    fn version(conn: &Connection) -> Result<String, rusqlite::Error> {
+        conn.query_row(VERSION, [], |r| r.get(0))
+    }
+
+    /// Runs `f` in the reference snapshot of `path`, begun again when the reference
+    /// tables have changed or it is older than [`MAX_AGE`]. When another call holds it,
+    /// or an import lands between the check and a new snapshot, `f` reads fresh.
+    pub fn with_snapshot<T>(
+        path: &Path,
+        f: impl Fn(&Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        let now = with_conn(path, version)?;
+        let Ok(mut all) = snapshots().try_lock() else {
+            return with_conn(path, f);
+        };
+        let current = all
+            .get(path)
+            .is_some_and(|s| s.version == now && s.since.elapsed() < MAX_AGE);
+        if !current {
+            // Dropping a connection ends its read transaction.
+            all.remove(path);
+            let conn = open(path)?;
+            conn.execute_batch("BEGIN")?;
+            // The first read fixes the snapshot; the version is read inside it.
+            let version = version(&conn)?;
+            all.insert(
+                path.to_path_buf(),
+                Snapshot {
+                    conn,
+                    version,
+                    since: Instant::now(),
+                },
+            );
+        }
+        if let Some(s) = all.get(path).filter(|s| s.version == now) {
+            let read = f(&s.conn);
+            if read.is_err() {
+                all.remove(path);
+            }
+            return Ok(read?);
+        }
+        // An import committed between the check and the snapshot: read fresh now, and
+        // the next call finds the snapshot current.
+        drop(all);
+        with_conn(path, f)
+    }
+
+    /// Ends the snapshot of `path`, if any, so the WAL can be reset.
+    pub fn release(path: &Path) {
+        if let Ok(mut all) = snapshots().lock() {
+            all.remove(path);
+        }
+    }
 }
 
 /// A serde view of one row as a sequence of its columns: the rows of a page's roster
@@ -233,5 +355,79 @@ mod row {
             byte_buf unit unit_struct newtype_struct seq tuple tuple_struct map
             struct enum identifier ignored_any
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Store, StoreOptions};
+    use std::time::{Duration, Instant};
+
+    async fn sources(store: &Store) -> Vec<String> {
+        let rows: Vec<(String,)> = store
+            .select_reference("source", "roster_entry ORDER BY source", Vec::new())
+            .await
+            .unwrap();
+        rows.into_iter().map(|(s,)| s).collect()
+    }
+
+    /// The reference snapshot is kept while the reference tables are unchanged, begun
+    /// again as soon as an import commits, let go on release, and never kept longer
+    /// than `MAX_AGE`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reference_reads_follow_imports_and_age_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = Store::connect(&StoreOptions {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: 2,
+            busy_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        let entry = |source: &str| {
+            writer
+                .execute(
+                    "INSERT INTO roster_entry (source, provider_npi, relationship, import_id, line, loaded_at_us) \
+                     VALUES (?1, '1234567893', 'pcp', 1, 1, 0)",
+                    [source],
+                )
+                .unwrap();
+        };
+        assert!(sources(&store).await.is_empty());
+
+        // Rows written without an import (no version change) stay out of the snapshot...
+        entry("a");
+        assert!(sources(&store).await.is_empty(), "the snapshot is held");
+        // ...until an import commits: then the next read sees everything.
+        writer
+            .execute(
+                "INSERT INTO roster_import (source, file_name, mode, loaded_at_us, rows_loaded) \
+                 VALUES ('b', 'b.csv', 'upsert', 0, 1)",
+                [],
+            )
+            .unwrap();
+        entry("b");
+        assert_eq!(sources(&store).await, ["a", "b"]);
+
+        // Release: the next read is fresh.
+        entry("c");
+        assert_eq!(sources(&store).await, ["a", "b"], "held again");
+        store.release_reference();
+        assert_eq!(sources(&store).await, ["a", "b", "c"]);
+
+        // Age: a snapshot is begun again after MAX_AGE even when nothing changed.
+        entry("d");
+        let started = Instant::now();
+        while sources(&store).await.len() < 4 {
+            assert!(
+                started.elapsed() < super::reference::MAX_AGE * 3,
+                "the snapshot outlived MAX_AGE"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        store.close().await;
     }
 }
