@@ -323,7 +323,8 @@ pub async fn attribute_many(
             Detail::ProvidersOnly => (DEMOGRAPHICS, could_match(chunk, policy.matching)),
             Detail::Full => (&[], std::sync::Arc::new(|_| true)),
         };
-        let mut dob_rows: Vec<RosterRow> = Vec::new();
+        // (the birth-date queries: clause and arguments)
+        let mut queries: Vec<(String, Vec<String>)> = Vec::new();
         for (sex, mut args) in anywhere {
             let list = placeholders(1, args.len());
             let mut from = format!("roster_entry WHERE birth_date IN ({list})");
@@ -332,17 +333,7 @@ pub async fn attribute_many(
                 args.push(sex.to_string());
                 from.push_str(&format!(" AND sex IN ('', ${})", args.len()));
             }
-            dob_rows.extend(
-                store
-                    .select_reference_where::<RosterRow>(
-                        ROW_COLUMNS,
-                        &from,
-                        args,
-                        pick,
-                        keep.clone(),
-                    )
-                    .await?,
-            );
+            queries.push((from, args));
         }
         if !excluding.is_empty() {
             let (mut conds, mut args) = (Vec::new(), Vec::new());
@@ -355,7 +346,10 @@ pub async fn attribute_many(
                 ));
                 args.extend(a);
             }
-            let from = format!("roster_entry WHERE {}", conds.join(" OR "));
+            queries.push((format!("roster_entry WHERE {}", conds.join(" OR ")), args));
+        }
+        let mut dob_rows: Vec<RosterRow> = Vec::new();
+        for (from, args) in queries {
             dob_rows.extend(
                 store
                     .select_reference_where::<RosterRow>(

@@ -712,6 +712,19 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A migrated SQLite store at `path`, for the store's own tests.
+#[cfg(test)]
+pub(crate) async fn sqlite_for_tests(path: &std::path::Path) -> Store {
+    Store::connect(&StoreOptions {
+        url: format!("sqlite://{}", path.display()),
+        max_connections: 2,
+        busy_timeout: Duration::from_secs(5),
+        acquire_timeout: Duration::from_secs(5),
+    })
+    .await
+    .expect("a SQLite store in a temporary directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,8 +183,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::IN_ORDER;
-    use crate::store::{Store, StoreOptions};
-    use std::time::Duration;
 
     /// SQLite uses a partial index only when the query repeats the index's WHERE term; a
     /// reworded status check would silently fall back to scanning the table.
@@ -192,14 +190,7 @@ mod tests {
     async fn the_in_order_check_reads_the_live_rows_index() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let store = Store::connect(&StoreOptions {
-            url: format!("sqlite://{}", path.display()),
-            max_connections: 2,
-            busy_timeout: Duration::from_secs(5),
-            acquire_timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
+        let store = crate::store::sqlite_for_tests(&path).await;
         store.close().await;
         let c = rusqlite::Connection::open(&path).unwrap();
         let sql = format!(

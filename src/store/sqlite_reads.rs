@@ -360,7 +360,7 @@ mod row {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{Store, StoreOptions};
+    use crate::store::Store;
     use std::time::{Duration, Instant};
 
     async fn sources(store: &Store) -> Vec<String> {
@@ -378,14 +378,7 @@ mod tests {
     async fn reference_reads_follow_imports_and_age_out() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let store = Store::connect(&StoreOptions {
-            url: format!("sqlite://{}", path.display()),
-            max_connections: 2,
-            busy_timeout: Duration::from_secs(5),
-            acquire_timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
+        let store = crate::store::sqlite_for_tests(&path).await;
         let writer = rusqlite::Connection::open(&path).unwrap();
         let entry = |source: &str| {
             writer
