@@ -491,10 +491,9 @@ impl Store {
         }
     }
 
-    /// [`Store::select`] keeping only the rows `keep` accepts, judged on the text of the
-    /// columns at `pick` (positions in `columns`) before the row is built: on SQLite
-    /// borrowed from the row, so rows left out cost no allocation.
-    /// Reference data, as [`Store::select_reference`] reads it.
+    /// [`Store::select_reference`] keeping only the rows `keep` accepts, judged on the
+    /// text of the columns at `pick` (positions in `columns`) before the row is built: on
+    /// SQLite borrowed from the row, so rows left out cost no allocation.
     pub async fn select_reference_where<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         columns: &str,

@@ -147,28 +147,26 @@ fn query_rows<T: serde::de::DeserializeOwned>(
     pick: &[usize],
     keep: &(dyn Fn(&[&str]) -> bool + Send + Sync),
 ) -> Result<Vec<T>, rusqlite::Error> {
-    {
-        let mut stmt = conn.prepare_cached(sql)?;
-        let columns = stmt.column_count();
-        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            if !pick.is_empty() {
-                let mut text = [""; MAX_PICKED];
-                for (slot, &i) in text.iter_mut().zip(pick) {
-                    *slot = r.get_ref(i)?.as_str().unwrap_or("");
-                }
-                if !keep(&text[..pick.len()]) {
-                    continue;
-                }
+    let mut stmt = conn.prepare_cached(sql)?;
+    let columns = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        if !pick.is_empty() {
+            let mut text = [""; MAX_PICKED];
+            for (slot, &i) in text.iter_mut().zip(pick) {
+                *slot = r.get_ref(i)?.as_str().unwrap_or("");
             }
-            let row = T::deserialize(row::Row { row: r, columns }).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, e.into())
-            })?;
-            out.push(row);
+            if !keep(&text[..pick.len()]) {
+                continue;
+            }
         }
-        Ok(out)
+        let row = T::deserialize(row::Row { row: r, columns }).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, e.into())
+        })?;
+        out.push(row);
     }
+    Ok(out)
 }
 
 /// Which state a read sees.
