@@ -827,28 +827,18 @@ impl Router {
         Ok((plans, all))
     }
 
-    /// Each message of a page parsed (duplicates are not routed), on as many threads
-    /// as there are cores: parsing is the part of routing that needs nothing else.
+    /// Each message of a page parsed (duplicates are not routed), on this thread. The
+    /// commit of the page before runs on another core meanwhile; parsing on threads of
+    /// its own per page cost more than it saved (thread start-up, each thread's fresh
+    /// allocator heap, and every parsed string freed across threads): 6 interleaved
+    /// pairs, median 18,000 msgs/s against 14,350 and 1.73 s of CPU against 2.04 s.
     fn parse_page(&self, msgs: &[StoredMessage]) -> Vec<Result<AdtEvent, String>> {
-        let one = |m: &StoredMessage| match m.duplicate {
-            true => Err("duplicate control id: routed when first received".to_string()),
-            false => routable(m.raw.as_deref().unwrap_or_default(), self.fallback),
-        };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if threads < 2 || msgs.len() < 64 {
-            return msgs.iter().map(one).collect();
-        }
-        let per = msgs.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let parts: Vec<_> = msgs
-                .chunks(per)
-                .map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
+        msgs.iter()
+            .map(|m| match m.duplicate {
+                true => Err("duplicate control id: routed when first received".to_string()),
+                false => routable(m.raw.as_deref().unwrap_or_default(), self.fallback),
+            })
+            .collect()
     }
 
     /// Closes ED visits that have gone quiet ([`EncounterConfig::ed_timeout_us`]).
