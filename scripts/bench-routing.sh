@@ -65,4 +65,12 @@ fi
 # The loads above leave ~500 MB of dirty pages; flushed now, not by the kernel's writeback
 # threads while the drain runs beside them on the same two cores.
 sync
+# This machine's speed swings by a third within a minute (a fixed loop took 0.74-1.26 s
+# in ten runs 3 s apart), so each run prints how long the same loop took just before
+# the drain: rates are comparable only at similar figures.
+python3 -c 'import time
+t = time.perf_counter()
+s = 0
+for i in range(10**7): s += i
+print(f"calibration: a fixed Python loop took {time.perf_counter() - t:.2f} s")'
 "$BIN" route drain
