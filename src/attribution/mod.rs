@@ -326,7 +326,7 @@ pub async fn attribute_many(
         // (the birth-date queries: clause and arguments)
         let mut queries: Vec<(String, Vec<String>)> = Vec::new();
         for (sex, mut args) in anywhere {
-            let list = placeholders(1, args.len());
+            let list = crate::store::in_list(1, &mut args);
             let mut from = format!("roster_entry WHERE birth_date IN ({list})");
             if !sex.is_empty() {
                 // The roster keeps sex normalised: M, F, or empty for unknown.

@@ -247,8 +247,8 @@ pub async fn lookup_many(
         return Ok(Vec::new());
     }
     let keys: Vec<&str> = npis.iter().map(|n| n.as_str()).collect();
-    let list = crate::store::placeholders(1, keys.len());
-    let args: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let mut args: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let list = crate::store::in_list(1, &mut args);
     let mut providers: Vec<ProviderRow> = snapshot_rows(
         store,
         active,

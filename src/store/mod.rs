@@ -685,6 +685,38 @@ pub fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+#[cfg(test)]
+mod in_list_tests {
+    use super::in_list;
+
+    #[test]
+    fn in_lists_are_padded_with_their_last_value_to_a_multiple_of_64() {
+        let mut args = vec!["x".to_string(), "a".to_string(), "b".to_string()];
+        let list = in_list(2, &mut args);
+        assert_eq!(args.len(), 65);
+        assert_eq!(&args[..3], ["x", "a", "b"]);
+        assert!(args[3..].iter().all(|a| a == "b"));
+        assert!(list.starts_with("$2, $3, $4") && list.ends_with("$65"));
+        assert_eq!(list.split(", ").count(), 64);
+
+        let mut full: Vec<String> = (0..64).map(|i| i.to_string()).collect();
+        in_list(1, &mut full);
+        assert_eq!(full.len(), 64, "a full list is left alone");
+    }
+}
+
+/// The placeholders of an `IN` list whose values are the last of `args`, from `$first`,
+/// with `args` padded to a multiple of 64 by repeating its last value (an `IN` list is a
+/// set): pages asking for different numbers of keys then share a few cached statements
+/// instead of preparing one each.
+pub fn in_list(first: usize, args: &mut Vec<String>) -> String {
+    if let Some(last) = args.last().cloned() {
+        let values = args.len() + 1 - first;
+        args.resize(args.len() + values.next_multiple_of(64) - values, last);
+    }
+    placeholders(first, args.len() + 1 - first)
+}
+
 /// A PHI-free key: the first 16 bytes of the SHA-256 of `s`, as hex. Idempotency keys,
 /// ordering keys and fallback keys are made this way.
 pub fn key_hash(s: &str) -> String {
