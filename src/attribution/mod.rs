@@ -12,7 +12,7 @@ use crate::hl7::patient::PatientFacts;
 use crate::store::{placeholders, Store, StoreError};
 use matching::{Demographics, MatchPolicy};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// `[attribution]` settings.
 #[derive(Clone, Debug)]
@@ -249,24 +249,27 @@ pub async fn attribute_many(
         let ids: Vec<Vec<(&str, String, String)>> = chunk.iter().map(|f| roster_ids(f)).collect();
         // First by identifier (either half of the assigning authority; an empty half
         // is never looked up: the roster refuses an identifier without authority)...
-        let (mut conds, mut args) = (Vec::new(), Vec::new());
+        // One `IN` list of the identifiers, their authorities checked here: an `OR` of
+        // (identifier, authority) terms took SQLite longer to prepare than to run, and
+        // its text changed with every page, so it was prepared every time.
+        let mut wanted: HashSet<(&str, &str)> = HashSet::new();
         for (id, ns, uni) in ids.iter().flatten() {
-            let mut authorities: Vec<&String> = vec![ns, uni];
-            authorities.retain(|a| !a.is_empty());
-            authorities.dedup();
-            conds.push(format!(
-                "(patient_id = ${} AND assigning_authority IN ({}))",
-                args.len() + 1,
-                placeholders(args.len() + 2, authorities.len())
-            ));
-            args.push(id.to_string());
-            args.extend(authorities.into_iter().cloned());
+            for a in [ns, uni].into_iter().filter(|a| !a.is_empty()) {
+                wanted.insert((id, a));
+            }
         }
-        let id_rows: Vec<RosterRow> = match conds.is_empty() {
+        let mut args: Vec<String> = wanted.iter().map(|(id, _)| id.to_string()).collect();
+        args.sort_unstable();
+        args.dedup();
+        let id_rows: Vec<RosterRow> = match args.is_empty() {
             true => Vec::new(),
             false => {
-                let from = format!("roster_entry WHERE {}", conds.join(" OR "));
-                store.select_reference(ROW_COLUMNS, &from, args).await?
+                let list = crate::store::in_list(1, &mut args);
+                let from = format!("roster_entry WHERE patient_id IN ({list})");
+                let rows: Vec<RosterRow> = store.select_reference(ROW_COLUMNS, &from, args).await?;
+                rows.into_iter()
+                    .filter(|r| wanted.contains(&(r.patient_id.as_str(), r.authority.as_str())))
+                    .collect()
             }
         };
         let mut by_patient: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
