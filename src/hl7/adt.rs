@@ -205,7 +205,9 @@ impl AdtEvent {
         // Only the header of the ingest parse: the segments are read below.
         let norm = normalize(text).ok_or_else(super::parse::not_hl7)?;
         let segments: Vec<&str> = norm.text.split('\r').collect();
-        let (seps, _, header) = super::parse::head(&segments, &ParseRules::default())?;
+        static RULES: std::sync::LazyLock<ParseRules> =
+            std::sync::LazyLock::new(ParseRules::default);
+        let (seps, _, header) = super::parse::head(&segments, &RULES)?;
         let r = Reader { seps };
         let h = &header;
         let mut ev = AdtEvent {

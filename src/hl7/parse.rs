@@ -13,7 +13,7 @@
 use super::ack::{ErrDetail, ErrLocation};
 use super::escape::unescape;
 use super::types::{AckMode, ControlId, MessageType, PatientId};
-use hl7_parser::message::{Field, Segment, Separators};
+use hl7_parser::message::{Field, Separators};
 use std::borrow::Cow;
 
 /// What the operator configures about acceptable messages.
@@ -177,7 +177,7 @@ pub fn parse_message(text: &str, rules: &ParseRules) -> Result<ParsedMessage, Re
         }
         if let Some(f) = spec.field {
             let valued = match segment {
-                None => msh.field(f).is_some_and(|v| !v.is_empty()),
+                None => msh.valued(f),
                 Some(seg) => seg.and_then(|s| s.field(f)).is_some_and(|v| !v.is_empty()),
             };
             if !valued {
@@ -214,8 +214,8 @@ pub(crate) fn not_hl7() -> Rejection {
 pub(crate) fn head<'a>(
     segments: &[&'a str],
     rules: &ParseRules,
-) -> Result<(Separators, Segment<'a>, Header), Rejection> {
-    let (seps, msh) = hl7_parser::parser::parse_msh(segments[0]).map_err(|_| {
+) -> Result<(Separators, RawMsh<'a>, Header), Rejection> {
+    let msh = RawMsh::new(segments[0]).ok_or_else(|| {
         Rejection::new(
             "bad_msh",
             102,
@@ -223,9 +223,53 @@ pub(crate) fn head<'a>(
             "MSH segment could not be parsed".into(),
         )
     })?;
+    let seps = msh.seps;
     let evn = find_segment(segments, "EVN", seps);
     let header = read_header(&msh, evn.as_ref(), &seps, rules)?;
     Ok((seps, msh, header))
+}
+
+/// The MSH segment, read as hl7-parser's `parse_msh` reads it (`MSH`, five ASCII
+/// separator characters, then the fields from MSH-3), but with each field parsed only
+/// when asked for: parsing them all cost as much as the rest of the router's parse.
+pub(crate) struct RawMsh<'a> {
+    seps: Separators,
+    /// MSH-3 onwards, unparsed.
+    fields: Vec<&'a str>,
+}
+
+impl<'a> RawMsh<'a> {
+    fn new(line: &'a str) -> Option<RawMsh<'a>> {
+        let rest = line.strip_prefix("MSH")?;
+        let enc = rest.get(..5).filter(|e| e.is_ascii())?;
+        let mut c = enc.chars();
+        let seps = Separators {
+            field: c.next()?,
+            component: c.next()?,
+            repetition: c.next()?,
+            escape: c.next()?,
+            subcomponent: c.next()?,
+            lenient_newlines: false,
+        };
+        let rest = &rest[5..];
+        let rest = rest.strip_prefix(seps.field).unwrap_or(rest);
+        let fields = match rest.is_empty() {
+            true => Vec::new(),
+            false => rest.split(seps.field).collect(),
+        };
+        Some(RawMsh { seps, fields })
+    }
+
+    /// Field `n` (1-based; MSH-1 and MSH-2 are the separators and are not asked for).
+    fn field(&self, n: usize) -> Option<Field<'a>> {
+        let raw = self.fields.get(n.checked_sub(3)?)?;
+        hl7_parser::parser::parse_field_with_separators(raw, self.seps).ok()
+    }
+
+    /// Whether field `n` has a value (MSH-1 and MSH-2 always do).
+    fn valued(&self, n: usize) -> bool {
+        n <= 2 || self.field(n).is_some_and(|v| !v.is_empty())
+    }
 }
 
 /// The first segment named `name` (after the MSH), unparsed.
@@ -335,13 +379,14 @@ fn component(field: Option<&Field<'_>>, n: usize, seps: &Separators) -> String {
 }
 
 fn read_header(
-    msh: &Segment<'_>,
+    msh: &RawMsh<'_>,
     evn: Option<&RawSegment<'_>>,
     seps: &Separators,
     rules: &ParseRules,
 ) -> Result<Header, Rejection> {
     let f = |n: usize| msh.field(n);
     let msh9 = f(9);
+    let msh9 = msh9.as_ref();
     let code = component(msh9, 1, seps).trim().to_string();
     if code.is_empty() {
         return Err(Rejection::new(
@@ -351,7 +396,7 @@ fn read_header(
             "Required field MSH-9 (message type) is empty".into(),
         ));
     }
-    let control_id = ControlId::new(&decoded(f(10), seps)).ok_or_else(|| {
+    let control_id = ControlId::new(&decoded(f(10).as_ref(), seps)).ok_or_else(|| {
         Rejection::new(
             "missing_control_id",
             101,
@@ -385,7 +430,7 @@ fn read_header(
             "Required component MSH-9.2 (trigger event) is empty and there is no EVN-1".into(),
         ));
     }
-    let version = component(f(12), 1, seps).trim().to_string();
+    let version = component(f(12).as_ref(), 1, seps).trim().to_string();
     if !version.starts_with("2.") {
         return Err(Rejection::new(
             "unsupported_version",
@@ -394,7 +439,7 @@ fn read_header(
             format!("HL7 version '{version}' (MSH-12) is not supported; versions 2.1 to 2.9 are"),
         ));
     }
-    let processing_id = component(f(11), 1, seps).trim().to_string();
+    let processing_id = component(f(11).as_ref(), 1, seps).trim().to_string();
     if !processing_id.is_empty()
         && !rules.processing_ids.is_empty()
         && !rules.processing_ids.iter().any(|p| p == &processing_id)
@@ -410,11 +455,11 @@ fn read_header(
         ));
     }
     Ok(Header {
-        sending_application: decoded(f(3), seps),
-        sending_facility: decoded(f(4), seps),
-        receiving_application: decoded(f(5), seps),
-        receiving_facility: decoded(f(6), seps),
-        message_time: decoded(f(7), seps),
+        sending_application: decoded(f(3).as_ref(), seps),
+        sending_facility: decoded(f(4).as_ref(), seps),
+        receiving_application: decoded(f(5).as_ref(), seps),
+        receiving_facility: decoded(f(6).as_ref(), seps),
+        message_time: decoded(f(7).as_ref(), seps),
         message_type: MessageType {
             code,
             trigger,
@@ -423,8 +468,12 @@ fn read_header(
         control_id,
         processing_id,
         version,
-        ack_mode: AckMode::from_msh(&decoded(f(15), seps), &decoded(f(16), seps)),
+        ack_mode: AckMode::from_msh(
+            &decoded(f(15).as_ref(), seps),
+            &decoded(f(16).as_ref(), seps),
+        ),
         charset_field: f(18)
+            .as_ref()
             .and_then(|x| x.repeat(1))
             .map(|r| r.raw_value().trim().to_string())
             .unwrap_or_default(),
