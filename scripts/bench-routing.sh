@@ -17,6 +17,8 @@
 # The copy is written 4 KiB at a time, as SQLite writes: a `cp` copy sits in the kernel's
 # cache in large folios and routes ~10% faster than the database in place (README).
 # Prepare with the older build: a build refuses a database with migrations it lacks.
+#   CALLGRIND=1 PREPARED=/tmp/rb BIN=... scripts/bench-routing.sh    instructions instead
+#   of a rate (valgrind): a measure this machine's changing speed does not move.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATIENTS="${PATIENTS:-1000000}"
@@ -73,4 +75,12 @@ t = time.perf_counter()
 s = 0
 for i in range(10**7): s += i
 print(f"calibration: a fixed Python loop took {time.perf_counter() - t:.2f} s")'
-"$BIN" route drain
+if [ -n "${CALLGRIND:-}" ]; then
+  # Instructions, not time: the same for every run of a build, whatever the machine's
+  # speed (valgrind runs the drain ~40x slower and one thread at a time).
+  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "$BIN" route drain \
+    2> "$work/callgrind.log"
+  sed -n 's/.*Collected : */instructions: /p' "$work/callgrind.log"
+else
+  "$BIN" route drain
+fi
