@@ -223,7 +223,7 @@ pub(crate) fn head<'a>(
             "MSH segment could not be parsed".into(),
         )
     })?;
-    let seps = msh.seps;
+    let seps = msh.rest.seps;
     let evn = find_segment(segments, "EVN", seps);
     let header = read_header(&msh, evn.as_ref(), &seps, rules)?;
     Ok((seps, msh, header))
@@ -233,9 +233,8 @@ pub(crate) fn head<'a>(
 /// separator characters, then the fields from MSH-3), but with each field parsed only
 /// when asked for: parsing them all cost as much as the rest of the router's parse.
 pub(crate) struct RawMsh<'a> {
-    seps: Separators,
-    /// MSH-3 onwards, unparsed.
-    fields: Vec<&'a str>,
+    /// MSH-3 onwards, as a segment whose field 0 is MSH-3.
+    rest: RawSegment<'a>,
 }
 
 impl<'a> RawMsh<'a> {
@@ -252,18 +251,15 @@ impl<'a> RawMsh<'a> {
             lenient_newlines: false,
         };
         let rest = &rest[5..];
-        let rest = rest.strip_prefix(seps.field).unwrap_or(rest);
-        let fields = match rest.is_empty() {
-            true => Vec::new(),
-            false => rest.split(seps.field).collect(),
-        };
-        Some(RawMsh { seps, fields })
+        let text = rest.strip_prefix(seps.field).unwrap_or(rest);
+        Some(RawMsh {
+            rest: RawSegment { text, seps },
+        })
     }
 
     /// Field `n` (1-based; MSH-1 and MSH-2 are the separators and are not asked for).
     fn field(&self, n: usize) -> Option<Field<'a>> {
-        let raw = self.fields.get(n.checked_sub(3)?)?;
-        hl7_parser::parser::parse_field_with_separators(raw, self.seps).ok()
+        self.rest.field(n.checked_sub(3)?)
     }
 
     /// Whether field `n` has a value (MSH-1 and MSH-2 always do).
@@ -293,7 +289,8 @@ struct RawSegment<'a> {
 }
 
 impl<'a> RawSegment<'a> {
-    /// Field `n` (1-based), `None` when absent or unparseable.
+    /// Field `n` (1-based after the segment id; 0 is the id), `None` when absent or
+    /// unparseable.
     fn field(&self, n: usize) -> Option<Field<'a>> {
         let raw = self.text.split(self.seps.field).nth(n)?;
         hl7_parser::parser::parse_field_with_separators(raw, self.seps).ok()

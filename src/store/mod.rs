@@ -685,6 +685,18 @@ pub fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// The placeholders of an `IN` list whose values are the last of `args`, from `$first`,
+/// with `args` padded to a multiple of 64 by repeating its last value (an `IN` list is a
+/// set): pages asking for different numbers of keys then share a few cached statements
+/// instead of preparing one each.
+pub fn in_list(first: usize, args: &mut Vec<String>) -> String {
+    let values = args.len() + 1 - first;
+    if let Some(last) = args.last().cloned() {
+        args.resize(first - 1 + values.next_multiple_of(64), last);
+    }
+    placeholders(first, args.len() + 1 - first)
+}
+
 #[cfg(test)]
 mod in_list_tests {
     use super::in_list;
@@ -703,18 +715,6 @@ mod in_list_tests {
         in_list(1, &mut full);
         assert_eq!(full.len(), 64, "a full list is left alone");
     }
-}
-
-/// The placeholders of an `IN` list whose values are the last of `args`, from `$first`,
-/// with `args` padded to a multiple of 64 by repeating its last value (an `IN` list is a
-/// set): pages asking for different numbers of keys then share a few cached statements
-/// instead of preparing one each.
-pub fn in_list(first: usize, args: &mut Vec<String>) -> String {
-    if let Some(last) = args.last().cloned() {
-        let values = args.len() + 1 - first;
-        args.resize(args.len() + values.next_multiple_of(64) - values, last);
-    }
-    placeholders(first, args.len() + 1 - first)
 }
 
 /// A PHI-free key: the first 16 bytes of the SHA-256 of `s`, as hex. Idempotency keys,
