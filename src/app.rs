@@ -89,6 +89,10 @@ impl App {
             store.clone(),
             settings.parse_rules(),
             settings.fallback_charset(),
+            crate::ingest::AnswerPolicy {
+                accept_ack: settings.mllp.accept_ack,
+                on_storage_failure: settings.mllp.on_storage_failure,
+            },
             metrics.clone(),
         );
         // The embedded log is the store: the router hears of each commit. In Kafka mode the

@@ -86,6 +86,13 @@ pub struct MllpSettings {
     pub tls_key: String,
     /// PEM CA bundle. When set, clients must present a certificate it signed (mutual TLS).
     pub tls_client_ca: String,
+    /// When a message cannot be stored: `close` (answer nothing and close the
+    /// connection; every engine queues and resends) or `nack` (AR/CE with ERR 207, for
+    /// engines configured to resend AR). docs/interop.md says why `close` is the default.
+    pub on_storage_failure: crate::ingest::StorageFailure,
+    /// `always` (answer every frame, even when MSH-15 is NE or ER: MLLP senders wait for
+    /// an answer) or `honour` (send no accept ACK where MSH-15 says not to).
+    pub accept_ack: crate::hl7::AcceptAck,
 }
 
 impl Default for MllpSettings {
@@ -100,6 +107,8 @@ impl Default for MllpSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            on_storage_failure: Default::default(),
+            accept_ack: Default::default(),
         }
     }
 }
@@ -147,7 +156,8 @@ impl Default for DatabaseSettings {
 pub struct EventLogSettings {
     /// Most messages in one group commit.
     pub max_batch: usize,
-    /// A commit that takes longer fails its messages (AR/CE to the senders).
+    /// A message not committed within this is answered as not stored (see
+    /// `mllp.on_storage_failure`); a commit that lands later is recorded as such.
     pub commit_timeout_ms: u64,
     /// The same sender + facility + control id within this window is a duplicate.
     pub duplicate_window_hours: u64,

@@ -1,14 +1,17 @@
 //! Ingest: one frame in, one ACK out, with the message durable in between.
 //!
 //! This is where the non-negotiable lives: [`Ingest::handle`] returns AA/CA only after
-//! [`EventLog::append`] has succeeded. Everything else (decoding, parsing, quarantine,
+//! [`EventLog::append`] has succeeded, and [`Ingest::answered`] keeps the record true to
+//! what reached the wire. Everything else (decoding, parsing, quarantine,
 //! choosing the ACK) is arranged around that one await. Transport-agnostic: the MLLP
 //! listener calls it, and so could a file drop.
 
 use crate::hl7::ack::{build_ack, AckEcho};
 use crate::hl7::charset::{self, Charset};
-use crate::hl7::{ack_code_for, AckCode, Disposition, ErrDetail, ParseRules, ParsedMessage};
-use crate::log::embedded::now_us;
+use crate::hl7::{
+    ack_code_for, AcceptAck, AckCode, Disposition, ErrDetail, ParseRules, ParsedMessage,
+};
+use crate::log::embedded::{now_us, AckFix};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::store::{NewMessage, NewQuarantine, Store};
@@ -16,12 +19,54 @@ use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// What a sender hears when its message could not be stored (`mllp.on_storage_failure`).
+///
+/// HL7 v2 §2.8.2 gives AR for "a failure unrelated to content", after which the same
+/// message is likely to be accepted. But the engines hospitals run (Mirth Connect, Open
+/// Integration Engine) mark an AR as an error and never resend it with stock settings;
+/// only timeouts, unreadable answers and connection errors go back on their queue. So
+/// the default closes the connection, which every engine retries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageFailure {
+    /// Send nothing and close the connection: the sender sees a transport error and
+    /// queues the message for a retry.
+    #[default]
+    Close,
+    /// AR (original mode) / CE (enhanced) with ERR 207, for engines set to retry AR.
+    Nack,
+}
+
+/// How ingest answers (the `[mllp]` settings that shape an answer).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnswerPolicy {
+    pub accept_ack: AcceptAck,
+    pub on_storage_failure: StorageFailure,
+}
+
+/// A frame's answer, and what to record once it has (or has not) reached the wire:
+/// pass it to [`Ingest::answered`].
+#[must_use]
+pub struct Answer {
+    /// The framed ACK to write, if one is due.
+    pub ack: Option<Vec<u8>>,
+    /// Close the connection without answering (storage failed, `close` mode).
+    pub close: bool,
+    /// The ACK's code, or "none".
+    code: &'static str,
+    /// Sending facility and trigger, for the metric; `None` for frames not counted.
+    labels: Option<(String, String)>,
+    /// The stored row, whose `ack_code` says `code`.
+    stored: Option<i64>,
+}
+
 pub struct Ingest {
     log: EventLog,
     /// Quarantine writes go straight to the store: they are rare and never ACKed AA.
     store: Store,
     rules: ParseRules,
     fallback: &'static encoding_rs::Encoding,
+    policy: AnswerPolicy,
     metrics: Arc<Metrics>,
     ack_prefix: String,
     ack_seq: AtomicU64,
@@ -35,6 +80,7 @@ impl Ingest {
         store: Store,
         rules: ParseRules,
         fallback: &'static encoding_rs::Encoding,
+        policy: AnswerPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
         // ACK control ids must be unique across restarts too: prefix with the start time.
@@ -44,6 +90,7 @@ impl Ingest {
             store,
             rules,
             fallback,
+            policy,
             metrics,
             ack_prefix,
             ack_seq: AtomicU64::new(0),
@@ -51,15 +98,22 @@ impl Ingest {
         }
     }
 
-    /// Handles one frame payload from `peer`; returns the ACK, already MLLP-framed, or
-    /// `None` when none is due (an empty frame, or MSH-15 asked for none).
-    pub async fn handle(&self, raw: &[u8], peer: &str) -> Option<Vec<u8>> {
+    /// Handles one frame payload from `peer` and says how to answer it. The caller
+    /// writes [`Answer::ack`] (or closes, when [`Answer::close`]) and then reports what
+    /// happened with [`Ingest::answered`].
+    pub async fn handle(&self, raw: &[u8], peer: &str) -> Answer {
         if raw.iter().all(|b| b.is_ascii_whitespace()) {
             self.metrics
                 .frame_errors
                 .with_label_values(&["empty_frame"])
                 .inc();
-            return None;
+            return Answer {
+                ack: None,
+                close: false,
+                code: "none",
+                labels: None,
+                stored: None,
+            };
         }
         let received_at_us = now_us();
         let sha256 = hex::encode(Sha256::digest(raw));
@@ -88,7 +142,8 @@ impl Ingest {
                     encoding: encoding_rs::UTF_8,
                     declared: false,
                 };
-                return self.answer(&echo, cs, Disposition::Rejected, vec![err], "", "");
+                let labels = (String::new(), String::new());
+                return self.answer(&echo, cs, Disposition::Rejected, vec![err], labels, None);
             }
         };
         let echo = AckEcho::recover(&text);
@@ -106,13 +161,14 @@ impl Ingest {
                     &echo,
                 )
                 .await;
+                let labels = (echo.sending_facility.clone(), echo.trigger.clone());
                 return self.answer(
                     &echo,
                     charset,
                     Disposition::Rejected,
                     vec![rej.err],
-                    &echo.sending_facility,
-                    &echo.trigger,
+                    labels,
+                    None,
                 );
             }
         };
@@ -123,29 +179,54 @@ impl Ingest {
         } else {
             Disposition::ContentError
         };
-        let code = ack_code_for(echo.mode, disposition);
-        let record = new_message(&parsed, raw, peer, received_at_us, sha256, charset, code);
-        let facility = parsed.header.sending_facility.clone();
-        let trigger = parsed.header.message_type.trigger.clone();
-        match self.log.append(record).await {
+        let code = self.code(&echo, disposition);
+        let mut record = new_message(&parsed, raw, peer, received_at_us, sha256, charset, code);
+        // The record says what the sender will hear, "none" included.
+        record.ack_code = Some(code.map_or("none", AckCode::as_str).to_string());
+        let labels = (
+            parsed.header.sending_facility.clone(),
+            parsed.header.message_type.trigger.clone(),
+        );
+        let unstored_ack = match self.policy.on_storage_failure {
+            StorageFailure::Close => "none",
+            StorageFailure::Nack => self
+                .code(&echo, Disposition::NotStored)
+                .map_or("none", AckCode::as_str),
+        };
+        let control_id = &parsed.header.control_id;
+        match self.log.append(record, unstored_ack).await {
             Ok(appended) => {
                 if let Some(w) = &self.stored {
                     w.notify_one();
                 }
                 if appended.duplicate {
                     self.metrics.duplicates.inc();
-                    tracing::info!(control_id = %parsed.header.control_id, sending_facility = %facility, "Duplicate message acknowledged again and not routed twice.");
+                    tracing::info!(%control_id, sending_facility = %labels.0, "Duplicate message acknowledged again and not routed twice.");
                 }
-                tracing::debug!(control_id = %parsed.header.control_id, sending_facility = %facility, trigger_event = %trigger, id = appended.id, "Message stored.");
+                tracing::debug!(%control_id, sending_facility = %labels.0, trigger_event = %labels.1, id = appended.id, "Message stored.");
                 let mut errs = parsed.problems;
                 if matches!(code, Some(AckCode::CA)) {
                     // Enhanced mode stores content errors and says so as warnings.
                     errs = errs.into_iter().map(ErrDetail::warning).collect();
                 }
-                self.answer(&echo, charset, disposition, errs, &facility, &trigger)
+                self.answer(&echo, charset, disposition, errs, labels, Some(appended.id))
             }
             Err(e) => {
-                tracing::warn!(control_id = %parsed.header.control_id, sending_facility = %facility, error = %e, "Message not stored; answered with a retryable reject.");
+                self.metrics
+                    .append_errors
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                if self.policy.on_storage_failure == StorageFailure::Close {
+                    tracing::warn!(%control_id, sending_facility = %labels.0, error = %e, "Message not stored; closing the connection so the sender resends it.");
+                    return Answer {
+                        ack: None,
+                        close: true,
+                        code: "none",
+                        labels: Some(labels),
+                        stored: None,
+                    };
+                }
+                tracing::warn!(%control_id, sending_facility = %labels.0, error = %e, "Message not stored; answered with a retryable reject.");
                 let err = ErrDetail::error(
                     207,
                     None,
@@ -156,11 +237,36 @@ impl Ingest {
                     charset,
                     Disposition::NotStored,
                     vec![err],
-                    &facility,
-                    &trigger,
+                    labels,
+                    None,
                 )
             }
         }
+    }
+
+    /// Records what reached the wire: counts the answer by the code the sender got
+    /// ("none" when nothing was written), and corrects a stored row whose ACK could not
+    /// be written. `written` is whether the whole ACK went into the connection.
+    pub async fn answered(&self, a: Answer, written: bool) {
+        let sent = if a.ack.is_some() && written {
+            a.code
+        } else {
+            "none"
+        };
+        if let Some((facility, trigger)) = &a.labels {
+            self.metrics.message(facility, trigger, sent);
+        }
+        if let Some(id) = a.stored.filter(|_| sent != a.code) {
+            self.metrics
+                .ack_corrections
+                .with_label_values(&["ack_not_written"])
+                .inc();
+            self.log.correct_ack(AckFix { id, code: sent }).await;
+        }
+    }
+
+    fn code(&self, echo: &AckEcho, d: Disposition) -> Option<AckCode> {
+        ack_code_for(echo.mode, d, self.policy.accept_ack)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -196,25 +302,28 @@ impl Ingest {
         charset: Charset,
         disposition: Disposition,
         errors: Vec<ErrDetail>,
-        facility: &str,
-        trigger: &str,
-    ) -> Option<Vec<u8>> {
-        let code = ack_code_for(echo.mode, disposition);
-        self.metrics.message(
-            facility,
-            trigger,
-            code.map(AckCode::as_str).unwrap_or("none"),
-        );
-        let code = code?;
-        let id = format!(
-            "{}-{}",
-            self.ack_prefix,
-            self.ack_seq.fetch_add(1, Ordering::Relaxed)
-        );
-        let text = build_ack(echo, code, &errors, &id, &hl7_timestamp());
-        let mut framed = Vec::with_capacity(text.len() + 3);
-        crate::mllp::codec::encode_frame(&charset::encode(&text, charset), &mut framed);
-        Some(framed)
+        labels: (String, String),
+        stored: Option<i64>,
+    ) -> Answer {
+        let code = self.code(echo, disposition);
+        let ack = code.map(|code| {
+            let id = format!(
+                "{}-{}",
+                self.ack_prefix,
+                self.ack_seq.fetch_add(1, Ordering::Relaxed)
+            );
+            let text = build_ack(echo, code, &errors, &id, &hl7_timestamp());
+            let mut framed = Vec::with_capacity(text.len() + 3);
+            crate::mllp::codec::encode_frame(&charset::encode(&text, charset), &mut framed);
+            framed
+        });
+        Answer {
+            ack,
+            close: false,
+            code: code.map_or("none", AckCode::as_str),
+            labels: Some(labels),
+            stored,
+        }
     }
 }
 

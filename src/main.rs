@@ -42,8 +42,8 @@ enum Command {
         /// How long to wait for each ACK.
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
-        /// With MSH-15=ER the listener answers only errors: how long silence must last
-        /// before the message counts as accepted.
+        /// With MSH-15 NE or ER a receiver may answer nothing: how long silence must
+        /// last before the message counts as sent.
         #[arg(long, default_value_t = 1000)]
         quiet_ms: u64,
     },
@@ -610,31 +610,26 @@ async fn send(
         for (i, m) in msgs.iter().enumerate() {
             let label = format!("{}#{}", f.display(), i + 1);
             let echo = AckEcho::recover(&String::from_utf8_lossy(m));
-            // MSH-15 says whether an accept ACK will come at all (standards §2.4).
+            // MSH-15 says whether an accept ACK must come (standards §2.4). With NE or ER
+            // a receiver may stay silent, or answer anyway as adt-router does by default
+            // (`mllp.accept_ack = "always"`): wait `quiet` for either.
             let (wait, silence_ok) = match echo.mode {
                 AckMode::Enhanced {
-                    accept: AckCondition::Never,
+                    accept: AckCondition::Never | AckCondition::ErrorOnly,
                     ..
-                } => (None, true),
-                AckMode::Enhanced {
-                    accept: AckCondition::ErrorOnly,
-                    ..
-                } => (Some(quiet), true),
-                _ => (Some(timeout), false),
+                } => (quiet, true),
+                _ => (timeout, false),
             };
             client.send_raw(&adt_router::mllp::codec::frame(m)).await?;
-            let answer = match wait {
-                None => None,
-                Some(w) => match client.recv(w).await {
-                    Ok(a) => Some(a),
-                    Err(adt_router::mllp::client::ClientError::Timeout(_)) if silence_ok => None,
-                    Err(e) => {
-                        println!("{label}\t-\t{}\t{e}", echo.control_id);
-                        all_ok = false;
-                        client = MllpClient::connect(to).await?;
-                        continue;
-                    }
-                },
+            let answer = match client.recv(wait).await {
+                Ok(a) => Some(a),
+                Err(adt_router::mllp::client::ClientError::Timeout(_)) if silence_ok => None,
+                Err(e) => {
+                    println!("{label}\t-\t{}\t{e}", echo.control_id);
+                    all_ok = false;
+                    client = MllpClient::connect(to).await?;
+                    continue;
+                }
             };
             match answer {
                 Some(ack) => {

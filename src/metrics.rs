@@ -8,8 +8,9 @@ use prometheus::{
 
 pub struct Metrics {
     pub registry: Registry,
-    /// Messages answered, by sending facility, trigger event and ACK code ("none" when
-    /// MSH-15 asked for no answer).
+    /// Frames answered, by sending facility, trigger event and the ACK code that was
+    /// written to the connection ("none" when nothing was: MSH-15 asked for no answer,
+    /// storage failed with `on_storage_failure = "close"`, or the write failed).
     pub messages_received: IntCounterVec,
     /// From the last byte of a frame to its ACK written to the socket.
     pub ack_latency: Histogram,
@@ -22,8 +23,13 @@ pub struct Metrics {
     pub quarantined: IntCounterVec,
     pub commit_batch_size: Histogram,
     pub commit_latency: Histogram,
-    /// Appends that failed (storage down, timeout): each one was answered AR/CE.
+    /// Appends that failed (storage down, timeout, abandoned before the commit began):
+    /// each sender was told "not stored" (AR/CE, or the connection closed).
     pub append_errors: IntCounterVec,
+    /// Stored rows whose `ack_code` was corrected to what the sender really heard, by
+    /// reason: `late_commit` (committed after the sender was told "not stored") or
+    /// `ack_not_written` (the ACK could not be written to the connection).
+    pub ack_corrections: IntCounterVec,
     /// Kafka mode: from send to the broker's confirmation.
     pub produce_latency: Histogram,
     pub produce_errors: IntCounterVec,
@@ -192,8 +198,13 @@ impl Metrics {
             )
             .expect("metric"),
             append_errors: IntCounterVec::new(
-                Opts::new("event_log_append_errors_total", "Event-log appends that failed, by kind; each was answered AR/CE."),
+                Opts::new("event_log_append_errors_total", "Event-log appends that failed, by kind; each sender was told the message was not stored."),
                 &["kind"],
+            )
+            .expect("metric"),
+            ack_corrections: IntCounterVec::new(
+                Opts::new("event_log_ack_corrections_total", "Stored messages whose ack_code was corrected to what the sender heard, by reason (late_commit, ack_not_written)."),
+                &["reason"],
             )
             .expect("metric"),
         };
@@ -209,6 +220,7 @@ impl Metrics {
             Box::new(m.commit_batch_size.clone()),
             Box::new(m.commit_latency.clone()),
             Box::new(m.append_errors.clone()),
+            Box::new(m.ack_corrections.clone()),
             Box::new(m.produce_latency.clone()),
             Box::new(m.produce_errors.clone()),
             Box::new(m.produced.clone()),

@@ -2,7 +2,7 @@
 //! MSH and routing-field parse, and an ACK for every disposition. No panic, and every
 //! ACK is a well-formed MSH + MSA that echoes what it can.
 #![no_main]
-use adt_router::hl7::ack::{ack_code, build_ack, AckEcho};
+use adt_router::hl7::ack::{ack_code, build_ack, AcceptAck, AckEcho};
 use adt_router::hl7::{charset, parse_message, Disposition, ParseRules};
 use libfuzzer_sys::fuzz_target;
 
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         Err(r) => vec![r.err.clone()],
     };
     for d in [Disposition::Accepted, Disposition::ContentError, Disposition::Rejected, Disposition::NotStored] {
-        if let Some(code) = ack_code(echo.mode, d) {
+        if let Some(code) = ack_code(echo.mode, d, AcceptAck::Always) {
             let ack = build_ack(&echo, code, &errors, "K1", "20260101000000+0000");
             assert!(ack.starts_with("MSH"));
             let segs: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();

@@ -65,7 +65,22 @@ pub enum Disposition {
     NotStored,
 }
 
-/// Maps a disposition to the code to send, or `None` when MSH-15 says not to answer.
+/// Whether MSH-15 may silence the accept acknowledgement over MLLP (`mllp.accept_ack`).
+///
+/// HL7 says a receiver sends no accept ACK when MSH-15 is NE (and none on success when it
+/// is ER). But MLLP senders wait for an answer to every frame: Mirth Connect / Open
+/// Integration Engine's TCP Sender times out and resends forever, blocking its queue.
+/// `Always` answers every frame with the code the message earned; `Honour` follows MSH-15.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptAck {
+    #[default]
+    Always,
+    Honour,
+}
+
+/// Maps a disposition to the code to send, or `None` when MSH-15 says not to answer
+/// and `policy` lets it.
 ///
 /// | disposition  | original | enhanced (accept ack) |
 /// |--------------|----------|-----------------------|
@@ -77,7 +92,7 @@ pub enum Disposition {
 /// In enhanced mode MSH-15 then decides: AL always, NE never, ER only for CE/CR, SU only
 /// for CA. AR for "not stored" follows v2 §2.8.2: a failure unrelated to content, after
 /// which the same message is likely to be accepted, so senders retry it.
-pub fn ack_code(mode: AckMode, d: Disposition) -> Option<AckCode> {
+pub fn ack_code(mode: AckMode, d: Disposition, policy: AcceptAck) -> Option<AckCode> {
     match mode {
         AckMode::Original => Some(match d {
             Disposition::Accepted => AckCode::AA,
@@ -90,12 +105,13 @@ pub fn ack_code(mode: AckMode, d: Disposition) -> Option<AckCode> {
                 Disposition::Rejected => AckCode::CR,
                 Disposition::NotStored => AckCode::CE,
             };
-            let send = match accept {
-                AckCondition::Always => true,
-                AckCondition::Never => false,
-                AckCondition::ErrorOnly => !code.is_accept(),
-                AckCondition::SuccessOnly => code.is_accept(),
-            };
+            let send = policy == AcceptAck::Always
+                || match accept {
+                    AckCondition::Always => true,
+                    AckCondition::Never => false,
+                    AckCondition::ErrorOnly => !code.is_accept(),
+                    AckCondition::SuccessOnly => code.is_accept(),
+                };
             send.then_some(code)
         }
     }
@@ -438,32 +454,56 @@ mod tests {
     #[test]
     fn ack_code_table() {
         use Disposition::*;
+        let code = |m, d| ack_code(m, d, AcceptAck::Honour);
         let orig = AckMode::Original;
         let enh = |a| AckMode::Enhanced {
             accept: a,
             application: AckCondition::Never,
         };
-        assert_eq!(ack_code(orig, Accepted), Some(AckCode::AA));
-        assert_eq!(ack_code(orig, ContentError), Some(AckCode::AE));
-        assert_eq!(ack_code(orig, Rejected), Some(AckCode::AR));
-        assert_eq!(ack_code(orig, NotStored), Some(AckCode::AR));
+        assert_eq!(code(orig, Accepted), Some(AckCode::AA));
+        assert_eq!(code(orig, ContentError), Some(AckCode::AE));
+        assert_eq!(code(orig, Rejected), Some(AckCode::AR));
+        assert_eq!(code(orig, NotStored), Some(AckCode::AR));
         let al = enh(AckCondition::Always);
-        assert_eq!(ack_code(al, Accepted), Some(AckCode::CA));
-        assert_eq!(ack_code(al, ContentError), Some(AckCode::CA));
-        assert_eq!(ack_code(al, Rejected), Some(AckCode::CR));
-        assert_eq!(ack_code(al, NotStored), Some(AckCode::CE));
-        assert_eq!(ack_code(enh(AckCondition::Never), Accepted), None);
-        assert_eq!(ack_code(enh(AckCondition::Never), NotStored), None);
-        assert_eq!(ack_code(enh(AckCondition::ErrorOnly), Accepted), None);
+        assert_eq!(code(al, Accepted), Some(AckCode::CA));
+        assert_eq!(code(al, ContentError), Some(AckCode::CA));
+        assert_eq!(code(al, Rejected), Some(AckCode::CR));
+        assert_eq!(code(al, NotStored), Some(AckCode::CE));
+        assert_eq!(code(enh(AckCondition::Never), Accepted), None);
+        assert_eq!(code(enh(AckCondition::Never), NotStored), None);
+        assert_eq!(code(enh(AckCondition::ErrorOnly), Accepted), None);
         assert_eq!(
-            ack_code(enh(AckCondition::ErrorOnly), NotStored),
+            code(enh(AckCondition::ErrorOnly), NotStored),
             Some(AckCode::CE)
         );
         assert_eq!(
-            ack_code(enh(AckCondition::SuccessOnly), Accepted),
+            code(enh(AckCondition::SuccessOnly), Accepted),
             Some(AckCode::CA)
         );
-        assert_eq!(ack_code(enh(AckCondition::SuccessOnly), Rejected), None);
+        assert_eq!(code(enh(AckCondition::SuccessOnly), Rejected), None);
+        // Answering every frame: NE and ER/SU still get the code the message earned.
+        for cond in [
+            AckCondition::Never,
+            AckCondition::ErrorOnly,
+            AckCondition::SuccessOnly,
+        ] {
+            assert_eq!(
+                ack_code(enh(cond), Accepted, AcceptAck::Always),
+                Some(AckCode::CA)
+            );
+            assert_eq!(
+                ack_code(enh(cond), NotStored, AcceptAck::Always),
+                Some(AckCode::CE)
+            );
+            assert_eq!(
+                ack_code(enh(cond), Rejected, AcceptAck::Always),
+                Some(AckCode::CR)
+            );
+        }
+        assert_eq!(
+            ack_code(orig, ContentError, AcceptAck::Always),
+            Some(AckCode::AE)
+        );
     }
 
     #[test]

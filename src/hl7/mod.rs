@@ -16,7 +16,7 @@ pub mod parse;
 pub mod patient;
 pub mod types;
 
-pub use ack::{ack_code as ack_code_for, AckCode, Disposition, ErrDetail, ErrLocation};
+pub use ack::{ack_code as ack_code_for, AcceptAck, AckCode, Disposition, ErrDetail, ErrLocation};
 pub use charset::Charset;
 pub use parse::{parse_message, ParseRules, ParsedMessage, Rejection};
 pub use types::{AckCondition, AckMode, ControlId, MessageType, PatientId};

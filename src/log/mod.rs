@@ -19,6 +19,8 @@ pub enum LogError {
     Unavailable(String),
     #[error("the event log is shutting down")]
     Closed,
+    #[error("the event log was too far behind to begin this message's commit before its deadline")]
+    Abandoned,
 }
 
 impl LogError {
@@ -28,6 +30,7 @@ impl LogError {
             LogError::Timeout(_) => "timeout",
             LogError::Unavailable(_) => "unavailable",
             LogError::Closed => "closed",
+            LogError::Abandoned => "abandoned",
         }
     }
 }
@@ -39,11 +42,29 @@ pub enum EventLog {
 }
 
 impl EventLog {
-    /// Appends one message; returns once it is durable (or has failed).
-    pub async fn append(&self, msg: NewMessage) -> Result<Appended, LogError> {
+    /// Appends one message; returns once it is durable (or has failed). `unstored_ack`
+    /// is what the sender will hear if it fails ("none": nothing), kept for the record
+    /// should the commit land after the sender was told.
+    pub async fn append(
+        &self,
+        msg: NewMessage,
+        unstored_ack: &'static str,
+    ) -> Result<Appended, LogError> {
         match self {
-            EventLog::Embedded(l) => l.append(msg).await,
+            EventLog::Embedded(l) => l.append(msg, unstored_ack).await,
             EventLog::Kafka(l) => l.append(msg).await,
+        }
+    }
+
+    /// Records that stored message `id`'s sender heard `code` instead of what its row
+    /// says. The Kafka log's records are immutable once produced: there the correction
+    /// is logged and counted only (docs/ingest.md).
+    pub async fn correct_ack(&self, fix: embedded::AckFix) {
+        match self {
+            EventLog::Embedded(l) => l.correct_ack(fix).await,
+            EventLog::Kafka(_) => {
+                tracing::warn!(code = fix.code, "The ACK of a message produced to Kafka could not be written; its record keeps the code decided before the write.");
+            }
         }
     }
 

@@ -140,13 +140,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             match dec.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     let t0 = Instant::now();
-                    if let Some(ack) = ingest.handle(&frame, &peer_s).await {
-                        if let Err(e) = stream.write_all(&ack).await {
-                            tracing::info!(%peer, error = %e, "Could not write ACK; the sender will resend.");
-                            return "write_error";
-                        }
-                        metrics.ack_latency.observe(t0.elapsed().as_secs_f64());
+                    if let Err(why) = respond(&mut stream, ingest, &frame, &peer_s).await {
+                        return why;
                     }
+                    metrics.ack_latency.observe(t0.elapsed().as_secs_f64());
                 }
                 Ok(None) => break,
                 Err(FrameError::TooLarge { max }) => {
@@ -167,10 +164,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             while let Ok(Some(frame)) = dec.decode(&mut buf) {
-                if let Some(ack) = ingest.handle(&frame, &peer_s).await {
-                    if stream.write_all(&ack).await.is_err() {
-                        break;
-                    }
+                if respond(&mut stream, ingest, &frame, &peer_s).await.is_err() {
+                    break;
                 }
             }
             let _ = stream.shutdown().await;
@@ -192,6 +187,38 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             },
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// Handles one frame and writes its answer. `Err` says why the connection must close:
+/// the ACK could not be written, or storage failed and the sender is to see the
+/// connection close (`mllp.on_storage_failure = "close"`) and resend.
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    ingest: &Ingest,
+    frame: &[u8],
+    peer: &str,
+) -> Result<(), &'static str> {
+    let answer = ingest.handle(frame, peer).await;
+    if answer.close {
+        ingest.answered(answer, false).await;
+        return Err("storage_failure");
+    }
+    let written = match &answer.ack {
+        None => true,
+        Some(ack) => match stream.write_all(ack).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "Could not write ACK; the sender will resend.");
+                false
+            }
+        },
+    };
+    ingest.answered(answer, written).await;
+    if written {
+        Ok(())
+    } else {
+        Err("write_error")
     }
 }
 

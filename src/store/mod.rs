@@ -274,24 +274,34 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a batch on PostgreSQL in one statement (one implicit transaction).
+    /// Appends a batch on PostgreSQL in one statement, in a transaction whose lock wait
+    /// and run time the server bounds: the outcome is always known when this returns.
     /// SQLite appends go through [`sqlite_writer::SqliteWriter`] instead. Results come
     /// back in input order.
     pub async fn append_messages_pg(
         pool: &PgPool,
         rows: &[NewMessage],
         dup_since_us: i64,
+        lock_timeout: std::time::Duration,
+        statement_timeout: std::time::Duration,
     ) -> Result<Vec<Appended>, StoreError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         let forced = repeated_in_batch(rows.iter());
         let sql = insert_sql(rows.len());
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)")
+            .bind(format!("{}ms", lock_timeout.as_millis().max(1)))
+            .bind(format!("{}ms", statement_timeout.as_millis().max(1)))
+            .execute(&mut *tx)
+            .await?;
         let mut q = sqlx::query(&sql);
         for (r, f) in rows.iter().zip(&forced) {
             q = bind_message!(q, r, *f, dup_since_us);
         }
-        let rows_out = q.fetch_all(pool).await?;
+        let rows_out = q.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         let appended = rows_out
             .iter()
             .map(|r| {
@@ -302,6 +312,23 @@ impl Store {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         in_input_order(appended, rows.len())
+    }
+
+    /// Rewrites what rows say was sent to their senders (late commits, unwritten ACKs).
+    pub async fn set_ack_codes_pg(
+        pool: &PgPool,
+        fixes: &[crate::log::embedded::AckFix],
+    ) -> Result<(), StoreError> {
+        let mut tx = pool.begin().await?;
+        for f in fixes {
+            sqlx::query(SET_ACK_CODE_SQL)
+                .bind(f.code)
+                .bind(f.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Stores records consumed from a partitioned log, in one statement. For each input,
@@ -555,6 +582,9 @@ pub(crate) const PARAMS_PER_ROW: usize = 26;
 
 /// A row filter for [`Store::select_reference_where`]: the picked columns' text in, keep or not.
 pub type Keep = std::sync::Arc<dyn Fn(&[&str]) -> bool + Send + Sync>;
+
+/// Sets one stored message's `ack_code` (both dialects: `$n` placeholders).
+pub(crate) const SET_ACK_CODE_SQL: &str = "UPDATE inbound_messages SET ack_code = $1 WHERE id = $2";
 
 /// `INSERT ... VALUES (...), (...) RETURNING id, duplicate` for `n` rows. A row is a
 /// duplicate when it repeats an earlier row of the batch (`forced`) or a stored,

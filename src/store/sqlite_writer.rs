@@ -4,7 +4,11 @@
 //! connection is both the simplest and the fastest shape for it. It opens the file sqlx
 //! created and migrated; the pragmas match the pool's (WAL, synchronous=FULL).
 
-use super::{in_input_order, insert_sql, repeated_in_batch, Appended, NewMessage, StoreError};
+use super::{
+    in_input_order, insert_sql, repeated_in_batch, Appended, NewMessage, StoreError,
+    SET_ACK_CODE_SQL,
+};
+use crate::log::embedded::AckFix;
 use rusqlite::{params_from_iter, types::ToSql, Connection, OpenFlags};
 use std::path::Path;
 use std::time::Duration;
@@ -81,5 +85,18 @@ impl SqliteWriter {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         in_input_order(out, rows.len())
+    }
+
+    /// Rewrites what rows say was sent to their senders (late commits, unwritten ACKs).
+    pub fn set_ack_codes(&mut self, fixes: &[AckFix]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&SET_ACK_CODE_SQL.replace('$', "?"))?;
+            for f in fixes {
+                stmt.execute(rusqlite::params![f.code, f.id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }

@@ -103,15 +103,22 @@ fn corpus_through_python_mllp_send_gets_the_expected_acks() {
     assert!(expected.len() >= 100);
 }
 
-/// Sends each file's exact bytes and checks the event log kept them unchanged.
+/// Sends each file's exact bytes and checks the event log kept them unchanged, and
+/// that each row's `ack_code` is the code that came back (or "none").
 pub async fn corpus_bytes_are_stored_unchanged(server: &Server) {
+    corpus_stored_unchanged_with(server, false).await
+}
+
+pub async fn corpus_stored_unchanged_with(server: &Server, honour_msh15: bool) {
     let mut client = MllpClient::connect(&server.mllp).await.unwrap();
     let mut want_stored = HashSet::new();
+    let mut heard: HashMap<String, &str> = HashMap::new();
+    let mut by_code: HashMap<&str, usize> = HashMap::new();
     let mut rejected = 0;
     let files = corpus_files();
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
-        let want = expect_for(&bytes);
+        let want = expect_with(&bytes, honour_msh15);
         client.send_raw(&frame(&bytes)).await.unwrap();
         if let Some(code) = want.code {
             let ack = client.recv(Duration::from_secs(30)).await.unwrap();
@@ -119,8 +126,10 @@ pub async fn corpus_bytes_are_stored_unchanged(server: &Server) {
             assert_eq!(s.code, code, "{}", f.display());
             assert_eq!(s.control_id, control_id_of(&bytes));
         }
+        *by_code.entry(want.code.unwrap_or("none")).or_default() += 1;
         if want.stored {
             want_stored.insert(sha256_hex(&bytes));
+            heard.insert(sha256_hex(&bytes), want.code.unwrap_or("none"));
         } else {
             rejected += 1;
         }
@@ -139,6 +148,16 @@ pub async fn corpus_bytes_are_stored_unchanged(server: &Server) {
         stored, want_stored,
         "stored SHA-256 set differs from the files'"
     );
+    // The record and the metrics say what the sender heard, "none" included.
+    for m in &exported {
+        let sha = m["sha256"].as_str().unwrap();
+        assert_eq!(m["ack_code"].as_str(), Some(heard[sha]), "{m}");
+    }
+    for (code, n) in &by_code {
+        let label = format!("ack_code=\"{code}\"");
+        let counted = server.metric_sum("adt_router_messages_received_total", &label);
+        assert_eq!(counted, *n as f64, "messages answered {code}");
+    }
     let quarantined = server.metric("adt_router_quarantined_total{reason=\"unsupported_version\"}")
         + server.metric("adt_router_quarantined_total{reason=\"missing_control_id\"}");
     assert_eq!(quarantined, rejected as f64);
@@ -255,9 +274,16 @@ async fn charsets_are_decoded_and_raw_bytes_kept() {
 }
 
 #[tokio::test]
-async fn enhanced_mode_honours_msh15() {
+async fn corpus_with_msh15_honoured_gets_no_ack_where_it_asks_for_none() {
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &[("ADT_ROUTER__MLLP__ACCEPT_ACK", "honour")]);
+    corpus_stored_unchanged_with(&server, true).await;
+}
+
+#[tokio::test]
+async fn enhanced_mode_honours_msh15_when_told_to() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[("ADT_ROUTER__MLLP__ACCEPT_ACK", "honour")]);
     let mut c = MllpClient::connect(&server.mllp).await.unwrap();
     let msg = |id: &str, ack: &str, pid: &str| {
         format!(
@@ -306,4 +332,60 @@ async fn enhanced_mode_honours_msh15() {
         .map(|r| r["control_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, vec!["E1", "E2", "E3", "E4", "E5"]);
+    let codes: Vec<String> = server
+        .export(&[])
+        .iter()
+        .map(|r| r["ack_code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes, vec!["CA", "CA", "none", "CA", "none"]);
+}
+
+/// The default: every frame is answered, whatever MSH-15 asks, because MLLP senders
+/// wait for an answer (Open Integration Engine's TCP Sender resends forever otherwise).
+#[tokio::test]
+async fn every_frame_is_answered_by_default_whatever_msh15_says() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = MllpClient::connect(&server.mllp).await.unwrap();
+    let msg = |id: &str, ack: &str, version: &str| {
+        format!("MSH|^~\\&|A|F|R|R|20260101||ADT^A01|{id}|P|{version}|||{ack}|NE\rPID|1||P{id}\rPV1|1|I\r")
+            .into_bytes()
+    };
+    for (id, accept, version, want) in [
+        ("N1", "NE", "2.5.1", "CA"),
+        ("N2", "ER", "2.5.1", "CA"),
+        ("N3", "SU", "3.0", "CR"),
+        ("N4", "NE", "3.0", "CR"),
+    ] {
+        let s = summarize_ack(
+            &c.send(&msg(id, accept, version), Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        assert_eq!((s.code.as_str(), s.control_id.as_str()), (want, id));
+    }
+    // A resend after a lost answer is flagged and never routed twice.
+    let s = summarize_ack(
+        &c.send(&msg("N1", "NE", "2.5.1"), Duration::from_secs(5))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(s.code, "CA");
+    let rows = server.export(&[]);
+    let got: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["control_id"].as_str().unwrap().to_string(),
+                r["ack_code"].as_str().unwrap().to_string(),
+                r["duplicate"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, bool)> =
+        [("N1", "CA", false), ("N2", "CA", false), ("N1", "CA", true)]
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), *c))
+            .collect();
+    assert_eq!(got, want);
 }

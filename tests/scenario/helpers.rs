@@ -200,6 +200,20 @@ impl Server {
             .unwrap_or(0.0)
     }
 
+    /// The sum of every series of metric `name` whose labels include `label`
+    /// (`key="value"`), e.g. all facilities' messages answered AA.
+    pub fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter(|l| {
+                l.split_once('}')
+                    .is_some_and(|(labels, _)| labels.contains(label))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
@@ -270,13 +284,20 @@ pub fn tempdir() -> tempfile::TempDir {
 /// parser: version 2.x, PID-3 present, and MSH-15/16 deciding the mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expect {
-    /// None: no ACK is sent (enhanced mode, MSH-15 says so).
+    /// None: no ACK is sent (enhanced mode, MSH-15 says so, and the server honours it).
     pub code: Option<&'static str>,
     /// Stored in the event log (false: quarantined).
     pub stored: bool,
 }
 
+/// What the server answers with its defaults (`mllp.accept_ack = "always"`): a code
+/// for every message.
 pub fn expect_for(bytes: &[u8]) -> Expect {
+    expect_with(bytes, false)
+}
+
+/// With `honour_msh15` (`mllp.accept_ack = "honour"`), MSH-15 NE/ER/SU can silence it.
+pub fn expect_with(bytes: &[u8], honour_msh15: bool) -> Expect {
     let text = String::from_utf8_lossy(bytes);
     let segs: Vec<&str> = text.split(['\r', '\n']).filter(|s| !s.is_empty()).collect();
     let msh = segs[0];
@@ -297,11 +318,11 @@ pub fn expect_for(bytes: &[u8]) -> Expect {
         (true, true, false) => Some("AE"),
         (true, true, true) => Some("AA"),
         (false, false, _) => match accept {
-            "NE" | "SU" => None,
+            "NE" | "SU" if honour_msh15 => None,
             _ => Some("CR"),
         },
         (false, true, _) => match accept {
-            "NE" | "ER" => None,
+            "NE" | "ER" if honour_msh15 => None,
             _ => Some("CA"),
         },
     };

@@ -349,7 +349,10 @@ async fn a_stopped_broker_gets_ar_ce_never_aa_and_nothing_acked_is_lost() {
         &kafka_env(
             &broker,
             &db,
-            &[("ADT_ROUTER__KAFKA__PRODUCE_TIMEOUT_MS", "1500")],
+            &[
+                ("ADT_ROUTER__KAFKA__PRODUCE_TIMEOUT_MS", "1500"),
+                ("ADT_ROUTER__MLLP__ON_STORAGE_FAILURE", "nack"),
+            ],
         ),
     );
     let mut c = MllpClient::connect(&server.mllp).await.unwrap();

@@ -1,9 +1,13 @@
 //! The same guarantees on PostgreSQL: a database of our own per test.
 
 use crate::helpers::*;
-use crate::storage_failure::{assert_rejects_while_down, send_code, wait_until_accepting};
+use crate::storage_failure::{
+    assert_closes_while_down, assert_record_matches_engine, assert_rejects_while_down, send_code,
+    start_engine, wait_engine, wait_rows, wait_until_accepting,
+};
 use adt_router::mllp::client::MllpClient;
 use sqlx::Connection;
+use std::time::Duration;
 
 fn admin_url() -> String {
     std::env::var("ADT_ROUTER_TEST_PG")
@@ -80,8 +84,31 @@ async fn corpus_bytes_are_stored_unchanged_on_postgres() {
     );
 }
 
-#[tokio::test]
-async fn stopped_postgres_database_gets_ar_ce_and_recovers() {
+impl TestDb {
+    /// Refuses new connections and ends the open ones: the database is down.
+    pub async fn stop(&self) {
+        self.admin(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            self.name
+        ))
+        .await;
+        self.admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.name
+        ))
+        .await;
+    }
+
+    pub async fn restart(&self) {
+        self.admin(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .await;
+    }
+}
+
+async fn stopped_postgres(mode: &str) {
     let db = TestDb::create().await;
     let dir = tempdir();
     let server = Server::start(
@@ -90,35 +117,23 @@ async fn stopped_postgres_database_gets_ar_ce_and_recovers() {
             ("ADT_ROUTER__DATABASE__URL", &db.url),
             ("ADT_ROUTER__DATABASE__ACQUIRE_TIMEOUT_MS", "1000"),
             ("ADT_ROUTER__EVENT_LOG__COMMIT_TIMEOUT_MS", "2000"),
+            ("ADT_ROUTER__MLLP__ON_STORAGE_FAILURE", mode),
         ],
     );
     let mut c = MllpClient::connect(&server.mllp).await.unwrap();
-    assert_eq!(
-        send_code(&mut c, &crate::storage_failure::msg("P-before", false))
-            .await
-            .0,
-        "AA"
-    );
+    let before = crate::storage_failure::msg("P-before", false);
+    assert_eq!(send_code(&mut c, &before).await.0, "AA");
 
-    db.admin(&format!(
-        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-        db.name
-    ))
-    .await;
-    db.admin(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-        db.name
-    ))
-    .await;
-    assert_rejects_while_down(&mut c, "P").await;
+    db.stop().await;
+    if mode == "nack" {
+        assert_rejects_while_down(&mut c, "P").await;
+    } else {
+        assert_closes_while_down(&server.mllp, "P").await;
+    }
     assert_eq!(server.get("/readyz").0, 503);
 
-    db.admin(&format!(
-        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-        db.name
-    ))
-    .await;
-    wait_until_accepting(&mut c, "P").await;
+    db.restart().await;
+    wait_until_accepting(&server.mllp, "P").await;
     assert_eq!(server.get("/readyz").0, 200);
     let ids: Vec<String> = server
         .export(&[])
@@ -126,6 +141,68 @@ async fn stopped_postgres_database_gets_ar_ce_and_recovers() {
         .map(|r| r["control_id"].as_str().unwrap().to_string())
         .collect();
     assert!(!ids.iter().any(|i| i.contains("down")), "{ids:?}");
+}
+
+#[tokio::test]
+async fn stopped_postgres_database_gets_ar_ce_and_recovers_nack_mode() {
+    stopped_postgres("nack").await;
+}
+
+#[tokio::test]
+async fn stopped_postgres_database_closes_and_recovers_close_mode() {
+    stopped_postgres("close").await;
+}
+
+/// An engine-like sender against PostgreSQL: first another session holds a lock on the
+/// event log for 3 s (the commit in flight lands after its deadline and is recorded as
+/// what the sender heard), then the database stops for 3 s. In `close` mode a stock
+/// engine loses nothing; in `nack` mode one set to resend AR/CE loses nothing.
+async fn engine_against_postgres_faults(mode: &str, prefix: &str, engine_args: &[&str]) {
+    let db = TestDb::create().await;
+    let dir = tempdir();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER__DATABASE__URL", &db.url),
+            ("ADT_ROUTER__DATABASE__ACQUIRE_TIMEOUT_MS", "500"),
+            ("ADT_ROUTER__EVENT_LOG__COMMIT_TIMEOUT_MS", "1000"),
+            ("ADT_ROUTER__MLLP__ON_STORAGE_FAILURE", mode),
+        ],
+    );
+    let mut args = vec!["--count", "60", "--prefix", prefix, "--rate", "20"];
+    args.extend_from_slice(engine_args);
+    let engine = start_engine(&server.mllp, &args);
+    wait_rows(&server, 10).await;
+    {
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let mut tx = admin.begin().await.unwrap();
+        sqlx::query("LOCK TABLE inbound_messages IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tx.commit().await.unwrap();
+    }
+    wait_rows(&server, 25).await;
+    db.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    db.restart().await;
+    let log = wait_engine(engine).await;
+    assert_record_matches_engine(&server, &log, &format!("{prefix}-"));
+    assert!(
+        server.metric("adt_router_event_log_ack_corrections_total{reason=\"late_commit\"}") >= 1.0,
+        "the lock should have made a commit land after its deadline"
+    );
+}
+
+#[tokio::test]
+async fn engine_loses_nothing_when_postgres_is_locked_or_stopped_close_mode() {
+    engine_against_postgres_faults("close", "PC", &[]).await;
+}
+
+#[tokio::test]
+async fn engine_that_resends_ar_loses_nothing_when_postgres_fails_nack_mode() {
+    engine_against_postgres_faults("nack", "PN", &["--retry-codes", "AR"]).await;
 }
 
 #[test]
