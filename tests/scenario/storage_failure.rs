@@ -364,3 +364,68 @@ async fn engine_that_resends_ar_loses_nothing_when_sqlite_is_locked_nack_mode() 
         .iter()
         .any(|r| r["ack_code"] == "AR" && r["duplicate"] == false));
 }
+
+/// A sender that resets its connection right after sending never hears the AA: the
+/// row says "none", and the metrics agree with the rows.
+#[tokio::test]
+async fn an_ack_that_cannot_be_written_is_recorded_as_none() {
+    use std::io::Write;
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let mut tries = 0;
+    while server.metric("adt_router_event_log_ack_corrections_total{reason=\"ack_not_written\"}")
+        < 1.0
+    {
+        tries += 1;
+        assert!(tries <= 50, "no ACK write failed in 50 resets");
+        let mut s = std::net::TcpStream::connect(&server.mllp).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        s.write_all(&adt_router::mllp::codec::frame(&msg(
+            &format!("W-{tries}"),
+            false,
+        )))
+        .unwrap();
+        drop(s); // RST: the server's ACK write fails
+        wait_rows(&server, tries).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.metric_sum(
+            "adt_router_messages_received_total",
+            "trigger_event=\"A01\"",
+        ) < tries as f64
+        {
+            assert!(Instant::now() < deadline, "the answer was never counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Corrections are queued behind the appends: wait for the row to say so.
+    let none_rows = || {
+        server
+            .export(&[])
+            .iter()
+            .filter(|r| r["ack_code"] == "none")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while none_rows() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the correction never reached the row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = server.export(&[]);
+    let none = none_rows() as f64;
+    assert!(rows
+        .iter()
+        .all(|r| r["ack_code"] == "AA" || r["ack_code"] == "none"));
+    assert_eq!(
+        none,
+        server.metric("adt_router_event_log_ack_corrections_total{reason=\"ack_not_written\"}")
+    );
+    assert_eq!(
+        none,
+        server.metric_sum("adt_router_messages_received_total", "ack_code=\"none\"")
+    );
+}
