@@ -418,3 +418,90 @@ async fn write_loop(
 }
 
 pub use crate::store::now_us;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One side wins each race, and the loser sees who won.
+    #[test]
+    fn claim_settles_each_race_once() {
+        // The waiter gives up first: the writer may not take it.
+        let c = Claim::new();
+        assert!(c.advance(Claim::QUEUED, Claim::ABANDONED));
+        assert!(!c.advance(Claim::QUEUED, Claim::COMMITTING));
+
+        // The writer takes it first; the waiter gives up mid-commit; the writer then
+        // cannot answer AA and must correct the row instead.
+        let c = Claim::new();
+        assert!(c.advance(Claim::QUEUED, Claim::COMMITTING));
+        assert!(!c.advance(Claim::QUEUED, Claim::ABANDONED));
+        assert!(c.advance(Claim::COMMITTING, Claim::GAVE_UP));
+        assert!(!c.advance(Claim::COMMITTING, Claim::DONE));
+
+        // The commit finishes first: the waiter cannot give up, and takes the answer.
+        let c = Claim::new();
+        assert!(c.advance(Claim::QUEUED, Claim::COMMITTING));
+        assert!(c.advance(Claim::COMMITTING, Claim::DONE));
+        assert!(!c.advance(Claim::COMMITTING, Claim::GAVE_UP));
+        assert_eq!(c.get(), Claim::DONE);
+    }
+
+    fn row(id: &str) -> NewMessage {
+        NewMessage {
+            received_at_us: 0,
+            peer: String::new(),
+            sending_application: String::new(),
+            sending_facility: String::new(),
+            receiving_application: String::new(),
+            receiving_facility: String::new(),
+            control_id: id.into(),
+            message_type: String::new(),
+            trigger_event: String::new(),
+            version: String::new(),
+            processing_id: String::new(),
+            charset: String::new(),
+            ack_mode: String::new(),
+            ack_code: None,
+            status: "pending",
+            error: None,
+            patient_key: None,
+            visit_number: None,
+            patient_class: None,
+            sha256: String::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// An append past its deadline is never taken into a commit, and its waiter hears so.
+    #[test]
+    fn appends_past_their_deadline_are_abandoned_before_the_commit() {
+        let mut batch = Batch::new(4);
+        let now = Instant::now();
+        let mut waits = Vec::new();
+        for (id, deadline) in [
+            ("late", now - Duration::from_millis(1)),
+            ("ok", now + Duration::from_secs(1)),
+        ] {
+            let (reply, wait) = oneshot::channel();
+            let claim = Claim::new();
+            batch.push(
+                Work::Append(Job {
+                    row: row(id),
+                    reply,
+                    claim: claim.clone(),
+                    deadline,
+                    unstored_ack: "none",
+                }),
+                now,
+            );
+            waits.push((claim, wait));
+        }
+        assert_eq!(batch.rows.len(), 1);
+        assert_eq!(batch.rows[0].control_id, "ok");
+        let (late_claim, mut late_wait) = waits.remove(0);
+        assert_eq!(late_claim.get(), Claim::ABANDONED);
+        assert!(matches!(late_wait.try_recv(), Ok(Err(LogError::Abandoned))));
+        assert_eq!(waits[0].0.get(), Claim::COMMITTING);
+    }
+}
