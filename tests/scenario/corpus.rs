@@ -103,6 +103,49 @@ fn corpus_through_python_mllp_send_gets_the_expected_acks() {
     assert!(expected.len() >= 100);
 }
 
+/// python-hl7's `mllp_send` in strict mode: the whole corpus as one MLLP stream, each
+/// message sent as it is and each answer awaited before the next. It finishes only
+/// because every frame is answered (MSH-15 NE/ER included), as MLLP senders expect.
+#[test]
+fn corpus_through_python_mllp_send_strict_gets_an_answer_for_every_message() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let port = server.mllp.rsplit(':').next().unwrap().to_string();
+    let mut expected = Vec::new();
+    let mut stream = Vec::new();
+    for f in corpus_files() {
+        let bytes = std::fs::read(&f).unwrap();
+        expected.push((f, expect_for(&bytes), control_id_of(&bytes)));
+        stream.extend_from_slice(&frame(&bytes));
+    }
+    let input = dir.path().join("all.mllp");
+    std::fs::write(&input, &stream).unwrap();
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("mllp_send")
+        .arg("-f")
+        .arg(&input)
+        .args(["-p", &port, "127.0.0.1"])
+        .output()
+        .expect("mllp_send not found: the test command installs it with `pip install hl7`");
+    assert!(
+        out.status.success(),
+        "mllp_send (strict) failed or waited forever: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acks: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split('\x1c')
+        .filter(|l| l.contains("MSA"))
+        .map(|l| l.trim_matches(['\x0b', '\x1c', '\r', '\n']).to_string())
+        .collect();
+    assert_eq!(acks.len(), expected.len(), "one answer per message");
+    for ((f, want, ctrl), ack) in expected.iter().zip(&acks) {
+        let s = summarize_ack(ack.as_bytes());
+        assert_eq!(Some(s.code.as_str()), want.code, "{}: {ack:?}", f.display());
+        assert_eq!(&s.control_id, ctrl, "{}", f.display());
+    }
+}
+
 /// Sends each file's exact bytes and checks the event log kept them unchanged, and
 /// that each row's `ack_code` is the code that came back (or "none").
 pub async fn corpus_bytes_are_stored_unchanged(server: &Server) {
