@@ -185,9 +185,11 @@ impl EmbeddedLog {
             }
             Store::Postgres(pool) => WriterHandle::Task(tokio::spawn(write_loop(
                 PgSink {
-                    pool: pool.clone(),
-                    lock_timeout: opts.busy_timeout,
-                    statement_timeout: opts.busy_timeout + opts.commit_timeout,
+                    pool: Store::pg_writer_pool(
+                        pool,
+                        opts.busy_timeout,
+                        opts.busy_timeout + opts.commit_timeout,
+                    ),
                 },
                 opts.clone(),
                 metrics,
@@ -347,13 +349,11 @@ impl Sink for SqliteWriter {
     }
 }
 
-/// PostgreSQL: the pool. There is no client-side timeout on a commit: a dropped
-/// statement could still commit and its outcome would be unknown. The server bounds the
-/// wait instead (`lock_timeout`, `statement_timeout`).
+/// PostgreSQL: a connection of its own. There is no client-side timeout on a commit: a
+/// dropped statement could still commit and its outcome would be unknown. The server
+/// bounds the wait instead ([`Store::pg_writer_pool`]).
 struct PgSink {
     pool: sqlx::PgPool,
-    lock_timeout: Duration,
-    statement_timeout: Duration,
 }
 
 impl Sink for PgSink {
@@ -362,14 +362,7 @@ impl Sink for PgSink {
         rows: &[NewMessage],
         dup_since_us: i64,
     ) -> Result<Vec<Appended>, StoreError> {
-        Store::append_messages_pg(
-            &self.pool,
-            rows,
-            dup_since_us,
-            self.lock_timeout,
-            self.statement_timeout,
-        )
-        .await
+        Store::append_messages_pg(&self.pool, rows, dup_since_us).await
     }
     async fn set_ack_codes(&mut self, fixes: &[AckFix]) -> Result<(), StoreError> {
         Store::set_ack_codes_pg(&self.pool, fixes).await

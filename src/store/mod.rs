@@ -274,34 +274,46 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a batch on PostgreSQL in one statement, in a transaction whose lock wait
-    /// and run time the server bounds: the outcome is always known when this returns.
-    /// SQLite appends go through [`sqlite_writer::SqliteWriter`] instead. Results come
-    /// back in input order.
+    /// A pool for the PostgreSQL event-log writer: the store's connection settings, and
+    /// on every connection a `lock_timeout` and a `statement_timeout` (startup options,
+    /// no extra round trip), so the server bounds each commit and its outcome is always
+    /// known when the statement returns: the writer never drops a statement that might
+    /// still commit.
+    pub fn pg_writer_pool(
+        pool: &PgPool,
+        lock_timeout: std::time::Duration,
+        statement_timeout: std::time::Duration,
+    ) -> PgPool {
+        let ms = |d: std::time::Duration| format!("{}ms", d.as_millis().max(1));
+        let co = (*pool.connect_options()).clone().options([
+            ("lock_timeout", ms(lock_timeout)),
+            ("statement_timeout", ms(statement_timeout)),
+        ]);
+        PgPoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .acquire_timeout(pool.options().get_acquire_timeout())
+            .connect_lazy_with(co)
+    }
+
+    /// Appends a batch on PostgreSQL in one statement (one implicit transaction), on a
+    /// [`Store::pg_writer_pool`] connection. SQLite appends go through
+    /// [`sqlite_writer::SqliteWriter`] instead. Results come back in input order.
     pub async fn append_messages_pg(
         pool: &PgPool,
         rows: &[NewMessage],
         dup_since_us: i64,
-        lock_timeout: std::time::Duration,
-        statement_timeout: std::time::Duration,
     ) -> Result<Vec<Appended>, StoreError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         let forced = repeated_in_batch(rows.iter());
         let sql = insert_sql(rows.len());
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)")
-            .bind(format!("{}ms", lock_timeout.as_millis().max(1)))
-            .bind(format!("{}ms", statement_timeout.as_millis().max(1)))
-            .execute(&mut *tx)
-            .await?;
         let mut q = sqlx::query(&sql);
         for (r, f) in rows.iter().zip(&forced) {
             q = bind_message!(q, r, *f, dup_since_us);
         }
-        let rows_out = q.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        let rows_out = q.fetch_all(pool).await?;
         let appended = rows_out
             .iter()
             .map(|r| {

@@ -57,82 +57,30 @@ fn corpus_through_adt_router_send_gets_the_expected_acks() {
     assert!(counts["AA"] + counts["CA"] >= 100, "{counts:?}");
 }
 
-#[test]
-fn corpus_through_python_mllp_send_gets_the_expected_acks() {
-    let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
-    let port = server.mllp.rsplit(':').next().unwrap().to_string();
-    // mllp_send waits for an answer to every message and --loose needs the standard
-    // delimiters, so it gets the messages that are answered and use `|^~\&`.
-    let mut expected = Vec::new();
-    let mut blob = Vec::new();
-    for f in corpus_files() {
-        let bytes = std::fs::read(&f).unwrap();
-        let want = expect_for(&bytes);
-        if bytes.starts_with(b"MSH|^~\\&|") && want.code.is_some() {
-            expected.push((f, want, control_id_of(&bytes)));
-            blob.extend_from_slice(&bytes);
-            blob.extend_from_slice(b"\r\n");
-        }
-    }
-    let input = dir.path().join("all.hl7");
-    std::fs::write(&input, &blob).unwrap();
-    let out = Command::new("mllp_send")
-        .args(["--loose", "-f"])
-        .arg(&input)
-        .args(["-p", &port, "127.0.0.1"])
-        .output()
-        .expect("mllp_send not found: the test command installs it with `pip install hl7`");
-    assert!(
-        out.status.success(),
-        "mllp_send failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let acks: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split('\n')
-        .filter(|l| l.contains("MSA"))
-        // mllp_send prints the ACK with its MLLP block characters.
-        .map(|l| l.trim_matches(['\x0b', '\x1c', '\r']).to_string())
-        .collect();
-    assert_eq!(acks.len(), expected.len(), "one ACK per message");
-    for ((f, want, ctrl), ack) in expected.iter().zip(&acks) {
-        let s = summarize_ack(ack.as_bytes());
-        assert_eq!(Some(s.code.as_str()), want.code, "{}: {ack:?}", f.display());
-        assert_eq!(&s.control_id, ctrl, "{}", f.display());
-    }
-    assert!(expected.len() >= 100);
-}
+type Expected = Vec<(std::path::PathBuf, Expect, String)>;
 
-/// python-hl7's `mllp_send` in strict mode: the whole corpus as one MLLP stream, each
-/// message sent as it is and each answer awaited before the next. It finishes only
-/// because every frame is answered (MSH-15 NE/ER included), as MLLP senders expect.
-#[test]
-fn corpus_through_python_mllp_send_strict_gets_an_answer_for_every_message() {
-    let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+/// Runs python-hl7's `mllp_send` (`mode` "--loose", or "--strict" for its default) on
+/// `input` against `server`, bounded by `timeout`, and checks one answer per expected
+/// message, in order, with the expected code and MSA-2.
+fn mllp_send_answers(server: &Server, mode: &str, input: &std::path::Path, expected: &Expected) {
     let port = server.mllp.rsplit(':').next().unwrap().to_string();
-    let mut expected = Vec::new();
-    let mut stream = Vec::new();
-    for f in corpus_files() {
-        let bytes = std::fs::read(&f).unwrap();
-        expected.push((f, expect_for(&bytes), control_id_of(&bytes)));
-        stream.extend_from_slice(&frame(&bytes));
+    let mut cmd = Command::new("timeout");
+    cmd.args(["120", "mllp_send"]);
+    if mode == "--loose" {
+        cmd.arg("--loose");
     }
-    let input = dir.path().join("all.mllp");
-    std::fs::write(&input, &stream).unwrap();
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg("mllp_send")
+    let out = cmd
         .arg("-f")
-        .arg(&input)
+        .arg(input)
         .args(["-p", &port, "127.0.0.1"])
         .output()
         .expect("mllp_send not found: the test command installs it with `pip install hl7`");
     assert!(
         out.status.success(),
-        "mllp_send (strict) failed or waited forever: {}",
+        "mllp_send {mode} failed or waited forever: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // mllp_send prints each ACK with its MLLP block characters.
     let acks: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .split('\x1c')
         .filter(|l| l.contains("MSA"))
@@ -144,6 +92,47 @@ fn corpus_through_python_mllp_send_strict_gets_an_answer_for_every_message() {
         assert_eq!(Some(s.code.as_str()), want.code, "{}: {ack:?}", f.display());
         assert_eq!(&s.control_id, ctrl, "{}", f.display());
     }
+}
+
+#[test]
+fn corpus_through_python_mllp_send_gets_the_expected_acks() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    // --loose needs the standard delimiters, so it gets the messages that use `|^~\&`.
+    let mut expected = Vec::new();
+    let mut blob = Vec::new();
+    for f in corpus_files() {
+        let bytes = std::fs::read(&f).unwrap();
+        let want = expect_for(&bytes);
+        if bytes.starts_with(b"MSH|^~\\&|") {
+            expected.push((f, want, control_id_of(&bytes)));
+            blob.extend_from_slice(&bytes);
+            blob.extend_from_slice(b"\r\n");
+        }
+    }
+    let input = dir.path().join("all.hl7");
+    std::fs::write(&input, &blob).unwrap();
+    mllp_send_answers(&server, "--loose", &input, &expected);
+    assert!(expected.len() >= 100);
+}
+
+/// python-hl7's `mllp_send` in strict mode: the whole corpus as one MLLP stream, each
+/// message sent as it is and each answer awaited before the next. It finishes only
+/// because every frame is answered (MSH-15 NE/ER included), as MLLP senders expect.
+#[test]
+fn corpus_through_python_mllp_send_strict_gets_an_answer_for_every_message() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let mut expected = Vec::new();
+    let mut stream = Vec::new();
+    for f in corpus_files() {
+        let bytes = std::fs::read(&f).unwrap();
+        expected.push((f, expect_for(&bytes), control_id_of(&bytes)));
+        stream.extend_from_slice(&frame(&bytes));
+    }
+    let input = dir.path().join("all.mllp");
+    std::fs::write(&input, &stream).unwrap();
+    mllp_send_answers(&server, "--strict", &input, &expected);
 }
 
 /// Sends each file's exact bytes and checks the event log kept them unchanged, and
