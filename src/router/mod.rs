@@ -153,14 +153,11 @@ impl RecordProcessor {
             .clone()
             .filter(|c| !c.is_empty())
             .and_then(|c| crate::hl7::AckCode::parse(&c));
-        Ok(Some(new_message(
-            &parsed,
-            raw,
-            &peer,
-            received_at_us,
-            sha256,
-            cs,
-            ack_code,
-        )))
+        let mut row = new_message(&parsed, raw, &peer, received_at_us, sha256, cs, ack_code);
+        // The listener records "none" when it answered nothing; keep it.
+        if meta.ack_code.as_deref() == Some("none") {
+            row.ack_code = Some("none".into());
+        }
+        Ok(Some(row))
     }
 }
