@@ -159,7 +159,8 @@ pub struct EventLogSettings {
     /// A message not committed within this is answered as not stored (see
     /// `mllp.on_storage_failure`); a commit that lands later is recorded as such.
     pub commit_timeout_ms: u64,
-    /// The same sender + facility + control id within this window is a duplicate.
+    /// The same sender + facility + control id + bytes within this window is a
+    /// duplicate; the same key with other bytes is a control-id collision.
     pub duplicate_window_hours: u64,
 }
 

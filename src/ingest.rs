@@ -203,6 +203,10 @@ impl Ingest {
                     self.metrics.duplicates.inc();
                     tracing::info!(%control_id, sending_facility = %labels.0, "Duplicate message acknowledged again and not routed twice.");
                 }
+                if appended.collision {
+                    self.metrics.control_id_collisions.inc();
+                    tracing::warn!(%control_id, sending_facility = %labels.0, id = appended.id, "Control id reused for different content: stored, routed and flagged as a collision.");
+                }
                 tracing::debug!(%control_id, sending_facility = %labels.0, trigger_event = %labels.1, id = appended.id, "Message stored.");
                 let mut errs = parsed.problems;
                 if matches!(code, Some(AckCode::CA)) {

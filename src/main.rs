@@ -697,6 +697,7 @@ async fn export(
                 "ack_code": m.ack_code,
                 "status": m.status,
                 "duplicate": m.duplicate,
+                "control_id_collision": m.control_id_collision,
                 "error": m.error,
                 "received_at": received_at,
                 "peer": m.peer,

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     pub connections_refused: IntCounter,
     pub duplicates: IntCounter,
+    /// Messages stored with a control id their sender had used for other bytes.
+    pub control_id_collisions: IntCounter,
     pub quarantined: IntCounterVec,
     pub commit_batch_size: Histogram,
     pub commit_latency: Histogram,
@@ -179,7 +181,12 @@ impl Metrics {
             .expect("metric"),
             duplicates: IntCounter::new(
                 "duplicates_total",
-                "Messages whose sender, facility and control id were already stored within the window.",
+                "Messages whose sender, facility, control id and bytes were already stored within the window (resends, not routed again).",
+            )
+            .expect("metric"),
+            control_id_collisions: IntCounter::new(
+                "control_id_collisions_total",
+                "Messages whose sender, facility and control id were stored within the window with other bytes (stored, routed and flagged).",
             )
             .expect("metric"),
             quarantined: IntCounterVec::new(
@@ -216,6 +223,7 @@ impl Metrics {
             Box::new(m.connections_total.clone()),
             Box::new(m.connections_refused.clone()),
             Box::new(m.duplicates.clone()),
+            Box::new(m.control_id_collisions.clone()),
             Box::new(m.quarantined.clone()),
             Box::new(m.commit_batch_size.clone()),
             Box::new(m.commit_latency.clone()),

@@ -267,6 +267,7 @@ impl KafkaLog {
             Ok(Ok(d)) => Ok(Appended {
                 id: d.offset,
                 duplicate: false,
+                collision: false,
             }),
             Ok(Err((e, _))) => {
                 self.metrics

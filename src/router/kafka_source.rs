@@ -107,6 +107,9 @@ pub async fn process_until_done(
                         .records_processed
                         .with_label_values(&[p.label()])
                         .inc();
+                    if p.label() == "collision" {
+                        metrics.control_id_collisions.inc();
+                    }
                 }
                 return Some(done);
             }

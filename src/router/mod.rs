@@ -25,8 +25,9 @@ pub struct RecordMeta {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Processed {
-    /// A new row; `duplicate` when the sender had already sent this control id.
-    Stored { duplicate: bool },
+    /// A new row; `duplicate` when the sender had already sent these bytes with this
+    /// control id, `collision` when it had sent other bytes with it.
+    Stored { duplicate: bool, collision: bool },
     /// This very record (same partition and offset) was stored before: nothing changed.
     AlreadyStored,
     /// Not a usable HL7 message: kept in quarantine, never blocks the partition.
@@ -36,8 +37,13 @@ pub enum Processed {
 impl Processed {
     pub fn label(self) -> &'static str {
         match self {
-            Processed::Stored { duplicate: false } => "stored",
-            Processed::Stored { duplicate: true } => "duplicate",
+            Processed::Stored {
+                duplicate: true, ..
+            } => "duplicate",
+            Processed::Stored {
+                collision: true, ..
+            } => "collision",
+            Processed::Stored { .. } => "stored",
             Processed::AlreadyStored => "already_stored",
             Processed::Quarantined => "quarantined",
         }
@@ -97,6 +103,7 @@ impl RecordProcessor {
             out[slot] = match stored {
                 Some(a) => Processed::Stored {
                     duplicate: a.duplicate,
+                    collision: a.collision,
                 },
                 None => Processed::AlreadyStored,
             };

@@ -85,8 +85,12 @@ pub struct NewQuarantine {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
     pub id: i64,
-    /// The same sender, facility and control id was already stored within the window.
+    /// The same sender, facility and control id, with the same bytes (SHA-256), was
+    /// already stored within the window: a resend, not routed again.
     pub duplicate: bool,
+    /// The same sender, facility and control id was stored within the window with other
+    /// bytes: a control-id collision. Stored and routed like any message, and flagged.
+    pub collision: bool,
 }
 
 /// One stored message, as exported.
@@ -107,6 +111,7 @@ pub struct StoredMessage {
     pub duplicate: bool,
     pub error: Option<String>,
     pub sha256: String,
+    pub control_id_collision: bool,
     pub raw: Option<Vec<u8>>,
 }
 
@@ -137,9 +142,10 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// Binds one row's parameters in [`insert_sql`] order.
+/// Binds one row's parameters in [`insert_sql`] order; `$batch` is the row's
+/// [`InBatch`].
 macro_rules! bind_message {
-    ($q:expr, $r:expr, $forced:expr, $since:expr) => {
+    ($q:expr, $r:expr, $batch:expr, $since:expr) => {
         $q.bind($r.received_at_us)
             .bind(&$r.peer)
             .bind(&$r.sending_application)
@@ -161,11 +167,12 @@ macro_rules! bind_message {
             .bind(&$r.patient_class)
             .bind(&$r.sha256)
             .bind(&$r.raw)
-            .bind($forced)
+            .bind($batch.duplicate)
             .bind(&$r.control_id)
             .bind(&$r.sending_facility)
             .bind(&$r.sending_application)
             .bind($since)
+            .bind($batch.collision)
     };
 }
 
@@ -189,11 +196,11 @@ pub enum Store {
 const MESSAGE_COLUMNS: &str = "received_at_us, peer, sending_application, sending_facility, \
     receiving_application, receiving_facility, control_id, message_type, trigger_event, \
     version, processing_id, charset, ack_mode, ack_code, status, error, patient_key, \
-    visit_number, patient_class, sha256, raw, duplicate";
+    visit_number, patient_class, sha256, raw, duplicate, control_id_collision";
 
 const EXPORT_COLUMNS: &str = "id, received_at_us, peer, sending_application, sending_facility, \
     control_id, message_type, trigger_event, version, charset, ack_code, status, duplicate, \
-    error, sha256";
+    error, sha256, control_id_collision";
 
 /// How much of a SQLite file its connections map rather than read(). Past the map every
 /// page is a read() into a fresh cache buffer: with a 1,000,000-patient roster the file
@@ -311,7 +318,7 @@ impl Store {
         let sql = insert_sql(rows.len());
         let mut q = sqlx::query(&sql);
         for (r, f) in rows.iter().zip(&forced) {
-            q = bind_message!(q, r, *f, dup_since_us);
+            q = bind_message!(q, r, f, dup_since_us);
         }
         let rows_out = q.fetch_all(pool).await?;
         let appended = rows_out
@@ -320,6 +327,7 @@ impl Store {
                 Ok(Appended {
                     id: r.try_get(0)?,
                     duplicate: r.try_get(1)?,
+                    collision: r.try_get(2)?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -359,7 +367,7 @@ impl Store {
             let sql = sql(&query);
             let mut q = sqlx::query(&sql);
             for ((r, o), f) in rows.iter().zip(&forced) {
-                q = bind_message!(q, r, *f, dup_since_us)
+                q = bind_message!(q, r, f, dup_since_us)
                     .bind(&o.source)
                     .bind(o.partition)
                     .bind(o.offset);
@@ -373,6 +381,7 @@ impl Store {
                         Appended {
                             id: r.try_get(0)?,
                             duplicate: r.try_get(1)?,
+                            collision: r.try_get(4)?,
                         },
                     ))
                 })
@@ -589,8 +598,8 @@ impl Store {
 
 /// Parameters per row, in the order [`insert_sql`] expects them: the 21 columns of
 /// [`MESSAGE_COLUMNS`] up to `raw`, then the duplicate check's `forced`, control id,
-/// sending facility, sending application and window start.
-pub(crate) const PARAMS_PER_ROW: usize = 26;
+/// sending facility, sending application and window start, then the in-batch collision.
+pub(crate) const PARAMS_PER_ROW: usize = 27;
 
 /// A row filter for [`Store::select_reference_where`]: the picked columns' text in, keep or not.
 pub type Keep = std::sync::Arc<dyn Fn(&[&str]) -> bool + Send + Sync>;
@@ -598,9 +607,11 @@ pub type Keep = std::sync::Arc<dyn Fn(&[&str]) -> bool + Send + Sync>;
 /// Sets one stored message's `ack_code` (both dialects: `$n` placeholders).
 pub(crate) const SET_ACK_CODE_SQL: &str = "UPDATE inbound_messages SET ack_code = $1 WHERE id = $2";
 
-/// `INSERT ... VALUES (...), (...) RETURNING id, duplicate` for `n` rows. A row is a
-/// duplicate when it repeats an earlier row of the batch (`forced`) or a stored,
-/// non-duplicate message from the same sender within the window.
+/// `INSERT ... VALUES (...), (...) RETURNING id, duplicate, control_id_collision` for
+/// `n` rows. A row is a duplicate when it repeats, byte for byte (SHA-256), an earlier
+/// row of the batch (`forced`) or a stored, non-duplicate message with the same sender,
+/// facility and control id within the window; it is a control-id collision when such a
+/// message exists with other bytes (and it is not a duplicate).
 pub(crate) fn insert_sql(n: usize) -> String {
     insert_sql_from(n, false)
 }
@@ -629,11 +640,21 @@ pub(crate) fn insert_sql_from(n: usize, origin: bool) -> String {
             sql.push_str(&p());
             sql.push_str(", ");
         }
-        let (forced, ctrl, fac, app, since) = (p(), p(), p(), p(), p());
+        // The sha256 column's own parameter is the 20th of the row.
+        let per_row = PARAMS_PER_ROW + if origin { 3 } else { 0 };
+        let sha = format!("${}", i * per_row + 20);
+        let (forced, ctrl, fac, app, since, collided) = (p(), p(), p(), p(), p(), p());
+        let same_key = |bytes: &str| {
+            format!(
+                "EXISTS (SELECT 1 FROM inbound_messages d WHERE d.control_id = {ctrl} \
+                 AND d.sending_facility = {fac} AND d.sending_application = {app} \
+                 AND d.sha256 {bytes} {sha} AND NOT d.duplicate AND d.received_at_us >= {since})"
+            )
+        };
+        let duplicate = format!("({forced} OR {})", same_key("="));
         sql.push_str(&format!(
-            "({forced} OR EXISTS (SELECT 1 FROM inbound_messages d WHERE d.control_id = {ctrl} \
-             AND d.sending_facility = {fac} AND d.sending_application = {app} \
-             AND NOT d.duplicate AND d.received_at_us >= {since}))"
+            "{duplicate}, (NOT {duplicate} AND ({collided} OR {}))",
+            same_key("<>")
         ));
         if origin {
             let (src, part, off) = (p(), p(), p());
@@ -642,19 +663,41 @@ pub(crate) fn insert_sql_from(n: usize, origin: bool) -> String {
         sql.push(')');
     }
     if origin {
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id, duplicate, log_partition, log_offset");
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id, duplicate, log_partition, log_offset, control_id_collision");
     } else {
-        sql.push_str(" RETURNING id, duplicate");
+        sql.push_str(" RETURNING id, duplicate, control_id_collision");
     }
     sql
 }
 
-/// Marks rows that repeat an earlier row of the same batch: the statement cannot see
-/// rows it is itself inserting on every backend.
-pub(crate) fn repeated_in_batch<'a>(rows: impl Iterator<Item = &'a NewMessage>) -> Vec<bool> {
-    let mut seen = std::collections::HashSet::new();
-    rows.map(|r| !seen.insert((&r.sending_application, &r.sending_facility, &r.control_id)))
-        .collect()
+/// What a row is next to the earlier rows of its own batch, which the statement cannot
+/// see on every backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct InBatch {
+    /// An earlier row has the same key and the same bytes.
+    pub duplicate: bool,
+    /// An earlier row has the same key and other bytes.
+    pub collision: bool,
+}
+
+/// Marks rows that repeat, or collide with, an earlier row of the same batch.
+pub(crate) fn repeated_in_batch<'a>(rows: impl Iterator<Item = &'a NewMessage>) -> Vec<InBatch> {
+    let mut seen: std::collections::HashMap<_, Vec<&str>> = std::collections::HashMap::new();
+    rows.map(|r| {
+        let shas = seen
+            .entry((&r.sending_application, &r.sending_facility, &r.control_id))
+            .or_default();
+        let duplicate = shas.contains(&r.sha256.as_str());
+        let collision = !duplicate && !shas.is_empty();
+        if !duplicate {
+            shas.push(&r.sha256);
+        }
+        InBatch {
+            duplicate,
+            collision,
+        }
+    })
+    .collect()
 }
 
 /// Ids are assigned in insertion order; RETURNING order is not guaranteed.
@@ -697,6 +740,7 @@ where
         duplicate: r.try_get("duplicate")?,
         error: r.try_get("error")?,
         sha256: r.try_get("sha256")?,
+        control_id_collision: r.try_get("control_id_collision")?,
         raw: if with_body {
             Some(r.try_get("raw")?)
         } else {
@@ -809,5 +853,88 @@ mod tests {
             "postgres://u:***@h/db"
         );
         assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+    }
+}
+
+#[cfg(test)]
+mod insert_tests {
+    use super::*;
+
+    fn row(ctrl: &str, sha: &str) -> NewMessage {
+        NewMessage {
+            received_at_us: 0,
+            peer: String::new(),
+            sending_application: "A".into(),
+            sending_facility: "F".into(),
+            receiving_application: String::new(),
+            receiving_facility: String::new(),
+            control_id: ctrl.into(),
+            message_type: String::new(),
+            trigger_event: String::new(),
+            version: String::new(),
+            processing_id: String::new(),
+            charset: String::new(),
+            ack_mode: String::new(),
+            ack_code: None,
+            status: "pending",
+            error: None,
+            patient_key: None,
+            visit_number: None,
+            patient_class: None,
+            sha256: sha.into(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// Within a batch: the same bytes again are a duplicate, other bytes a collision.
+    #[test]
+    fn batch_rows_are_duplicates_only_with_the_same_bytes() {
+        let rows = [
+            row("1", "a"),
+            row("1", "a"),
+            row("1", "b"),
+            row("1", "b"),
+            row("2", "a"),
+        ];
+        let flags: Vec<(bool, bool)> = repeated_in_batch(rows.iter())
+            .into_iter()
+            .map(|f| (f.duplicate, f.collision))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (false, false),
+                (true, false),
+                (false, true),
+                (true, false),
+                (false, false)
+            ]
+        );
+    }
+
+    /// Every row uses exactly its own parameters, and the sha256 the checks compare is
+    /// the row's own column.
+    #[test]
+    fn insert_sql_numbers_each_rows_parameters() {
+        for origin in [false, true] {
+            let per_row = PARAMS_PER_ROW + if origin { 3 } else { 0 };
+            let sql = insert_sql_from(2, origin);
+            let max = sql
+                .split('$')
+                .skip(1)
+                .filter_map(|t| {
+                    t.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .max();
+            assert_eq!(max, Some(2 * per_row));
+            assert!(
+                sql.contains(&format!("d.sha256 = ${}", per_row + 20)),
+                "{sql}"
+            );
+            assert!(sql.contains("d.sha256 = $20 "), "{sql}");
+        }
     }
 }

@@ -97,7 +97,8 @@ pub fn messages(
                 duplicate: r.get(12)?,
                 error: r.get(13)?,
                 sha256: r.get(14)?,
-                raw: Some(r.get(15)?),
+                control_id_collision: r.get(15)?,
+                raw: Some(r.get(16)?),
             })
         })?;
         rows.collect()

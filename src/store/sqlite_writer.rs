@@ -69,18 +69,20 @@ impl SqliteWriter {
                 &r.patient_class,
                 &r.sha256,
                 &r.raw,
-                f,
+                &f.duplicate,
                 &r.control_id,
                 &r.sending_facility,
                 &r.sending_application,
+                &dup_since_us,
+                &f.collision,
             ]);
-            params.push(&dup_since_us);
         }
         let out = stmt
             .query_map(params_from_iter(params), |row| {
                 Ok(Appended {
                     id: row.get(0)?,
                     duplicate: row.get(1)?,
+                    collision: row.get(2)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

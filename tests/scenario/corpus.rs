@@ -260,6 +260,51 @@ async fn duplicates_are_acked_again_and_recorded() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Kafka"));
 }
 
+/// The same sender, facility and control id with other bytes is not a resend: it is
+/// stored, routed and flagged as a control-id collision, and counted. Only a byte-for-byte
+/// resend is a duplicate.
+#[tokio::test]
+async fn a_reused_control_id_with_new_content_is_routed_and_flagged() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = MllpClient::connect(&server.mllp).await.unwrap();
+    let first = b"MSH|^~\\&|EPIC|GENHOSP|R|R|20260101||ADT^A01|REUSED-1|P|2.5.1\rPID|1||MRN1^^^GENHOSP^MR\rPV1|1|I\r";
+    let other = b"MSH|^~\\&|EPIC|GENHOSP|R|R|20260102||ADT^A03|REUSED-1|P|2.5.1\rPID|1||MRN2^^^GENHOSP^MR\rPV1|1|I\r";
+    for m in [&first[..], &first[..], &other[..], &other[..]] {
+        let s = summarize_ack(&c.send(m, Duration::from_secs(10)).await.unwrap());
+        assert_eq!((s.code.as_str(), s.control_id.as_str()), ("AA", "REUSED-1"));
+    }
+    let rows = server.export(&[]);
+    let flags: Vec<(bool, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["duplicate"].as_bool().unwrap(),
+                r["control_id_collision"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    // first, its resend, the new content (a collision), its resend.
+    assert_eq!(
+        flags,
+        vec![(false, false), (true, false), (false, true), (true, false)]
+    );
+    assert_eq!(server.metric("adt_router_control_id_collisions_total"), 1.0);
+    assert_eq!(server.metric("adt_router_duplicates_total"), 2.0);
+    // Both contents are routed; neither resend is.
+    wait_for(Duration::from_secs(30), "both messages routed", || {
+        server.metric("adt_router_routed_messages_total{outcome=\"routed\"}") >= 2.0
+    });
+    wait_for(Duration::from_secs(30), "the resends skipped", || {
+        server.metric("adt_router_routed_messages_total{outcome=\"skipped\"}") >= 2.0
+    });
+    assert_eq!(
+        server.metric("adt_router_routed_messages_total{outcome=\"routed\"}"),
+        2.0
+    );
+    assert!(server.log().contains("flagged as a collision"));
+}
+
 #[tokio::test]
 async fn charsets_are_decoded_and_raw_bytes_kept() {
     let dir = tempdir();
