@@ -45,7 +45,7 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_label_cap(settings.metrics.max_label_values));
         let rules_dir = Path::new(&settings.routing.rules_dir);
         let rules = if rules_dir.is_dir() {
             let set = crate::route::rules::load_dir(rules_dir).context(

@@ -23,6 +23,24 @@ pub struct Settings {
     pub attribution: AttributionSettings,
     pub auth: AuthSettings,
     pub routing: RoutingSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// `/metrics`: bounds on what message content can add to it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Distinct sending facilities (MSH-4), and distinct triggers, that get a series of
+    /// their own; later ones are counted as `other`.
+    pub max_label_values: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            max_label_values: crate::metrics::DEFAULT_MAX_LABEL_VALUES,
+        }
+    }
 }
 
 /// Step 4: the router, its rules, and the encounter state machine.

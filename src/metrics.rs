@@ -8,6 +8,8 @@ use prometheus::{
 
 pub struct Metrics {
     pub registry: Registry,
+    facilities: LabelCap,
+    triggers: LabelCap,
     /// Frames answered, by sending facility, trigger event and the ACK code that was
     /// written to the connection ("none" when nothing was: MSH-15 asked for no answer,
     /// storage failed with `on_storage_failure = "close"`, or the write failed).
@@ -66,8 +68,53 @@ pub struct Metrics {
 
 const FACILITY_LABEL_MAX: usize = 64;
 
+/// The default of `metrics.max_label_values`.
+pub const DEFAULT_MAX_LABEL_VALUES: usize = 200;
+
+/// Label values taken from message content: the first `max` distinct ones are used as
+/// they are, every later one becomes `other`. A sender (or an attacker) inventing MSH-4
+/// values cannot grow the number of series without bound.
+struct LabelCap {
+    seen: std::sync::RwLock<std::collections::HashSet<String>>,
+    max: usize,
+}
+
+impl LabelCap {
+    fn new(max: usize) -> Self {
+        LabelCap {
+            seen: Default::default(),
+            max,
+        }
+    }
+
+    fn label<'a>(&self, value: &'a str) -> &'a str {
+        let read = self.seen.read().unwrap_or_else(|e| e.into_inner());
+        if read.contains(value) {
+            return value;
+        }
+        let full = read.len() >= self.max;
+        drop(read);
+        if full {
+            return "other";
+        }
+        let mut write = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if write.len() < self.max || write.contains(value) {
+            write.insert(value.to_string());
+            value
+        } else {
+            "other"
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_label_cap(DEFAULT_MAX_LABEL_VALUES)
+    }
+
+    /// `max_label_values` distinct sending facilities, and as many triggers, get a series
+    /// of their own; later ones are counted as `other`.
+    pub fn with_label_cap(max_label_values: usize) -> Self {
         let registry = Registry::new_custom(Some("adt_router".into()), None).expect("registry");
         let latency_buckets = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -75,6 +122,8 @@ impl Metrics {
         ];
         let m = Metrics {
             registry,
+            facilities: LabelCap::new(max_label_values),
+            triggers: LabelCap::new(max_label_values),
             produce_latency: Histogram::with_opts(
                 HistogramOpts::new("kafka_produce_latency_seconds", "Kafka mode: time from send to the broker's confirmation.")
                     .buckets(latency_buckets.clone()),
@@ -254,7 +303,11 @@ impl Metrics {
         let fac: String = facility.chars().take(FACILITY_LABEL_MAX).collect();
         let trig: String = trigger.chars().take(8).collect();
         self.messages_received
-            .with_label_values(&[fac.as_str(), trig.as_str(), ack_code])
+            .with_label_values(&[
+                self.facilities.label(&fac),
+                self.triggers.label(&trig),
+                ack_code,
+            ])
             .inc();
     }
 
@@ -271,6 +324,21 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod label_cap_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_values_keep_their_label_and_the_rest_are_other() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.label("A"), "A");
+        assert_eq!(cap.label("B"), "B");
+        assert_eq!(cap.label("C"), "other");
+        assert_eq!(cap.label("A"), "A");
+        assert_eq!(cap.label("D"), "other");
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod attacks;
 mod attribution;
 mod corpus;
 mod crash;
