@@ -229,7 +229,9 @@ impl App {
             tls: self.tls.clone(),
             max_frame_bytes: m.max_frame_bytes,
             max_connections: m.max_connections,
+            max_connections_per_peer: m.max_connections_per_peer,
             idle_timeout: Duration::from_secs(m.idle_timeout_secs),
+            frame_timeout: Duration::from_secs(m.frame_timeout_secs),
             tcp_keepalive: Duration::from_secs(m.tcp_keepalive_secs.max(1)),
             drain_timeout: Duration::from_secs(m.drain_timeout_secs),
         };

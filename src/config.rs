@@ -91,9 +91,15 @@ pub struct MllpSettings {
     pub max_frame_bytes: usize,
     /// Connections beyond this are accepted and closed at once (and counted).
     pub max_connections: usize,
+    /// Connections from one address beyond this are closed at once (and counted), so
+    /// one peer cannot take every slot.
+    pub max_connections_per_peer: usize,
     /// A connection with no bytes for this long is closed. Senders hold connections open
     /// between messages, so this is long (standards §1.5: hours).
     pub idle_timeout_secs: u64,
+    /// Once a frame has begun it must end within this (a peer trickling bytes to hold
+    /// a connection and its buffer is closed).
+    pub frame_timeout_secs: u64,
     /// TCP keepalive idle time; finds peers that vanished without a FIN.
     pub tcp_keepalive_secs: u64,
     /// On shutdown, how long connections get to finish frames already received.
@@ -119,7 +125,9 @@ impl Default for MllpSettings {
             listen: "127.0.0.1:2575".into(),
             max_frame_bytes: 16 * 1024 * 1024,
             max_connections: 1024,
+            max_connections_per_peer: 64,
             idle_timeout_secs: 3600,
+            frame_timeout_secs: 60,
             tcp_keepalive_secs: 60,
             drain_timeout_secs: 10,
             tls_cert: String::new(),
@@ -610,6 +618,12 @@ impl Settings {
         }
         if !self.mllp.tls_client_ca.is_empty() && self.mllp.tls_cert.is_empty() {
             return bad("mllp.tls_client_ca", "needs tls_cert and tls_key".into());
+        }
+        if self.mllp.max_connections_per_peer == 0 {
+            return bad("mllp.max_connections_per_peer", "must be at least 1".into());
+        }
+        if self.mllp.frame_timeout_secs == 0 {
+            return bad("mllp.frame_timeout_secs", "must be at least 1".into());
         }
         if self.mllp.max_connections == 0 {
             return bad("mllp.max_connections", "must be at least 1".into());

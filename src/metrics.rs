@@ -20,7 +20,8 @@ pub struct Metrics {
     pub frame_errors: IntCounterVec,
     pub open_connections: IntGauge,
     pub connections_total: IntCounter,
-    pub connections_refused: IntCounter,
+    /// Connections closed at once, by reason (`max_connections`, `per_peer`).
+    pub connections_refused: IntCounterVec,
     pub duplicates: IntCounter,
     /// Messages stored with a control id their sender had used for other bytes.
     pub control_id_collisions: IntCounter,
@@ -223,9 +224,12 @@ impl Metrics {
             .expect("metric"),
             open_connections: IntGauge::new("mllp_open_connections", "Open MLLP connections.").expect("metric"),
             connections_total: IntCounter::new("mllp_connections_total", "MLLP connections accepted.").expect("metric"),
-            connections_refused: IntCounter::new(
-                "mllp_connections_refused_total",
-                "MLLP connections refused because mllp.max_connections were open.",
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "mllp_connections_refused_total",
+                    "MLLP connections closed at once, by reason: max_connections (mllp.max_connections open) or per_peer (mllp.max_connections_per_peer open from that address).",
+                ),
+                &["reason"],
             )
             .expect("metric"),
             duplicates: IntCounter::new(

@@ -3,7 +3,8 @@
 //!
 //! Limits, because a listener facing a hospital network must not be the thing that
 //! falls over: a connection cap (a semaphore; excess connections are closed at once and
-//! counted), an idle timeout, TCP keepalive, and the codec's frame size cap.
+//! counted) and one per peer address, an idle timeout, a time limit on each frame once
+//! begun, TCP keepalive, and the codec's frame size cap.
 //!
 //! Shutdown: stop accepting; each connection handles the complete frames it has already
 //! received (including bytes still in the socket buffer), answers them, and closes.
@@ -26,7 +27,10 @@ pub struct ListenerOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_peer: usize,
     pub idle_timeout: Duration,
+    /// A frame begun must end within this.
+    pub frame_timeout: Duration,
     pub tcp_keepalive: Duration,
     pub drain_timeout: Duration,
 }
@@ -40,6 +44,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(opts.max_connections));
+    let per_peer = Arc::new(PerPeer::default());
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -54,8 +59,14 @@ pub async fn run(
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    metrics.connections_refused.inc();
+                    metrics.connections_refused.with_label_values(&["max_connections"]).inc();
                     tracing::warn!(%peer, max = opts.max_connections, "MLLP connection refused: too many open connections.");
+                    drop(stream);
+                    continue;
+                };
+                let Some(peer_slot) = per_peer.take(peer.ip(), opts.max_connections_per_peer) else {
+                    metrics.connections_refused.with_label_values(&["per_peer"]).inc();
+                    tracing::warn!(%peer, max = opts.max_connections_per_peer, "MLLP connection refused: too many open connections from this address.");
                     drop(stream);
                     continue;
                 };
@@ -83,6 +94,7 @@ pub async fn run(
                     };
                     metrics.open_connections.dec();
                     tracing::info!(%peer, reason = why, "MLLP connection closed.");
+                    drop(peer_slot);
                     drop(permit);
                 });
             }
@@ -105,6 +117,43 @@ pub async fn run(
             "MLLP drain timed out; closing remaining connections."
         );
         conns.abort_all();
+    }
+}
+
+/// Open connections per peer address.
+#[derive(Default)]
+struct PerPeer(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One of a peer's connection slots, given back when dropped.
+struct PeerSlot {
+    peers: Arc<PerPeer>,
+    ip: std::net::IpAddr,
+}
+
+impl PerPeer {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -134,6 +183,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let peer_s = peer.to_string();
     let mut dec = FrameDecoder::new(opts.max_frame_bytes);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // When the frame now open began (as near as the reads tell).
+    let mut frame_began: Option<Instant> = None;
     loop {
         // Answer every complete frame already buffered, in order.
         loop {
@@ -154,6 +205,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         count_quirks(metrics, dec.take_quirks());
+        frame_began = match (dec.in_frame(), frame_began) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, began) => began,
+        };
         if *shutdown.borrow() {
             // Take what has already arrived, answer complete frames, then close.
             while let Ok(Ok(n)) =
@@ -171,8 +227,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = stream.shutdown().await;
             return "shutdown";
         }
+        let wait = match frame_began {
+            Some(t) => opts.frame_timeout.saturating_sub(t.elapsed()),
+            None => opts.idle_timeout,
+        };
         tokio::select! {
-            read = tokio::time::timeout(opts.idle_timeout, stream.read_buf(&mut buf)) => match read {
+            read = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => match read {
                 Ok(Ok(0)) => {
                     dec.finish(&buf);
                     count_quirks(metrics, dec.take_quirks());
@@ -180,6 +240,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return "read_error",
+                Err(_) if frame_began.is_some() => {
+                    metrics.frame_errors.with_label_values(&["frame_timeout"]).inc();
+                    tracing::warn!(%peer, limit_secs = opts.frame_timeout.as_secs(), "MLLP frame not finished in time; closing the connection.");
+                    return "frame_timeout";
+                }
                 Err(_) => {
                     metrics.frame_errors.with_label_values(&["idle_timeout"]).inc();
                     return "idle_timeout";

@@ -50,3 +50,93 @@ async fn ten_thousand_invented_facilities_leave_the_metric_series_capped() {
     );
     assert_eq!(server.export(&[]).len(), 10000);
 }
+
+/// A peer that begins a frame and trickles its bytes is closed after
+/// `mllp.frame_timeout_secs`, however steadily it sends; nothing is stored for it.
+#[tokio::test]
+async fn a_slow_drip_frame_is_closed_after_the_frame_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[("ADT_ROUTER__MLLP__FRAME_TIMEOUT_SECS", "1")]);
+    let mut s = tokio::net::TcpStream::connect(&server.mllp).await.unwrap();
+    let msg = b"\x0bMSH|^~\\&|A|F|R|R|20260101||ADT^A01|DRIP-1|P|2.5.1\rPID|1||M1^^^F\r";
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for b in msg.iter().cycle().take(200) {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 16];
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            assert!(matches!(r, Ok(0) | Err(_)), "no answer is due: {r:?}");
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the server kept a trickling frame open for 10 s");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert_eq!(
+        server.metric("adt_router_mllp_frame_errors_total{kind=\"frame_timeout\"}"),
+        1.0
+    );
+    assert!(server.export(&[]).is_empty());
+    // A sender that finishes its frames in time is unaffected.
+    let mut c = MllpClient::connect(&server.mllp).await.unwrap();
+    let ok = c.send(&msg[1..], Duration::from_secs(5)).await.unwrap();
+    assert_eq!(summarize_ack(&ok).code, "AA");
+}
+
+/// One address cannot take every connection slot: past `mllp.max_connections_per_peer`
+/// its connections are closed at once, while another address still gets in.
+#[tokio::test]
+async fn one_peer_cannot_take_every_connection() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempdir();
+    let server = Server::start(
+        dir.path(),
+        &[("ADT_ROUTER__MLLP__MAX_CONNECTIONS_PER_PEER", "2")],
+    );
+    let msg = b"MSH|^~\\&|A|F|R|R|20260101||ADT^A01|PEER-1|P|2.5.1\rPID|1||M1^^^F\r";
+    let mut a = MllpClient::connect(&server.mllp).await.unwrap();
+    let mut b = MllpClient::connect(&server.mllp).await.unwrap();
+    a.send(msg, Duration::from_secs(5)).await.unwrap();
+    b.send(msg, Duration::from_secs(5)).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(&server.mllp).await.unwrap();
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(r, Ok(0) | Err(_)));
+    assert_eq!(
+        server.metric("adt_router_mllp_connections_refused_total{reason=\"per_peer\"}"),
+        1.0
+    );
+    // Another loopback address is another peer.
+    let mut other = {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        sock.connect(server.mllp.parse().unwrap()).await.unwrap()
+    };
+    use tokio::io::AsyncWriteExt;
+    other
+        .write_all(&adt_router::mllp::codec::frame(msg))
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), other.read(&mut buf))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert!(n > 0, "the other address was refused");
+    // A closed connection gives its slot back.
+    drop(a);
+    wait_for(Duration::from_secs(5), "a's slot given back", || {
+        server.metric("adt_router_mllp_open_connections") <= 2.0
+    });
+    let mut again = MllpClient::connect(&server.mllp).await.unwrap();
+    assert_eq!(
+        summarize_ack(&again.send(msg, Duration::from_secs(5)).await.unwrap()).code,
+        "AA"
+    );
+}

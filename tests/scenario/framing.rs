@@ -165,7 +165,7 @@ async fn connections_past_the_limit_are_refused_and_idle_ones_closed() {
         .expect("refused in time");
     assert!(matches!(r, Ok(0) | Err(_)));
     assert_eq!(
-        server.metric("adt_router_mllp_connections_refused_total"),
+        server.metric("adt_router_mllp_connections_refused_total{reason=\"max_connections\"}"),
         1.0
     );
     assert_eq!(server.metric("adt_router_mllp_open_connections"), 2.0);
