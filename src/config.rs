@@ -157,7 +157,9 @@ impl Default for HttpSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
-    /// `sqlite://PATH` (created if missing) or `postgres://...`.
+    /// `sqlite://PATH` (created if missing) or `postgres://...`. Printed configurations
+    /// mask the password.
+    #[serde(serialize_with = "masked_url")]
     pub url: String,
     pub max_connections: u32,
     /// SQLite: how long a statement waits for a lock.
@@ -321,11 +323,14 @@ pub struct FhirSettings {
 pub struct DirectSettings {
     /// `smtp://host:port` (add `?tls=required` for STARTTLS) or `smtps://host:port`.
     /// Empty: Direct is off and DIRECT notifications wait.
+    #[serde(serialize_with = "masked_url")]
     pub smtp_url: String,
     /// Our sending Direct address; MDNs are requested back to it.
     pub from: String,
-    /// SMTP AUTH at the HISP (may also be given in the URL).
+    /// SMTP AUTH at the HISP (may also be given in the URL). Printed configurations
+    /// show `***` for the password.
     pub username: String,
+    #[serde(serialize_with = "masked")]
     pub password: String,
     /// PEM file of a CA to trust for the HISP's TLS certificate (a private CA); empty:
     /// the public web roots.
@@ -471,6 +476,16 @@ fn keys_only<S: serde::Serializer>(
         out.serialize_entry(k, "<set>")?;
     }
     out.end()
+}
+
+/// A secret in printed configurations: `***` when set, empty when not.
+fn masked<S: serde::Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_empty() { "" } else { "***" })
+}
+
+/// A URL in printed configurations: its password replaced by `***`.
+fn masked_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::store::redact_url(url))
 }
 
 fn hash_secret<S: serde::Serializer>(t: &str, s: S) -> Result<S::Ok, S::Error> {

@@ -37,16 +37,15 @@ async fn ten_thousand_invented_facilities_leave_the_metric_series_capped() {
         .filter(|l| l.starts_with("adt_router_messages_received_total{"))
         .collect();
     assert!(series.len() <= 201, "{} series", series.len());
-    assert_eq!(
-        server.metric_sum(
-            "adt_router_messages_received_total",
-            "sending_facility=\"other\""
-        ),
-        9800.0
+    server.assert_metric_sum(
+        "adt_router_messages_received_total",
+        "sending_facility=\"other\"",
+        9800.0,
     );
-    assert_eq!(
-        server.metric_sum("adt_router_messages_received_total", "ack_code=\"AA\""),
-        10000.0
+    server.assert_metric_sum(
+        "adt_router_messages_received_total",
+        "ack_code=\"AA\"",
+        10000.0,
     );
     assert_eq!(server.export(&[]).len(), 10000);
 }
@@ -139,4 +138,53 @@ async fn one_peer_cannot_take_every_connection() {
         summarize_ack(&again.send(msg, Duration::from_secs(5)).await.unwrap()).code,
         "AA"
     );
+}
+
+/// `check-config` prints the effective configuration for an operator to read or paste
+/// into a ticket: no secret from the file or the environment may appear in it.
+#[test]
+fn check_config_prints_no_secret() {
+    let dir = tempdir();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[direct]\nsmtp_url = \"smtps://hisp-user:url-secret-4711@127.0.0.1:465\"\nfrom = \"hosp@direct.example.org\"\n\
+         [kafka]\nbrokers = \"127.0.0.1:9\"\n[kafka.librdkafka_options]\n\"sasl.password\" = \"kafka-secret-4711\"\n\
+         [[auth.tokens]]\ntoken = \"token-secret-4711-abcdef\"\nrole = \"admin\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env("ADT_ROUTER__DIRECT__PASSWORD", "smtp-secret-4711")
+        .env(
+            "ADT_ROUTER__DATABASE__URL",
+            "postgres://adt:db-secret-4711@127.0.0.1:5432/adt",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("secret-4711"),
+        "a secret was printed:\n{text}"
+    );
+    // What an operator needs is still there.
+    assert!(
+        text.contains("postgres://adt:***@127.0.0.1:5432/adt"),
+        "{text}"
+    );
+    assert!(
+        text.contains("smtps://hisp-user:***@127.0.0.1:465"),
+        "{text}"
+    );
+    assert!(text.contains("sasl.password"), "{text}");
 }

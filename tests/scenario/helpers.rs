@@ -214,6 +214,23 @@ impl Server {
             .sum()
     }
 
+    /// Asserts that [`Server::metric_sum`] reaches `want` within 5 s. An answer is counted
+    /// just after it is written, so a client may read it a moment before the count.
+    pub fn assert_metric_sum(&self, name: &str, label: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.metric_sum(name, label);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{{{label}}} is {got}, expected {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
