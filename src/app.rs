@@ -61,6 +61,13 @@ impl App {
         let store = Store::connect(&settings.store_options())
             .await
             .with_context(|| format!("opening database {}", redact_url(&settings.database.url)))?;
+        if let Some(v) = store.asynchronous_commit().await? {
+            if settings.database.allow_asynchronous_commit {
+                tracing::warn!(synchronous_commit = %v, "PostgreSQL commits are asynchronous: an acknowledged message can be lost in a database crash (database.allow_asynchronous_commit = true).");
+            } else {
+                anyhow::bail!("PostgreSQL has synchronous_commit = {v} for this database: a commit returns before it is durable, so an AA could name a message a crash loses. Set it to on (ALTER DATABASE ... SET synchronous_commit = on), or set database.allow_asynchronous_commit = true to accept the risk");
+            }
+        }
         let (log, log_writer, kafka) = if settings.kafka.enabled() {
             let k = KafkaLog::connect(&settings.kafka, metrics.clone())
                 .await

@@ -166,6 +166,9 @@ pub struct DatabaseSettings {
     pub busy_timeout_ms: u64,
     /// How long to wait for a pooled connection.
     pub acquire_timeout_ms: u64,
+    /// PostgreSQL: start even when `synchronous_commit` is `off` for our connections
+    /// (an ACK could then name a message that a crash loses). Off: `serve` refuses.
+    pub allow_asynchronous_commit: bool,
 }
 
 impl Default for DatabaseSettings {
@@ -175,6 +178,7 @@ impl Default for DatabaseSettings {
             max_connections: 8,
             busy_timeout_ms: 5000,
             acquire_timeout_ms: 5000,
+            allow_asynchronous_commit: false,
         }
     }
 }

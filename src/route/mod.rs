@@ -313,9 +313,20 @@ fn payload(
 }
 
 /// The message decoded and parsed, or why it cannot be routed.
+/// Guarded like ingest's parse: should the parser ever panic on a stored message, that
+/// message is skipped with a reason instead of stopping the router (which would retry
+/// the same page forever).
 fn routable(raw: &[u8], fallback: &'static encoding_rs::Encoding) -> Result<AdtEvent, String> {
     let (text, _) = charset::decode(raw, fallback).map_err(|e| format!("charset: {e}"))?;
-    AdtEvent::parse(&text).map_err(|r| format!("not routable: {}", r.err.diagnostic))
+    std::panic::catch_unwind(|| AdtEvent::parse(&text))
+        .unwrap_or_else(|_| {
+            tracing::error!("The ADT parser panicked on a stored message; it is skipped. Please report this with the message's id.");
+            Err(crate::hl7::Rejection {
+                reason: "parser_panic",
+                err: crate::hl7::ErrDetail::error(207, None, "internal error while parsing".into()),
+            })
+        })
+        .map_err(|r| format!("not routable: {}", r.err.diagnostic))
 }
 
 /// (facility, visit, patient key) of the encounter a message belongs to: PV1-19, else

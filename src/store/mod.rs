@@ -224,14 +224,7 @@ impl Store {
                 // tables: mapped pages skip a read() per page.
                 .pragma("mmap_size", SQLITE_MMAP_BYTES.to_string())
                 .foreign_keys(true);
-            if let Some(dir) = co.get_filename().parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-                        path: dir.display().to_string(),
-                        source,
-                    })?;
-                }
-            }
+            private_database_file(co.get_filename())?;
             let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.max(2))
                 // A ping before every acquire doubles the cost of a group commit; a dead
@@ -254,6 +247,21 @@ impl Store {
             Ok(Store::Postgres(pool))
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// PostgreSQL's `synchronous_commit` for our connections, when it is `off`: a
+    /// commit then returns before its WAL record is flushed, so an AA could name a
+    /// message a crash loses.
+    pub async fn asynchronous_commit(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(p) => {
+                let v: String = sqlx::query_scalar("SHOW synchronous_commit")
+                    .fetch_one(p)
+                    .await?;
+                Ok((v == "off").then_some(v))
+            }
         }
     }
 
@@ -827,6 +835,38 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// Creates the database's directory (0700) and the file itself (0600) when missing, so
+/// PHI at rest is readable by this user only; SQLite gives its WAL and shared-memory
+/// files the database file's permissions. Existing files keep theirs.
+fn private_database_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let err = |p: &std::path::Path| {
+        let path = p.display().to_string();
+        move |source| StoreError::DataDir { path, source }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err(dir))?;
+    }
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map(drop)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(err(path))?;
+    }
+    Ok(())
 }
 
 /// A migrated SQLite store at `path`, for the store's own tests.

@@ -188,3 +188,28 @@ fn check_config_prints_no_secret() {
     );
     assert!(text.contains("sasl.password"), "{text}");
 }
+
+/// PHI at rest is readable by the service's user only: the data directory is created
+/// 0700 and the database 0600, its WAL included.
+#[tokio::test]
+async fn the_data_directory_and_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = MllpClient::connect(&server.mllp).await.unwrap();
+    let m = b"MSH|^~\\&|A|F|R|R|20260101||ADT^A01|PRIV-1|P|2.5.1\rPID|1||M1^^^F\r";
+    assert_eq!(
+        summarize_ack(&c.send(m, Duration::from_secs(5)).await.unwrap()).code,
+        "AA"
+    );
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("data"), 0o700);
+    assert_eq!(mode("data/adt-router.db"), 0o600);
+    assert_eq!(mode("data/adt-router.db-wal"), 0o600);
+}

@@ -221,3 +221,52 @@ fn kill_9_under_load_loses_no_acked_message_postgres() {
     let server = Server::start(dir.path(), &env);
     crate::crash::assert_survived(&server, &acked);
 }
+
+/// A PostgreSQL database with `synchronous_commit = off` would let an AA name a message
+/// that a database crash loses: `serve` refuses it and says why, unless
+/// `database.allow_asynchronous_commit` accepts the risk.
+#[tokio::test]
+async fn serve_refuses_asynchronous_commit_unless_allowed() {
+    let db = TestDb::create().await;
+    db.admin(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = off",
+        db.name
+    ))
+    .await;
+    let dir = tempdir();
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("ADT_ROUTER__DATABASE__URL", &db.url)
+        .env("ADT_ROUTER__MLLP__LISTEN", "127.0.0.1:0")
+        .env("ADT_ROUTER__HTTP__LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started on a database with synchronous_commit = off");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("synchronous_commit"), "{err}");
+    assert!(err.contains("allow_asynchronous_commit"), "{err}");
+
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER__DATABASE__URL", &db.url),
+            ("ADT_ROUTER__DATABASE__ALLOW_ASYNCHRONOUS_COMMIT", "true"),
+        ],
+    );
+    assert!(server.log().contains("asynchronous"));
+}
