@@ -441,29 +441,7 @@ mod tests {
     }
 
     fn row(id: &str) -> NewMessage {
-        NewMessage {
-            received_at_us: 0,
-            peer: String::new(),
-            sending_application: String::new(),
-            sending_facility: String::new(),
-            receiving_application: String::new(),
-            receiving_facility: String::new(),
-            control_id: id.into(),
-            message_type: String::new(),
-            trigger_event: String::new(),
-            version: String::new(),
-            processing_id: String::new(),
-            charset: String::new(),
-            ack_mode: String::new(),
-            ack_code: None,
-            status: "pending",
-            error: None,
-            patient_key: None,
-            visit_number: None,
-            patient_class: None,
-            sha256: String::new(),
-            raw: Vec::new(),
-        }
+        crate::store::test_message(id, "")
     }
 
     /// An append past its deadline is never taken into a commit, and its waiter hears so.

@@ -896,35 +896,38 @@ mod tests {
     }
 }
 
+/// A message row with only a control id and a SHA-256 set, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_message(ctrl: &str, sha: &str) -> NewMessage {
+    NewMessage {
+        received_at_us: 0,
+        peer: String::new(),
+        sending_application: "A".into(),
+        sending_facility: "F".into(),
+        receiving_application: String::new(),
+        receiving_facility: String::new(),
+        control_id: ctrl.into(),
+        message_type: String::new(),
+        trigger_event: String::new(),
+        version: String::new(),
+        processing_id: String::new(),
+        charset: String::new(),
+        ack_mode: String::new(),
+        ack_code: None,
+        status: "pending",
+        error: None,
+        patient_key: None,
+        visit_number: None,
+        patient_class: None,
+        sha256: sha.into(),
+        raw: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod insert_tests {
     use super::*;
-
-    fn row(ctrl: &str, sha: &str) -> NewMessage {
-        NewMessage {
-            received_at_us: 0,
-            peer: String::new(),
-            sending_application: "A".into(),
-            sending_facility: "F".into(),
-            receiving_application: String::new(),
-            receiving_facility: String::new(),
-            control_id: ctrl.into(),
-            message_type: String::new(),
-            trigger_event: String::new(),
-            version: String::new(),
-            processing_id: String::new(),
-            charset: String::new(),
-            ack_mode: String::new(),
-            ack_code: None,
-            status: "pending",
-            error: None,
-            patient_key: None,
-            visit_number: None,
-            patient_class: None,
-            sha256: sha.into(),
-            raw: Vec::new(),
-        }
-    }
+    use test_message as row;
 
     /// Within a batch: the same bytes again are a duplicate, other bytes a collision.
     #[test]
