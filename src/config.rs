@@ -336,6 +336,9 @@ pub struct DirectSettings {
     pub username: String,
     #[serde(serialize_with = "masked")]
     pub password: String,
+    /// Allow `smtp://` without `?tls=required` (PHI and the SMTP password in clear on
+    /// the wire). For tests against a local stand-in only.
+    pub allow_insecure: bool,
     /// PEM file of a CA to trust for the HISP's TLS certificate (a private CA); empty:
     /// the public web roots.
     pub tls_ca_file: String,
@@ -358,6 +361,7 @@ impl Default for DirectSettings {
             from: String::new(),
             username: String::new(),
             password: String::new(),
+            allow_insecure: false,
             tls_ca_file: String::new(),
             processed_timeout_secs: 3_600,
             dispatched_timeout_secs: 3_600,
@@ -585,14 +589,24 @@ impl Settings {
         }
         let d = &self.direct;
         if !d.smtp_url.is_empty() {
-            match url::Url::parse(&d.smtp_url) {
-                Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => {}
+            let url = match url::Url::parse(&d.smtp_url) {
+                Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => u,
                 _ => {
                     return bad(
                         "direct.smtp_url",
                         "must be smtp://host:port or smtps://host:port".into(),
                     )
                 }
+            };
+            let tls = url
+                .query_pairs()
+                .find(|(k, _)| k == "tls")
+                .map(|(_, v)| v.into_owned());
+            if url.scheme() == "smtp" && tls.as_deref() != Some("required") && !d.allow_insecure {
+                return bad(
+                    "direct.smtp_url",
+                    "smtp:// without ?tls=required sends PHI and the SMTP password in clear (or lets a man in the middle strip STARTTLS): use smtps:// or smtp://...?tls=required, or set direct.allow_insecure = true for a local test stand-in".into(),
+                );
             }
             if d.from.parse::<lettre::Address>().is_err() {
                 return bad(

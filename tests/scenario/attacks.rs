@@ -213,3 +213,39 @@ async fn the_data_directory_and_database_are_private() {
     assert_eq!(mode("data/adt-router.db"), 0o600);
     assert_eq!(mode("data/adt-router.db-wal"), 0o600);
 }
+
+/// Direct submission without TLS would put PHI and the SMTP password on the wire in
+/// clear: refused at start unless `direct.allow_insecure` says it is a test stand-in.
+#[test]
+fn plain_smtp_to_the_hisp_is_refused_unless_allowed() {
+    let run = |url: &str, allow: &str| {
+        std::process::Command::new(BIN)
+            .arg("check-config")
+            .env("ADT_ROUTER__DIRECT__SMTP_URL", url)
+            .env("ADT_ROUTER__DIRECT__FROM", "hosp@direct.example.org")
+            .env("ADT_ROUTER__DIRECT__ALLOW_INSECURE", allow)
+            .output()
+            .unwrap()
+    };
+    for url in [
+        "smtp://127.0.0.1:25",
+        "smtp://127.0.0.1:25?tls=opportunistic",
+    ] {
+        let out = run(url, "false");
+        assert!(!out.status.success(), "{url} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("direct.allow_insecure"), "{err}");
+    }
+    for (url, allow) in [
+        ("smtp://127.0.0.1:25", "true"),
+        ("smtp://127.0.0.1:587?tls=required", "false"),
+        ("smtps://127.0.0.1:465", "false"),
+    ] {
+        let out = run(url, allow);
+        assert!(
+            out.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -83,6 +83,7 @@ fn direct(dir: &Path, db_url: Option<&str>) {
                 &format!("smtp://127.0.0.1:{}", hisp.port),
             ),
             ("ADT_ROUTER__DIRECT__FROM", FROM),
+            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
             (
                 "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
                 &format!("127.0.0.1:{intake}"),
@@ -290,6 +291,7 @@ fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
         &[
             ("ADT_ROUTER__DIRECT__SMTP_URL", "smtp://127.0.0.1:9"),
             ("ADT_ROUTER__DIRECT__FROM", FROM),
+            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
             (
                 "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
                 &format!("127.0.0.1:{intake}"),
@@ -389,6 +391,7 @@ fn corpus_end_to_end(dir: &Path, db_url: Option<&str>) {
                 &format!("smtp://127.0.0.1:{}", hisp.port),
             ),
             ("ADT_ROUTER__DIRECT__FROM", FROM),
+            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
             (
                 "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
                 &format!("127.0.0.1:{intake}"),
