@@ -471,6 +471,10 @@ pub struct TokenSettings {
     /// For a practice: the NPIs it speaks for.
     #[serde(default)]
     pub npis: Vec<String>,
+    /// For a practice: the roster sources it may load over HTTP (its own). Others get
+    /// 403; an admin may load any source.
+    #[serde(default)]
+    pub roster_sources: Vec<String>,
 }
 
 /// A map printed with its keys only (values may be passwords).

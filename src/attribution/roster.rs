@@ -55,6 +55,10 @@ pub enum RosterError {
     BadRows { file: String, errors: Vec<RowError> },
     #[error("{0}")]
     Usage(String),
+    #[error(
+        "line {line}: provider_npi {npi} is not one of this caller's NPIs; nothing was loaded"
+    )]
+    ForeignNpi { line: u64, npi: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -83,12 +87,15 @@ const MAX_LISTED: usize = 50;
 
 /// Imports one roster. `open` is called twice (check, then load), so the source must be
 /// re-readable: a file, or bytes already in memory.
+/// With `only_npis`, every row's provider NPI, as this import decodes it, must be one of
+/// them: the check runs on the very records that are loaded.
 pub fn import(
     conn: &mut BulkConn,
     source: &str,
     file: &str,
     open: &dyn Fn() -> std::io::Result<Box<dyn Read>>,
     replace: bool,
+    only_npis: Option<&[String]>,
 ) -> Result<RosterReport, RosterError> {
     let source = source.trim();
     if source.is_empty() || source.len() > 100 {
@@ -121,6 +128,15 @@ pub fn import(
                 Err(e) => return Err(FileError::csv(file, &e).into()),
             }
             let line = rec.position().map(|p| p.line()).unwrap_or(0);
+            if let Some(own) = only_npis {
+                let npi = map.get(&rec, 7);
+                if !own.iter().any(|o| *o == npi) {
+                    return Err(RosterError::ForeignNpi {
+                        line,
+                        npi: npi.into_owned(),
+                    });
+                }
+            }
             match check_row(&map, &rec) {
                 Ok(_) => rows += 1,
                 Err(reason) => {

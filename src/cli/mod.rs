@@ -237,7 +237,7 @@ pub async fn roster_import(
                 std::fs::File::open(&path)?,
             )))
         };
-        roster::import(c, &source, &name, &open, replace)
+        roster::import(c, &source, &name, &open, replace, None)
     })
     .await?;
     store.close().await;

@@ -20,6 +20,8 @@ pub struct Caller {
     pub role: Role,
     /// For a practice: the NPIs it speaks for.
     pub npis: Vec<String>,
+    /// For a practice: the roster sources it owns.
+    pub roster_sources: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -44,6 +46,7 @@ impl Tokens {
                         Caller {
                             role,
                             npis: t.npis.clone(),
+                            roster_sources: t.roster_sources.clone(),
                         },
                     )
                 })

@@ -1,6 +1,8 @@
 //! `POST /rosters/{source}[?replace=true]`: a roster upload over HTTP, the same checks and
 //! the same all-or-nothing load as `adt-router roster import`. Admins may load any
-//! roster; a practice only one whose providers are all among its own NPIs.
+//! roster; a practice only into a source configured as its own (`roster_sources`), and
+//! only rows whose provider is one of its NPIs, checked by the import on the records it
+//! loads.
 
 use super::auth::Role;
 use super::HttpState;
@@ -45,18 +47,24 @@ pub async fn upload(
         )
             .into_response();
     }
-    if caller.role == Role::Practice {
-        if let Err(npi) = only_own_npis(&body, &caller.npis) {
-            s.metrics
-                .roster_uploads
-                .with_label_values(&["forbidden"])
-                .inc();
-            return json(
-                StatusCode::FORBIDDEN,
-                serde_json::json!({"error": format!("provider_npi {npi} is not one of this token's NPIs")}),
-            );
+    let forbidden = |why: String| {
+        s.metrics
+            .roster_uploads
+            .with_label_values(&["forbidden"])
+            .inc();
+        json(StatusCode::FORBIDDEN, serde_json::json!({ "error": why }))
+    };
+    let only_npis = match caller.role {
+        Role::Practice => {
+            if !caller.roster_sources.iter().any(|o| *o == source) {
+                return forbidden(format!(
+                    "roster source '{source}' does not belong to this token"
+                ));
+            }
+            Some(caller.npis.clone())
         }
-    }
+        _ => None,
+    };
     let store = s.store.clone();
     let rt = tokio::runtime::Handle::current();
     let name = format!("http upload ({source})");
@@ -66,7 +74,14 @@ pub async fn upload(
         let open = move || -> std::io::Result<Box<dyn std::io::Read>> {
             Ok(Box::new(std::io::Cursor::new(body.clone())))
         };
-        roster::import(&mut conn, &source, &name, &open, q.replace)
+        roster::import(
+            &mut conn,
+            &source,
+            &name,
+            &open,
+            q.replace,
+            only_npis.as_deref(),
+        )
     })
     .await;
     match result {
@@ -81,6 +96,7 @@ pub async fn upload(
                 serde_json::to_value(&report).unwrap_or_default(),
             )
         }
+        Ok(Err(e @ RosterError::ForeignNpi { .. })) => forbidden(e.to_string()),
         Ok(Err(RosterError::Store(e))) => {
             s.metrics.roster_uploads.with_label_values(&["error"]).inc();
             tracing::error!(error = %e, "roster upload failed in the database");
@@ -110,29 +126,4 @@ pub async fn upload(
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
     }
-}
-
-/// Checks every `provider_npi` before anything is loaded.
-fn only_own_npis(body: &[u8], own: &[String]) -> Result<(), String> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(true)
-        .from_reader(body);
-    let Ok(h) = rdr.headers().cloned() else {
-        return Ok(());
-    };
-    let Some(col) = h
-        .iter()
-        .position(|x| x.eq_ignore_ascii_case("provider_npi"))
-    else {
-        return Ok(()); // the import itself rejects it
-    };
-    for rec in rdr.records().flatten() {
-        if let Some(n) = rec.get(col) {
-            if !own.iter().any(|o| o == n) {
-                return Err(n.to_string());
-            }
-        }
-    }
-    Ok(())
 }

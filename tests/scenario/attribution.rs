@@ -479,8 +479,9 @@ fn corpus_messages_are_explained() {
     );
 }
 
-/// Roster upload over HTTP: bearer tokens, a practice limited to its own NPIs, and the
-/// same all-or-nothing checks as the CLI.
+/// Roster upload over HTTP: bearer tokens, a practice limited to its own sources and its
+/// own NPIs (checked on the records the import loads, so a Latin-1 byte does not slip a
+/// foreign NPI past it), and the same all-or-nothing checks as the CLI.
 #[test]
 fn roster_upload_over_http() {
     let dir = tempdir();
@@ -488,7 +489,7 @@ fn roster_upload_over_http() {
     std::fs::write(
         &config,
         format!(
-            "[[auth.tokens]]\ntoken = \"admin-token-0123456789\"\nrole = \"admin\"\n\n[[auth.tokens]]\ntoken = \"practice-token-0123456789\"\nrole = \"practice\"\nnpis = [\"{}\"]\n",
+            "[[auth.tokens]]\ntoken = \"admin-token-0123456789\"\nrole = \"admin\"\n\n[[auth.tokens]]\ntoken = \"practice-token-0123456789\"\nrole = \"practice\"\nnpis = [\"{}\"]\nroster_sources = [\"my-practice\"]\n",
             npi(1)
         ),
     )
@@ -514,14 +515,45 @@ fn roster_upload_over_http() {
         &roster_acme(),
     );
     assert_eq!(status, 401);
-    // A practice may not attribute patients to providers it does not speak for.
+    // A practice may not load another source, even with its own providers only.
     let (status, body) = post(
         Some("practice-token-0123456789"),
-        "/rosters/acme",
+        "/rosters/acme?replace=true",
+        &format!(
+            "patient_id,assigning_authority,provider_npi\n9,HOSP_A,{}\n",
+            npi(1)
+        ),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("does not belong"), "{body}");
+    // Nor attribute patients to providers it does not speak for, in its own source.
+    let (status, body) = post(
+        Some("practice-token-0123456789"),
+        "/rosters/my-practice",
         &roster_acme(),
     );
     assert_eq!(status, 403, "{body}");
+    assert!(body.contains("provider_npi"), "{body}");
+    // A Latin-1 byte in the row does not hide the foreign NPI from the check.
+    let mut latin1 =
+        b"patient_id,assigning_authority,family,provider_npi\n77,HOSP_A,M\xdcLLER,".to_vec();
+    latin1.extend_from_slice(npi(2).as_bytes());
+    latin1.push(b'\n');
+    let (status, body) = http_post(
+        &server.http,
+        "/rosters/my-practice",
+        &[
+            "Authorization: Bearer practice-token-0123456789",
+            "Content-Type: text/csv",
+        ],
+        &latin1,
+    );
+    assert_eq!(status, 403, "{body}");
     assert!(body.contains(&npi(2)), "{body}");
+    assert_eq!(
+        server.metric("adt_router_roster_uploads_total{outcome=\"forbidden\"}"),
+        3.0
+    );
     let own = format!(
         "patient_id,assigning_authority,provider_npi\n123,HOSP_A,{}\n",
         npi(1)
