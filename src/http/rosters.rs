@@ -56,7 +56,7 @@ pub async fn upload(
     };
     let only_npis = match caller.role {
         Role::Practice => {
-            if !caller.roster_sources.iter().any(|o| *o == source) {
+            if !caller.roster_sources.contains(&source) {
                 return forbidden(format!(
                     "roster source '{source}' does not belong to this token"
                 ));
