@@ -299,6 +299,8 @@ impl App {
             ))),
             _ => None,
         };
+        let http = crate::deliver::webhook::client(self.settings.resolve_policy().endpoints)
+            .context("building the HTTP client for webhooks and FHIR rest-hooks")?;
         let delivering = self.settings.delivery.enabled.then(|| {
             let d = crate::deliver::Deliverer {
                 direct: self.direct.clone(),
@@ -307,7 +309,7 @@ impl App {
                 routed: self.wakers.routed.clone(),
                 fhir_base: fhir_base.clone(),
                 store: self.store.clone(),
-                http: crate::deliver::webhook::client(self.settings.resolve_policy().endpoints),
+                http: http.clone(),
                 policy: self.settings.retry_policy(),
                 endpoints: self.settings.resolve_policy().endpoints,
                 owner: format!("{}-{}", std::process::id(), crate::store::now_us()),

@@ -240,7 +240,7 @@ impl Client {
                 SmartError::Request(e.without_url().to_string())
             })?;
         let code = resp.status().as_u16();
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = super::webhook::bounded_body(resp).await;
         let parsed: Option<TokenResponse> = serde_json::from_slice(&body).ok();
         let (value, expires_in) = match parsed {
             Some(TokenResponse {

@@ -71,12 +71,43 @@ impl reqwest::dns::Resolve for CheckedResolver {
 }
 
 /// The webhook client: one for all endpoints (connection reuse), resolving through
-/// the policy check.
-pub fn client(policy: EndpointPolicy) -> reqwest::Client {
+/// the policy check. It follows no redirect (a 3xx is a failure naming where it
+/// pointed: a receiver must not steer our PHI to another host, a loopback one
+/// included), and with `require_https` it speaks https only. SMART token requests go
+/// through it too. An error here must stop `serve`: there is no safe fallback client.
+pub fn client(policy: EndpointPolicy) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .dns_resolver(std::sync::Arc::new(CheckedResolver(policy)))
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(policy.require_https)
         .build()
-        .unwrap_or_default()
+}
+
+/// The most of a response body that is read (hashed for the proof, excerpted for the
+/// attempt log); the rest is left unread.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Reads at most [`MAX_RESPONSE_BYTES`] of a response's body.
+pub async fn bounded_body(mut resp: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_RESPONSE_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_RESPONSE_BYTES {
+            break;
+        }
+    }
+    body
+}
+
+/// The host a redirect pointed at (never the path or query: they may carry anything).
+fn redirect_host(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| resp.url().join(l).ok())
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "(no Location)".into())
 }
 
 /// The resolver's verdict inside a reqwest error, if that is what failed.
@@ -215,7 +246,17 @@ pub async fn send(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = resp.bytes().await.unwrap_or_default();
+    if (300..400).contains(&code) {
+        let host = redirect_host(&resp);
+        return (
+            Outcome::Permanent {
+                code: Some(code),
+                reason: format!("HTTP {code}: a redirect to {host}, not followed"),
+            },
+            body_hash,
+        );
+    }
+    let body = bounded_body(resp).await;
     let excerpt: String = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
     let outcome = match code {
         200..=299 => {
@@ -287,6 +328,7 @@ mod tests {
             require_https: false,
         };
         let e = super::client(strict)
+            .unwrap()
             .get("http://localhost:9/")
             .send()
             .await
@@ -303,6 +345,7 @@ mod tests {
             require_https: false,
         };
         let e = super::client(open)
+            .unwrap()
             .get("http://localhost:9/")
             .send()
             .await
@@ -311,6 +354,22 @@ mod tests {
             super::lookup_error(&e).is_none(),
             "connects (and is refused by the port): {e}"
         );
+    }
+
+    /// With `require_https` the client itself refuses plain http, whatever asked for it.
+    #[tokio::test]
+    async fn with_require_https_the_client_speaks_https_only() {
+        let https = EndpointPolicy {
+            allow_private_networks: true,
+            require_https: true,
+        };
+        let e = super::client(https)
+            .unwrap()
+            .get("http://localhost:9/")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(e.is_builder(), "{e}");
     }
 
     /// The Standard Webhooks reference example (standardwebhooks.com, the libraries'

@@ -9,6 +9,7 @@ signature with the shared secret and answers per path:
   /down    503 every time, no Retry-After
   /hang    never answers (sleeps 60 s)
   /hang-once  the first request is logged as it arrives and never answered; then 200
+  /redirect   307 to this receiver's /redirected (which must never be asked)
 
 Prints its port on the first line of stdout; appends one JSON line per request to LOG.
 
@@ -65,6 +66,8 @@ class Handler(BaseHTTPRequestHandler):
             status = 410
         elif self.path == "/down":
             status = 503
+        elif self.path == "/redirect":
+            status, extra = 307, {"Location": f"http://127.0.0.1:{server.server_address[1]}/redirected"}
         elif self.path == "/hang" or (self.path == "/hang-once" and n == 1):
             if self.path == "/hang-once":
                 log(self.path, n, "hung", headers, verified, body)

@@ -249,3 +249,43 @@ fn plain_smtp_to_the_hisp_is_refused_unless_allowed() {
         );
     }
 }
+
+/// A webhook endpoint that answers 307 to a loopback address cannot steer the PHI
+/// there: the redirect is not followed, the receiver it points at sees nothing, and the
+/// notification fails with the status and the target host recorded.
+#[test]
+fn a_webhook_redirect_is_not_followed() {
+    use crate::delivery::{admit, export, setup, start, Receiver};
+    let dir = tempdir();
+    let rx = Receiver::start(dir.path());
+    let env = setup(
+        dir.path(),
+        None,
+        &rx,
+        &["MRN-R"],
+        &[(61, "redirect", "pcp")],
+        &[],
+    );
+    let server = start(dir.path(), &env);
+    admit(&server, dir.path(), &["MRN-R"]);
+    wait_for(Duration::from_secs(20), "the redirect's failure", || {
+        export(&server)
+            .iter()
+            .any(|n| n["status"] == "failed" || n["status"] == "dead")
+    });
+    let n = export(&server)
+        .into_iter()
+        .find(|n| n["status"] == "failed" || n["status"] == "dead")
+        .unwrap();
+    assert_eq!(n["attempts"], 1, "{n}");
+    let err = n["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("HTTP 307") && err.contains("127.0.0.1") && err.contains("not followed"),
+        "{n}"
+    );
+    assert_eq!(rx.requests("/redirect").len(), 1);
+    assert!(
+        rx.requests("/redirected").is_empty(),
+        "the redirect was followed"
+    );
+}
