@@ -202,6 +202,8 @@ pub fn check_ip(ip: IpAddr, policy: EndpointPolicy) -> Result<(), String> {
     }
 }
 
+/// Not a public unicast address: IANA's IPv4 special-purpose registry, less the few
+/// globally reachable entries, plus multicast and the reserved 240/4.
 fn private_v4(ip: Ipv4Addr) -> bool {
     let o = ip.octets();
     ip.is_loopback()
@@ -210,22 +212,92 @@ fn private_v4(ip: Ipv4Addr) -> bool {
         || ip.is_unspecified()
         || ip.is_broadcast()
         || ip.is_multicast()
-        || o[0] == 0
+        || o[0] == 0 // "this network", RFC 791
         || (o[0] == 100 && (64..128).contains(&o[1])) // shared address space, RFC 6598
+        || (o[0], o[1], o[2]) == (192, 0, 0) // IETF protocol assignments, RFC 6890
+        || (o[0], o[1], o[2]) == (192, 0, 2) // TEST-NET-1, RFC 5737
+        || (o[0], o[1], o[2]) == (192, 88, 99) // 6to4 relay anycast, RFC 7526
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking, RFC 2544
+        || (o[0], o[1], o[2]) == (198, 51, 100) // TEST-NET-2
+        || (o[0], o[1], o[2]) == (203, 0, 113) // TEST-NET-3
+        || o[0] >= 240 // reserved, RFC 1112
 }
 
+/// Not a public unicast address: IANA's IPv6 special-purpose registry, plus the
+/// deprecated forms that embed or reach an IPv4 address (a way around the IPv4 checks).
 fn private_v6(ip: Ipv6Addr) -> bool {
     let s = ip.segments();
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
+        || s[..6] == [0; 6] // IPv4-compatible ::a.b.c.d, deprecated (RFC 4291)
+        || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] // NAT64 well-known prefix, RFC 6052
+        || s[..3] == [0x64, 0xff9b, 1] // NAT64 local use, RFC 8215
+        || s[..4] == [0x100, 0, 0, 0] // discard only, RFC 6666
+        || (s[0] == 0x2001 && s[1] < 0x200) // IETF protocol assignments (Teredo, ...), RFC 2928
+        || (s[0], s[1]) == (0x2001, 0xdb8) // documentation, RFC 3849
+        || s[0] == 0x2002 // 6to4, RFC 3056
+        || (s[0] & 0xfff0) == 0x3ff0 // documentation, RFC 9637
+        || s[0] == 0x5f00 // SRv6 SIDs, RFC 9602
         || (s[0] & 0xfe00) == 0xfc00 // unique local
         || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local, deprecated (RFC 3879)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every special-purpose block is refused; public unicast addresses are not.
+    #[test]
+    fn special_purpose_addresses_are_refused() {
+        for a in [
+            "0.1.2.3",
+            "10.0.0.1",
+            "100.64.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "172.16.0.1",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.88.99.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.19.255.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "100::1",
+            "2001::1",
+            "2001:db8::1",
+            "2002:7f00:1::1",
+            "3fff::1",
+            "5f00::1",
+            "fc00::1",
+            "fd00::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+        ] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert!(check_ip(ip, STRICT).is_err(), "{a} was allowed");
+            assert!(check_ip(ip, LAX).is_ok());
+        }
+        for a in ["8.8.8.8", "198.20.0.1", "2606:4700::1111", "2a00:1450::1"] {
+            assert!(
+                check_ip(a.parse().unwrap(), STRICT).is_ok(),
+                "{a} was refused"
+            );
+        }
+    }
 
     const STRICT: EndpointPolicy = EndpointPolicy {
         allow_private_networks: false,
