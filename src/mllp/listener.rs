@@ -190,6 +190,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             match dec.decode(&mut buf) {
                 Ok(Some(frame)) => {
+                    // The frame that may follow began with this read, not the last one.
+                    frame_began = None;
                     let t0 = Instant::now();
                     if let Err(why) = respond(&mut stream, ingest, &frame, &peer_s).await {
                         return why;

@@ -289,3 +289,50 @@ fn a_webhook_redirect_is_not_followed() {
         "the redirect was followed"
     );
 }
+
+/// The frame timeout is per frame: a sender that keeps frames flowing, each read ending
+/// in the middle of the next frame, is never closed for it.
+#[tokio::test]
+async fn pipelined_frames_split_across_reads_are_not_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[("ADT_ROUTER__MLLP__FRAME_TIMEOUT_SECS", "1")]);
+    let mut s = tokio::net::TcpStream::connect(&server.mllp).await.unwrap();
+    let frames: Vec<u8> = (0..8)
+        .flat_map(|i| {
+            adt_router::mllp::codec::frame(
+                format!("MSH|^~\\&|A|F|R|R|20260101||ADT^A01|PIPE-{i}|P|2.5.1\rPID|1||M{i}^^^F\r")
+                    .as_bytes(),
+            )
+        })
+        .collect();
+    // Each write ends mid-frame; together they take well over the frame timeout.
+    let mut answers = Vec::new();
+    for chunk in frames.chunks(frames.len() / 8 + 7) {
+        s.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf)).await {
+            assert!(n > 0, "closed mid-stream");
+            answers.extend_from_slice(&buf[..n]);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while answers.iter().filter(|&&b| b == 0x1c).count() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every frame answered"
+        );
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before every frame was answered");
+        answers.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        server.metric("adt_router_mllp_frame_errors_total{kind=\"frame_timeout\"}"),
+        0.0
+    );
+}
