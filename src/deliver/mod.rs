@@ -520,10 +520,11 @@ impl Deliverer {
                 tracing::info!(subscription = %id, "FHIR Subscription handshake answered: active.");
                 self.store.set_subscription_status(id, "active", None).await
             }
-            Outcome::Permanent { reason, .. } => {
+            Outcome::Permanent { code, .. } => {
                 tracing::warn!(subscription = %id, kind, "FHIR Subscription endpoint refused a notification: error.");
+                let why = subscriber_error(*code, false);
                 self.store
-                    .set_subscription_status(id, "error", Some(reason))
+                    .set_subscription_status(id, "error", Some(&why))
                     .await
             }
             _ => Ok(()),
@@ -597,8 +598,9 @@ impl Deliverer {
         // handled when the answer came).
         if let (Some(sub), "dead") = (&n.subscription_id, label) {
             tracing::warn!(subscription = %sub, "FHIR Subscription endpoint unreachable for good: error.");
+            let why = subscriber_error(code, true);
             self.store
-                .set_subscription_status(sub, "error", Some(&text))
+                .set_subscription_status(sub, "error", Some(&why))
                 .await?;
         }
         let attempt = AttemptRow {
@@ -649,6 +651,22 @@ fn report(r: Result<Result<(), StoreError>, tokio::task::JoinError>) {
         Ok(Err(e)) => tracing::warn!(error = %e, "Recording a delivery failed."),
         Err(e) if !e.is_cancelled() => tracing::warn!(error = %e, "A delivery task failed."),
         _ => {}
+    }
+}
+
+/// What a subscriber may read of a failure (`Subscription.error`, `$status`): the HTTP
+/// status and a fixed reason, never the endpoint's response body, which stays in the
+/// attempt log for the operator (an endpoint's answer could carry anything).
+fn subscriber_error(code: Option<u16>, out_of_retries: bool) -> String {
+    match (code, out_of_retries) {
+        (Some(c), false) => {
+            format!("the endpoint answered HTTP {c}; the notification was not accepted")
+        }
+        (None, false) => {
+            "the endpoint was refused before any answer (address, scheme or TLS check)".into()
+        }
+        (Some(c), true) => format!("out of retries: the last answer was HTTP {c}"),
+        (None, true) => "out of retries: no answer (the connection failed or timed out)".into(),
     }
 }
 

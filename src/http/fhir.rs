@@ -147,7 +147,7 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
             (header::CONTENT_TYPE, FHIR_JSON.to_string()),
             (header::LOCATION, location),
         ],
-        stored.to_string(),
+        masked_headers(stored).to_string(),
     )
         .into_response()
 }
@@ -301,7 +301,7 @@ pub async fn update(
         status: status.into(),
         error: None,
         resource: stored.to_string(),
-        headers: req.headers.clone(),
+        headers: unmasked(&req.headers, &old.headers),
         heartbeat_secs: req.heartbeat_secs.map(|h| h as i64),
         timeout_secs: req.timeout_secs.map(|t| t as i64),
         ..old
@@ -355,6 +355,34 @@ fn current(row: &SubscriptionRow) -> Value {
     r["status"] = json!(row.status);
     if let Some(e) = &row.error {
         r["error"] = json!(e);
+    }
+    masked_headers(r)
+}
+
+/// The headers of an update: a value sent back as `***` (as it was shown) keeps the
+/// value it had, so a subscriber can PUT what it read without losing its secret.
+fn unmasked(new: &[(String, String)], old: &[(String, String)]) -> Vec<(String, String)> {
+    new.iter()
+        .map(|(name, value)| match value.trim() {
+            "***" => old
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .cloned()
+                .unwrap_or_else(|| (name.clone(), value.clone())),
+            _ => (name.clone(), value.clone()),
+        })
+        .collect()
+}
+
+/// A Subscription as it is shown: `channel.header` values (the subscriber's secrets)
+/// become `***`; the names stay, so a subscriber can see what is sent.
+fn masked_headers(mut r: Value) -> Value {
+    if let Some(hs) = r["channel"]["header"].as_array_mut() {
+        for h in hs {
+            if let Some((name, _)) = h.as_str().and_then(|t| t.split_once(':')) {
+                *h = json!(format!("{name}: ***"));
+            }
+        }
     }
     r
 }

@@ -39,10 +39,13 @@ class Handler(BaseHTTPRequestHandler):
             }) + "\n")
         if self.path == "/slow":
             time.sleep(3)
-        code = 410 if self.path == "/gone" else 200
+        code = 410 if self.path in ("/gone", "/gone-with-body") else 200
+        # /gone-with-body: an answer whose text must never reach the subscriber's view.
+        body = b"internal detail SECRET-BODY-4711" if self.path == "/gone-with-body" else b""
         self.send_response(code)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass

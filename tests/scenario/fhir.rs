@@ -585,6 +585,47 @@ fn handshake_scenario(dir: &Path, db_url: Option<&str>) {
     let s = read(&gid);
     assert!(s["error"].as_str().unwrap().contains("410"), "{s}");
 
+    // An endpoint's answer never reaches what the subscriber reads: only the status and
+    // a fixed reason (the answer's text stays in the attempt log).
+    let talker = subscription(
+        &base,
+        "discharge",
+        "Encounter?attributed-practitioner=1234567893",
+        &format!("http://127.0.0.1:{port}/gone-with-body"),
+    );
+    let (status, _, created) = http_request_json(
+        &server.http,
+        "POST",
+        "/fhir/Subscription",
+        ADMIN,
+        talker.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201);
+    let tid = created["id"].as_str().unwrap().to_string();
+    wait_for(
+        Duration::from_secs(20),
+        "the talkative refusal to put it in error",
+        || read(&tid)["status"] == "error",
+    );
+    let t = read(&tid);
+    assert!(t["error"].as_str().unwrap().contains("HTTP 410"), "{t}");
+    assert!(!t.to_string().contains("SECRET-BODY"), "{t}");
+    let (_, _, st) = http_request_json(
+        &server.http,
+        "GET",
+        &format!("/fhir/Subscription/{tid}/$status"),
+        ADMIN,
+        b"",
+    );
+    assert!(!st.to_string().contains("SECRET-BODY"), "{st}");
+    // Channel header values are the subscriber's secrets: shown by name only.
+    assert_eq!(
+        t["channel"]["header"],
+        json!(["X-Practice-Secret: ***"]),
+        "{t}"
+    );
+    assert!(!created.to_string().contains("s3cret"), "{created}");
+
     // An endpoint nobody listens on: the handshake runs out of retries (2 here), error.
     let closed = free_port();
     let nobody = subscription(
@@ -679,6 +720,12 @@ fn handshake_scenario(dir: &Path, db_url: Option<&str>) {
         handshakes, 1,
         "one handshake reached /hook for the reactivated one"
     );
+    // The update sent the header back as it was shown (`***`): it kept its value.
+    assert_eq!(s["channel"]["header"], json!(["X-Practice-Secret: ***"]));
+    assert!(received()
+        .into_iter()
+        .filter(|n| kind(n) == "handshake" && n["path"] == "/hook")
+        .all(|n| n["secret"] == "s3cret"));
     // Turning one off: it stays off, and its queued notifications are not sent.
     let mut off = n.clone();
     off["status"] = json!("off");
