@@ -180,9 +180,17 @@ impl Ingest {
             Disposition::ContentError
         };
         let code = self.code(&echo, disposition);
-        let mut record = new_message(&parsed, raw, peer, received_at_us, sha256, charset, code);
         // The record says what the sender will hear, "none" included.
-        record.ack_code = Some(code.map_or("none", AckCode::as_str).to_string());
+        let will_hear = Some(code.map_or("none", AckCode::as_str).to_string());
+        let record = new_message(
+            &parsed,
+            raw,
+            peer,
+            received_at_us,
+            sha256,
+            charset,
+            will_hear,
+        );
         let labels = (
             parsed.header.sending_facility.clone(),
             parsed.header.message_type.trigger.clone(),
@@ -357,7 +365,7 @@ pub(crate) fn new_message(
     received_at_us: i64,
     sha256: String,
     charset: Charset,
-    code: Option<AckCode>,
+    ack_code: Option<String>,
 ) -> NewMessage {
     let h = &p.header;
     let error = (!p.problems.is_empty()).then(|| {
@@ -381,7 +389,7 @@ pub(crate) fn new_message(
         processing_id: h.processing_id.clone(),
         charset: charset.name().to_string(),
         ack_mode: h.ack_mode.name().to_string(),
-        ack_code: code.map(|c| c.as_str().to_string()),
+        ack_code,
         status: if p.problems.is_empty() {
             "pending"
         } else {

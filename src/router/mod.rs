@@ -155,16 +155,17 @@ impl RecordProcessor {
                 return Ok(None);
             }
         };
+        // What the listener recorded it answered: a code, or "none" (other producers
+        // may send nothing, or anything: only those two are kept).
         let ack_code = meta
             .ack_code
-            .clone()
-            .filter(|c| !c.is_empty())
-            .and_then(|c| crate::hl7::AckCode::parse(&c));
-        let mut row = new_message(&parsed, raw, &peer, received_at_us, sha256, cs, ack_code);
-        // The listener records "none" when it answered nothing; keep it.
-        if meta.ack_code.as_deref() == Some("none") {
-            row.ack_code = Some("none".into());
-        }
+            .as_deref()
+            .and_then(|c| match c {
+                "none" => Some("none"),
+                c => crate::hl7::AckCode::parse(c).map(crate::hl7::AckCode::as_str),
+            })
+            .map(str::to_string);
+        let row = new_message(&parsed, raw, &peer, received_at_us, sha256, cs, ack_code);
         Ok(Some(row))
     }
 }
