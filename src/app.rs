@@ -331,6 +331,7 @@ impl App {
             kafka: self.kafka.clone(),
             tokens: Arc::new(crate::http::auth::Tokens::new(&self.settings.auth.tokens)),
             fhir_base,
+            fhir: self.settings.fhir.clone(),
             endpoints: self.settings.resolve_policy().endpoints,
             smart: self.smart.clone(),
         };

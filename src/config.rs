@@ -312,12 +312,28 @@ impl Default for DirectorySettings {
 }
 
 /// The FHIR API (step 6).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FhirSettings {
     /// The public base URL of `/fhir` (Location headers, references, topic canonicals).
     /// Empty: `http://<http.listen>/fhir`.
     pub base_url: String,
+    /// Live subscriptions one token may hold; one more is refused (422) until it
+    /// deletes one. Bounds what a single practice can make the fan-out do.
+    pub max_subscriptions_per_token: u32,
+    /// The shortest heartbeat period a subscription may ask for (seconds); shorter is
+    /// refused (422). A heartbeat is a request to the subscriber's endpoint.
+    pub min_heartbeat_secs: u64,
+}
+
+impl Default for FhirSettings {
+    fn default() -> Self {
+        FhirSettings {
+            base_url: String::new(),
+            max_subscriptions_per_token: 50,
+            min_heartbeat_secs: 60,
+        }
+    }
 }
 
 /// Direct secure email: our HISP's SMTP submission service, and the intake for the
@@ -466,6 +482,11 @@ pub struct TokenSettings {
     /// The secret itself. Printed configurations show only its SHA-256.
     #[serde(serialize_with = "hash_secret")]
     pub token: String,
+    /// A stable name for the holder: what it creates (FHIR Subscriptions) is owned by
+    /// this id, so the secret can be rotated without orphaning them. Empty: derived
+    /// from the token's SHA-256 (rotating the token then changes the owner).
+    #[serde(default)]
+    pub id: String,
     /// admin, auditor, ops or practice.
     pub role: String,
     /// For a practice: the NPIs it speaks for.
@@ -761,6 +782,29 @@ impl Settings {
                     return bad("auth.tokens", format!("npi '{n}': {e}"));
                 }
             }
+            // Two tokens may share an id (a rotation in progress), but only as one holder:
+            // otherwise the id would lend one token's reach to another's subscriptions.
+            if let Some(o) = self.auth.tokens.iter().find(|o| {
+                !t.id.is_empty()
+                    && o.id == t.id
+                    && (o.role != t.role
+                        || o.npis != t.npis
+                        || o.roster_sources != t.roster_sources)
+            }) {
+                return bad(
+                    "auth.tokens",
+                    format!(
+                        "tokens with id '{}' differ in role, npis or roster_sources ({} and {}); one id is one holder",
+                        t.id, t.role, o.role
+                    ),
+                );
+            }
+        }
+        if self.fhir.max_subscriptions_per_token == 0 {
+            return bad(
+                "fhir.max_subscriptions_per_token",
+                "must be at least 1".into(),
+            );
         }
         let url = &self.database.url;
         if !(url.starts_with("sqlite:")

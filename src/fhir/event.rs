@@ -10,8 +10,10 @@ use crate::store::fhir::{FanoutTransition, FhirEvent, SubscriptionRow};
 use crate::store::key_hash;
 use serde_json::{json, Value};
 
-/// Whether `sub` hears of `t`. A practice's subscription hears only of transitions
-/// routing chose one of its NPIs for (so suppressions hold); filters are ANDed.
+/// Whether `sub` hears of `t`. Every subscription hears only within its owner's
+/// scope: the hospital's (`admin`) is every transition; any other owner's is the
+/// transitions routing chose one of its NPIs for (so suppressions hold), whatever the
+/// filters say. Filters are ANDed within that.
 pub fn matches(base: &str, sub: &SubscriptionRow, t: &FanoutTransition) -> bool {
     let Some(topic) = topic_of(base, &sub.topic) else {
         return false;
@@ -19,7 +21,7 @@ pub fn matches(base: &str, sub: &SubscriptionRow, t: &FanoutTransition) -> bool 
     if !topic.kinds.contains(&t.kind.as_str()) {
         return false;
     }
-    if sub.owner_role == "practice" && !t.recipients.iter().any(|n| sub.owner_npis.contains(n)) {
+    if sub.owner_role != "admin" && !t.recipients.iter().any(|n| sub.owner_npis.contains(n)) {
         return false;
     }
     let filters: Vec<Filter> = serde_json::from_str(&sub.filters).unwrap_or_default();
@@ -307,6 +309,7 @@ mod tests {
         let mut sub = SubscriptionRow {
             id: "s1".into(),
             owner_role: "admin".into(),
+            owner_token: "hospital".into(),
             owner_npis: vec![],
             topic: "https://r.example/fhir/SubscriptionTopic/admission".into(),
             filters: "[]".into(),
@@ -357,5 +360,22 @@ mod tests {
         assert!(build("https://r.example/fhir", &sub, &t, 1, "x")
             .resources
             .is_empty());
+
+        // The owner's scope holds whatever the role and the filters: only the
+        // hospital's (admin) scope is every transition.
+        let base = "https://r.example/fhir";
+        assert!(matches(base, &sub, &t), "the hospital hears of it");
+        for role in ["practice", "ops", "auditor", ""] {
+            sub.owner_role = role.into();
+            sub.owner_npis = vec!["1245319599".into()];
+            assert!(!matches(base, &sub, &t), "{role}: not routed to its NPIs");
+            sub.owner_npis = vec![];
+            assert!(
+                !matches(base, &sub, &t),
+                "{role}: an empty scope hears nothing"
+            );
+            sub.owner_npis = vec!["1234567893".into()];
+            assert!(matches(base, &sub, &t), "{role}: routed to its NPI");
+        }
     }
 }

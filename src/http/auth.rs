@@ -17,6 +17,9 @@ pub enum Role {
 /// Who is calling.
 #[derive(Clone, Debug)]
 pub struct Caller {
+    /// The holder's stable id (`[[auth.tokens]] id`, or derived from the token's
+    /// digest): what owns the subscriptions it creates.
+    pub id: String,
     pub role: Role,
     /// For a practice: the NPIs it speaks for.
     pub npis: Vec<String>,
@@ -41,9 +44,16 @@ impl Tokens {
                         "ops" => Role::Ops,
                         _ => Role::Practice,
                     };
+                    let digest: [u8; 32] = Sha256::digest(t.token.as_bytes()).into();
+                    let id = if t.id.is_empty() {
+                        format!("sha256:{}", hex::encode(&digest[..8]))
+                    } else {
+                        t.id.clone()
+                    };
                     (
-                        Sha256::digest(t.token.as_bytes()).into(),
+                        digest,
                         Caller {
+                            id,
                             role,
                             npis: t.npis.clone(),
                             roster_sources: t.roster_sources.clone(),

@@ -77,9 +77,51 @@ fn writer(s: &HttpState, headers: &HeaderMap, what: &str) -> Result<Caller, Resp
     Ok(c)
 }
 
-/// A practice sees only subscriptions made for its NPIs; the hospital's roles see all.
+/// A practice sees (and so reads, updates and deletes) only the subscriptions its own
+/// token created; the hospital's roles see all. Sharing an NPI is not ownership.
 fn may_see(c: &Caller, row: &SubscriptionRow) -> bool {
-    c.role != Role::Practice || row.owner_npis.iter().any(|n| c.npis.contains(n))
+    c.role != Role::Practice || (!row.owner_token.is_empty() && row.owner_token == c.id)
+}
+
+/// The shortest heartbeat and the per-token count, or the 422 that says which limit.
+async fn within_limits(
+    s: &HttpState,
+    c: &Caller,
+    req: &SubscriptionRequest,
+    creating: bool,
+) -> Result<(), Response> {
+    if let Some(h) = req.heartbeat_secs {
+        if h < s.fhir.min_heartbeat_secs {
+            return Err(fhir(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                operation_outcome(&[Issue::new(
+                    "value",
+                    format!(
+                        "the heartbeat period must be at least {} seconds (fhir.min_heartbeat_secs)",
+                        s.fhir.min_heartbeat_secs
+                    ),
+                    Some("Subscription.channel.extension"),
+                )]),
+            ));
+        }
+    }
+    if creating {
+        let held = s
+            .store
+            .subscriptions_owned(&c.id)
+            .await
+            .map_err(store_error)?;
+        if held >= i64::from(s.fhir.max_subscriptions_per_token) {
+            return Err(outcome(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too-costly",
+                format!(
+                    "this token holds {held} live subscriptions, the most allowed (fhir.max_subscriptions_per_token); delete one first"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub async fn metadata(State(s): State<HttpState>) -> Response {
@@ -103,7 +145,10 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
         Ok(r) => r,
         Err(issues) => return fhir(StatusCode::UNPROCESSABLE_ENTITY, operation_outcome(&issues)),
     };
-    let owner_npis = match owner_npis(&s, &c, &req).await {
+    if let Err(r) = within_limits(&s, &c, &req, true).await {
+        return r;
+    }
+    let owner_npis = match owner_scope(&s, &c, &req).await {
         Ok(n) => n,
         Err(r) => return r,
     };
@@ -118,6 +163,7 @@ pub async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Bytes)
     let row = SubscriptionRow {
         id: id.clone(),
         owner_role: format!("{:?}", c.role).to_ascii_lowercase(),
+        owner_token: c.id.clone(),
         owner_npis,
         topic: req.topic.clone(),
         filters: serde_json::to_string(&req.filters).unwrap_or_else(|_| "[]".into()),
@@ -176,52 +222,51 @@ async fn handshake(s: &HttpState, row: &SubscriptionRow) -> Result<(), Response>
         .map_err(store_error)
 }
 
-/// Whom a subscription is for: a practice speaks only for its own NPIs and their
-/// attributed patients (and, with no NPI filter, is scoped to all its NPIs).
-async fn owner_npis(
+/// The owner's scope: a practice speaks only for its own NPIs and their attributed
+/// patients, and its subscription hears only of events routed to one of them (its
+/// filters narrow that further). The hospital's scope is empty: every event.
+async fn owner_scope(
     s: &HttpState,
     c: &Caller,
     req: &SubscriptionRequest,
 ) -> Result<Vec<String>, Response> {
-    let filter_npis: Vec<String> = req
+    if c.role != Role::Practice {
+        return Ok(Vec::new());
+    }
+    if let Some(n) = req
         .filters
         .iter()
-        .filter_map(|f| f.npi().map(str::to_string))
-        .collect();
-    if c.role == Role::Practice {
-        if let Some(n) = filter_npis.iter().find(|n| !c.npis.contains(n)) {
-            return Err(fhir(
-                StatusCode::FORBIDDEN,
-                operation_outcome(&[Issue::new(
-                    "forbidden",
-                    format!("this token does not speak for NPI {n}"),
-                    Some("Subscription.criteria.extension"),
-                )]),
-            ));
-        }
-        for f in &req.filters {
-            if let Filter::PatientIdentifier { authority, id } = f {
-                match s.store.attributed_to_any(id, authority, &c.npis).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(fhir(
-                            StatusCode::FORBIDDEN,
-                            operation_outcome(&[Issue::new(
-                                "forbidden",
-                                "that patient is not attributed to this practice",
-                                Some("Subscription.criteria.extension"),
-                            )]),
-                        ))
-                    }
-                    Err(e) => return Err(store_error(e)),
+        .filter_map(Filter::npi)
+        .find(|n| !c.npis.iter().any(|m| m == n))
+    {
+        return Err(fhir(
+            StatusCode::FORBIDDEN,
+            operation_outcome(&[Issue::new(
+                "forbidden",
+                format!("this token does not speak for NPI {n}"),
+                Some("Subscription.criteria.extension"),
+            )]),
+        ));
+    }
+    for f in &req.filters {
+        if let Filter::PatientIdentifier { authority, id } = f {
+            match s.store.attributed_to_any(id, authority, &c.npis).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(fhir(
+                        StatusCode::FORBIDDEN,
+                        operation_outcome(&[Issue::new(
+                            "forbidden",
+                            "that patient is not attributed to this practice",
+                            Some("Subscription.criteria.extension"),
+                        )]),
+                    ))
                 }
+                Err(e) => return Err(store_error(e)),
             }
         }
-        if filter_npis.is_empty() {
-            return Ok(c.npis.clone());
-        }
     }
-    Ok(filter_npis)
+    Ok(c.npis.clone())
 }
 
 /// `PUT /fhir/Subscription/{id}`: the subscriber changes its subscription or asks for
@@ -286,9 +331,14 @@ pub async fn update(
     if !issues.is_empty() {
         return fhir(StatusCode::UNPROCESSABLE_ENTITY, operation_outcome(&issues));
     }
-    let owner_npis = match owner_npis(&s, &c, &req).await {
-        // The hospital changing a practice's subscription leaves it the practice's.
-        Ok(_) if c.role == Role::Admin && old.owner_role == "practice" => old.owner_npis.clone(),
+    if let Err(r) = within_limits(&s, &c, &req, false).await {
+        return r;
+    }
+    // The owner's scope stays the owner's: the hospital changing a practice's
+    // subscription leaves it scoped to the practice; the practice's own update takes
+    // its token's NPIs as they are now.
+    let owner_npis = match owner_scope(&s, &c, &req).await {
+        Ok(_) if c.id != old.owner_token => old.owner_npis.clone(),
         Ok(n) => n,
         Err(r) => return r,
     };

@@ -25,6 +25,8 @@ pub struct HttpState {
     pub tokens: Arc<auth::Tokens>,
     /// The FHIR API's base URL (`fhir.base_url`, or `http://<http.listen>/fhir`).
     pub fhir_base: String,
+    /// Per-token subscription limit and minimum heartbeat (`[fhir]`).
+    pub fhir: crate::config::FhirSettings,
     /// What subscription endpoints must satisfy (`[delivery]`).
     pub endpoints: crate::directory::endpoint::EndpointPolicy,
     /// SMART Backend Services keys (their public halves at `/.well-known/jwks.json`).

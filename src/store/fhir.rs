@@ -5,7 +5,12 @@ use super::{on_pool, Store, StoreError};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriptionRow {
     pub id: String,
+    /// The role of the token that created it: `admin` means the whole hospital's
+    /// events; any other role is scoped to `owner_npis`.
     pub owner_role: String,
+    /// The creating token's stable id: the only practice that may see or change it.
+    pub owner_token: String,
+    /// The owner's scope: a practice's NPIs (events routed to one of them).
     pub owner_npis: Vec<String>,
     pub topic: String,
     pub filters: String,
@@ -24,24 +29,27 @@ pub struct SubscriptionRow {
     pub timeout_secs: Option<i64>,
 }
 
-type Row = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-    String,
-    i64,
-    Option<i64>,
-    String,
-    Option<i64>,
-    Option<i64>,
-);
+/// A `fhir_subscription` row as read, by column name.
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    owner_role: String,
+    owner_token: String,
+    owner_npis: String,
+    topic: String,
+    filters: String,
+    endpoint: String,
+    content: String,
+    status: String,
+    error: Option<String>,
+    events_since_start: i64,
+    resource: String,
+    created_at_us: i64,
+    deleted_at_us: Option<i64>,
+    headers: String,
+    heartbeat_secs: Option<i64>,
+    timeout_secs: Option<i64>,
+}
 
 /// id, transition key, kind, event time, encounter, patient key, a routed body.
 type PendingRow = (i64, String, String, i64, String, String, Option<Vec<u8>>);
@@ -50,33 +58,34 @@ type PendingRow = (i64, String, String, i64, String, String, Option<Vec<u8>>);
 const STOP_PENDING: &str =
     "UPDATE outbox SET status = 'dead', last_error = $1 WHERE subscription_id = $2 AND status = 'pending'";
 
-const COLUMNS: &str = "id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us, headers, heartbeat_secs, timeout_secs";
+const COLUMNS: &str = "id, owner_role, owner_token, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, deleted_at_us, headers, heartbeat_secs, timeout_secs";
 
 fn row(r: Row) -> SubscriptionRow {
     SubscriptionRow {
-        id: r.0,
-        owner_role: r.1,
-        owner_npis: serde_json::from_str(&r.2).unwrap_or_default(),
-        topic: r.3,
-        filters: r.4,
-        endpoint: r.5,
-        content: r.6,
-        status: r.7,
-        error: r.8,
-        events_since_start: r.9,
-        resource: r.10,
-        created_at_us: r.11,
-        deleted: r.12.is_some(),
-        headers: serde_json::from_str(&r.13).unwrap_or_default(),
-        heartbeat_secs: r.14,
-        timeout_secs: r.15,
+        id: r.id,
+        owner_role: r.owner_role,
+        owner_token: r.owner_token,
+        owner_npis: serde_json::from_str(&r.owner_npis).unwrap_or_default(),
+        topic: r.topic,
+        filters: r.filters,
+        endpoint: r.endpoint,
+        content: r.content,
+        status: r.status,
+        error: r.error,
+        events_since_start: r.events_since_start,
+        resource: r.resource,
+        created_at_us: r.created_at_us,
+        deleted: r.deleted_at_us.is_some(),
+        headers: serde_json::from_str(&r.headers).unwrap_or_default(),
+        heartbeat_secs: r.heartbeat_secs,
+        timeout_secs: r.timeout_secs,
     }
 }
 
 impl Store {
     pub async fn insert_subscription(&self, s: &SubscriptionRow) -> Result<(), StoreError> {
-        const SQL: &str = "INSERT INTO fhir_subscription (id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, headers, heartbeat_secs, timeout_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+        const SQL: &str = "INSERT INTO fhir_subscription (id, owner_role, owner_npis, topic, filters, endpoint, content, status, error, events_since_start, resource, created_at_us, headers, heartbeat_secs, timeout_secs, owner_token) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
         let npis = serde_json::to_string(&s.owner_npis).unwrap_or_else(|_| "[]".into());
         on_pool!(self, |p, sql| {
             sqlx::query(&sql(SQL))
@@ -95,10 +104,23 @@ impl Store {
                 .bind(serde_json::to_string(&s.headers).unwrap_or_else(|_| "[]".into()))
                 .bind(s.heartbeat_secs)
                 .bind(s.timeout_secs)
+                .bind(&s.owner_token)
                 .execute(p)
                 .await?;
         });
         Ok(())
+    }
+
+    /// How many live (not deleted) subscriptions the token `owner` holds.
+    pub async fn subscriptions_owned(&self, owner: &str) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM fhir_subscription WHERE owner_token = $1 AND deleted_at_us IS NULL";
+        let n = on_pool!(self, |p, sql| {
+            sqlx::query_scalar(&sql(SQL))
+                .bind(owner)
+                .fetch_one(p)
+                .await?
+        });
+        Ok(n)
     }
 
     /// A subscription by id (deleted ones too: they answer 410).

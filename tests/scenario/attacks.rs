@@ -336,3 +336,168 @@ async fn pipelined_frames_split_across_reads_are_not_timed_out() {
         0.0
     );
 }
+
+/// A FHIR Subscription belongs to the token that created it. A practice sharing an NPI
+/// with another, or with a hospital subscription, cannot read, search, change, delete
+/// or read the status and events of either; the hospital's channel secrets are never
+/// shown; and the per-token limit and minimum heartbeat hold. Nothing the attacker
+/// tried changed anything.
+#[test]
+fn a_practice_reaches_only_its_own_subscriptions() {
+    use crate::delivery::npi;
+    use crate::fhir::{http_request_json, subscription};
+    use serde_json::{json, Value};
+    let dir = tempdir();
+    let config = dir.path().join("tokens.toml");
+    let (admin, a, b) = (
+        "Authorization: Bearer admin-token-attack-0123456789",
+        "Authorization: Bearer practice-a-token-0123456789",
+        "Authorization: Bearer practice-b-token-0123456789",
+    );
+    // Practices A and B share an NPI: sharing one is not owning the other's.
+    std::fs::write(
+        &config,
+        format!(
+            "[fhir]\nmax_subscriptions_per_token = 2\n\n\
+             [[auth.tokens]]\ntoken = \"admin-token-attack-0123456789\"\nrole = \"admin\"\n\n\
+             [[auth.tokens]]\ntoken = \"practice-a-token-0123456789\"\nid = \"practice-a\"\nrole = \"practice\"\nnpis = [\"{0}\"]\n\n\
+             [[auth.tokens]]\ntoken = \"practice-b-token-0123456789\"\nrole = \"practice\"\nnpis = [\"{0}\", \"{1}\"]\n",
+            npi(71),
+            npi(72)
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[("ADT_ROUTER_CONFIG", config.to_str().unwrap())],
+    );
+    let base = format!("http://{}/fhir", server.http);
+    let call = |method: &str, path: &str, auth: &str, body: &Value| {
+        let bytes = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let (status, _, v) = http_request_json(&server.http, method, path, auth, &bytes);
+        (status, v)
+    };
+
+    // The hospital's subscription: every admission, with its own secret header.
+    let mut hospital = subscription(
+        &base,
+        "admission",
+        &format!("Encounter?attributed-organization={}", npi(71)),
+        "https://hie.example.org/notify",
+    );
+    hospital["channel"]["header"] = json!(["X-Hospital-Secret: hospital-s3cret-value"]);
+    let (status, h) = call("POST", "/fhir/Subscription", admin, &hospital);
+    assert_eq!(status, 201, "{h}");
+    let hid = h["id"].as_str().unwrap().to_string();
+    assert!(!h.to_string().contains("hospital-s3cret-value"), "{h}");
+    // Practice A's own.
+    let (status, mine) = call(
+        "POST",
+        "/fhir/Subscription",
+        a,
+        &subscription(
+            &base,
+            "discharge",
+            &format!("Encounter?attributed-practitioner={}", npi(71)),
+            "https://a.example.org/notify",
+        ),
+    );
+    assert_eq!(status, 201, "{mine}");
+    let aid = mine["id"].as_str().unwrap().to_string();
+    let before = |id: &str| {
+        call(
+            "GET",
+            &format!("/fhir/Subscription/{id}"),
+            admin,
+            &Value::Null,
+        )
+    };
+    let (hospital_before, a_before) = (before(&hid), before(&aid));
+
+    // Practice B attacks both: the hospital's, and A's (which shares its NPI).
+    for id in [&hid, &aid] {
+        let mut takeover = h.clone();
+        takeover["id"] = json!(id);
+        takeover["channel"]["endpoint"] = json!("https://b.example.org/steal");
+        takeover["_criteria"] = Value::Null;
+        let attempts = [
+            ("GET", format!("/fhir/Subscription/{id}"), Value::Null),
+            ("PUT", format!("/fhir/Subscription/{id}"), takeover),
+            ("DELETE", format!("/fhir/Subscription/{id}"), Value::Null),
+            (
+                "GET",
+                format!("/fhir/Subscription/{id}/$status"),
+                Value::Null,
+            ),
+            (
+                "GET",
+                format!("/fhir/Subscription/{id}/$events"),
+                Value::Null,
+            ),
+        ];
+        for (method, path, body) in attempts {
+            let (status, oo) = call(method, &path, b, &body);
+            assert_eq!(status, 404, "{method} {path}: {oo}");
+            assert!(!oo.to_string().contains("s3cret"), "{oo}");
+        }
+    }
+    for path in ["/fhir/Subscription", "/fhir/Subscription/$status"] {
+        let (status, found) = call("GET", path, b, &Value::Null);
+        assert_eq!(status, 200);
+        assert!(
+            found["entry"].as_array().is_none_or(|e| e.is_empty()),
+            "{path}: {found}"
+        );
+    }
+    // Nothing changed: both read the same to the hospital as before the attack.
+    assert_eq!(before(&hid), hospital_before);
+    assert_eq!(before(&aid), a_before);
+    // The hospital sees every subscription, and never a header value.
+    let (status, all) = call("GET", "/fhir/Subscription", admin, &Value::Null);
+    assert_eq!((status, all["total"].as_i64()), (200, Some(2)), "{all}");
+    let shown = all.to_string();
+    assert!(shown.contains("X-Hospital-Secret: ***"), "{shown}");
+    assert!(
+        !shown.contains("hospital-s3cret-value") && !shown.contains("s3cret\""),
+        "{shown}"
+    );
+
+    // Practice A changes its own (the owner may), within its limits.
+    let mut update = a_before.1.clone();
+    update["channel"]["endpoint"] = json!("https://a.example.org/notify2");
+    let (status, updated) = call("PUT", &format!("/fhir/Subscription/{aid}"), a, &update);
+    assert_eq!(status, 200, "{updated}");
+    let mut fast = subscription(
+        &base,
+        "transfer",
+        &format!("Encounter?attributed-practitioner={}", npi(71)),
+        "https://a.example.org/notify",
+    );
+    fast["channel"]["extension"][0]["valueUnsignedInt"] = json!(5);
+    let (status, oo) = call("POST", "/fhir/Subscription", a, &fast);
+    assert_eq!(status, 422, "{oo}");
+    assert!(oo.to_string().contains("fhir.min_heartbeat_secs"), "{oo}");
+    fast["channel"]["extension"][0]["valueUnsignedInt"] = json!(60);
+    let (status, second) = call("POST", "/fhir/Subscription", a, &fast);
+    assert_eq!(status, 201, "{second}");
+    let (status, oo) = call("POST", "/fhir/Subscription", a, &fast);
+    assert_eq!(status, 422, "a third: {oo}");
+    assert!(
+        oo.to_string().contains("max_subscriptions_per_token"),
+        "{oo}"
+    );
+    // A deleted one frees its place.
+    let (status, _) = call(
+        "DELETE",
+        &format!("/fhir/Subscription/{aid}"),
+        a,
+        &Value::Null,
+    );
+    assert_eq!(status, 204);
+    let (status, third) = call("POST", "/fhir/Subscription", a, &fast);
+    assert_eq!(status, 201, "{third}");
+}

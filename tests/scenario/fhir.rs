@@ -64,7 +64,7 @@ fn assert_valid(dir: &Path, resources: &[Value]) {
     }
 }
 
-fn subscription(base: &str, topic: &str, filter: &str, endpoint: &str) -> Value {
+pub(crate) fn subscription(base: &str, topic: &str, filter: &str, endpoint: &str) -> Value {
     json!({
         "resourceType": "Subscription",
         "status": "requested",
@@ -413,7 +413,7 @@ fn subscriptions_api_validates_and_refuses_with_operation_outcomes() {
     assert!(!verdict[0].1.is_empty(), "the schema missed it");
 }
 
-fn http_request_json(
+pub(crate) fn http_request_json(
     addr: &str,
     method: &str,
     path: &str,
@@ -466,6 +466,8 @@ fn handshake_scenario(dir: &Path, db_url: Option<&str>) {
         ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
         ("ADT_ROUTER__DELIVERY__MAX_ATTEMPTS", "2"),
         ("ADT_ROUTER__DELIVERY__RETRY_BASE_MS", "100"),
+        // Heartbeats a second apart, below the 60 s default minimum.
+        ("ADT_ROUTER__FHIR__MIN_HEARTBEAT_SECS", "1"),
     ];
     if let Some(u) = db_url {
         env.push(("ADT_ROUTER__DATABASE__URL", u));
@@ -1102,6 +1104,7 @@ fn smart_backend_services_tokens_reach_the_subscriber() {
             ("ADT_ROUTER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
             ("ADT_ROUTER__DELIVERY__REQUIRE_HTTPS", "false"),
             ("ADT_ROUTER__DELIVERY__RETRY_BASE_MS", "200"),
+            ("ADT_ROUTER__FHIR__MIN_HEARTBEAT_SECS", "1"),
         ],
     );
     let (status, body) = server.get("/.well-known/jwks.json");
