@@ -37,6 +37,8 @@ pub struct App {
     /// Where the HISP delivers Direct MDNs and DSNs (`direct.inbound_listen`).
     direct_intake: Option<TcpListener>,
     direct: Option<crate::deliver::direct::DirectSender>,
+    /// STARTTLS for the report intake (`direct.inbound_tls_cert`).
+    intake_tls: Option<tokio_rustls::TlsAcceptor>,
     smart: Arc<crate::deliver::smart::SmartClients>,
     wakers: crate::wake::Wakers,
     event_log: &'static str,
@@ -134,12 +136,31 @@ impl App {
             )
             .context("loading [[delivery.smart]]")?,
         );
+        // The Message-ID nonce key, shared by every node through the store.
+        let direct_secret = if settings.direct.smtp_url.is_empty() {
+            Vec::new()
+        } else {
+            store
+                .secret(crate::deliver::direct::MessageIds::SECRET_NAME)
+                .await
+                .context("reading the Direct Message-ID secret")?
+        };
         let direct = crate::deliver::direct::DirectSender::new(
             &settings.direct,
             Duration::from_millis(settings.delivery.timeout_ms.max(1)),
+            direct_secret,
         )
         .map_err(anyhow::Error::msg)
         .context("setting up Direct")?;
+        let d = &settings.direct;
+        let intake_tls = if d.inbound_tls_cert.is_empty() {
+            None
+        } else {
+            Some(
+                crate::mllp::tls::acceptor(&d.inbound_tls_cert, &d.inbound_tls_key, None)
+                    .context("setting up STARTTLS for the Direct report intake")?,
+            )
+        };
         let direct_intake = if settings.direct.inbound_listen.is_empty() {
             None
         } else {
@@ -166,6 +187,7 @@ impl App {
             mllp_listener,
             http_listener,
             direct_intake,
+            intake_tls,
             direct,
             smart,
             wakers,
@@ -283,20 +305,37 @@ impl App {
             ));
             (tokio::spawn(r.run(rx.clone())), watch)
         });
-        let mdns = self.direct.as_ref().map(|_| {
+        let mdns = self.direct.as_ref().map(|d| {
             Arc::new(crate::deliver::direct::Mdns::new(
                 self.store.clone(),
                 self.metrics.clone(),
                 &self.settings.direct,
+                d.ids.clone(),
             ))
         });
         let intake = match (self.direct_intake, &mdns) {
-            (Some(l), Some(m)) => Some(tokio::spawn(crate::deliver::intake::serve(
-                l,
-                m.clone(),
-                self.settings.direct.inbound_max_bytes,
-                rx.clone(),
-            ))),
+            (Some(l), Some(m)) => {
+                let d = &self.settings.direct;
+                let intake = crate::deliver::intake::Intake {
+                    mdns: m.clone(),
+                    metrics: self.metrics.clone(),
+                    max_bytes: d.inbound_max_bytes,
+                    // Checked by Settings::validate.
+                    allow: d
+                        .inbound_allow
+                        .iter()
+                        .filter_map(|c| c.parse().ok())
+                        .collect(),
+                    tls: self.intake_tls.clone(),
+                    max_connections: d.inbound_max_connections,
+                    session: Duration::from_secs(d.inbound_session_secs),
+                };
+                Some(tokio::spawn(crate::deliver::intake::serve(
+                    l,
+                    Arc::new(intake),
+                    rx.clone(),
+                )))
+            }
             _ => None,
         };
         let http = crate::deliver::webhook::client(self.settings.resolve_policy().endpoints)

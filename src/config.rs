@@ -368,6 +368,20 @@ pub struct DirectSettings {
     pub inbound_listen: String,
     /// Largest report accepted by the intake.
     pub inbound_max_bytes: usize,
+    /// The HISP peers that may connect to the intake (CIDRs). Default: loopback only;
+    /// an intake bound to another address must list its peers.
+    pub inbound_allow: Vec<String>,
+    /// With a certificate and key (PEM), the intake offers STARTTLS and takes no mail
+    /// before it.
+    pub inbound_tls_cert: String,
+    pub inbound_tls_key: String,
+    /// Intake connections at once; more are answered 421 and closed.
+    pub inbound_max_connections: usize,
+    /// The longest an intake session may last, start to end.
+    pub inbound_session_secs: u64,
+    /// Reports kept that moved nothing (foreign, forged, wrong recipient, unmatched):
+    /// the newest this many are kept, each cut to 64 KiB.
+    pub inbound_max_refused: u64,
 }
 
 impl Default for DirectSettings {
@@ -384,6 +398,12 @@ impl Default for DirectSettings {
             require_dispatched: true,
             inbound_listen: String::new(),
             inbound_max_bytes: 10 * 1024 * 1024,
+            inbound_allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            inbound_tls_cert: String::new(),
+            inbound_tls_key: String::new(),
+            inbound_max_connections: 16,
+            inbound_session_secs: 600,
+            inbound_max_refused: 10_000,
         }
     }
 }
@@ -559,7 +579,8 @@ impl Settings {
                 .with_list_parse_key("hl7.required_fields")
                 .with_list_parse_key("delivery.channel_order")
                 .with_list_parse_key("routing.transfer_dispositions")
-                .with_list_parse_key("routing.watched"),
+                .with_list_parse_key("routing.watched")
+                .with_list_parse_key("direct.inbound_allow"),
         );
         let s: Settings = b.build()?.try_deserialize()?;
         s.validate()?;
@@ -645,6 +666,41 @@ impl Settings {
             return bad(
                 "direct.inbound_listen",
                 format!("'{}' is not HOST:PORT", d.inbound_listen),
+            );
+        }
+        let mut peers = Vec::new();
+        for c in &d.inbound_allow {
+            match c.parse::<ipnet::IpNet>() {
+                Ok(n) => peers.push(n),
+                Err(_) => {
+                    return bad(
+                        "direct.inbound_allow",
+                        format!("'{c}' is not a CIDR (like 203.0.113.0/24)"),
+                    )
+                }
+            }
+        }
+        if let Ok(at) = d.inbound_listen.parse::<std::net::SocketAddr>() {
+            let loopback_only = peers.iter().all(|n| n.addr().is_loopback());
+            if !at.ip().is_loopback() && loopback_only {
+                return bad(
+                    "direct.inbound_allow",
+                    format!(
+                        "the intake listens on {at}, but only loopback peers may connect: list the HISP's addresses"
+                    ),
+                );
+            }
+        }
+        if d.inbound_tls_cert.is_empty() != d.inbound_tls_key.is_empty() {
+            return bad(
+                "direct.inbound_tls_cert",
+                "STARTTLS needs both inbound_tls_cert and inbound_tls_key".into(),
+            );
+        }
+        if d.inbound_max_connections == 0 || d.inbound_session_secs == 0 {
+            return bad(
+                "direct.inbound_max_connections",
+                "inbound_max_connections and inbound_session_secs must be above 0".into(),
             );
         }
         if !d.inbound_listen.is_empty() && d.smtp_url.is_empty() {

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub delivery_circuit_opens: IntCounter,
     /// MDNs and DSNs received by the Direct intake, by kind and what they did.
     pub direct_reports: IntCounterVec,
+    /// Direct intake connections and sessions cut short, by reason.
+    pub direct_intake_refused: IntCounterVec,
     /// SMART Backend Services token requests, by outcome (issued, refused, failed).
     pub smart_tokens: IntCounterVec,
 }
@@ -197,9 +199,17 @@ impl Metrics {
             direct_reports: IntCounterVec::new(
                 Opts::new(
                     "direct_reports_total",
-                    "Reports received from the HISP, by kind (mdn, dsn, other) and effect (applied, recorded, late, unmatched).",
+                    "Reports received from the HISP, by kind (mdn, dsn, other) and effect (applied, recorded, late; and, moving nothing: unmatched, foreign, forged, wrong_recipient).",
                 ),
                 &["kind", "effect"],
+            )
+            .expect("metric"),
+            direct_intake_refused: IntCounterVec::new(
+                Opts::new(
+                    "direct_intake_refused_total",
+                    "Direct intake connections refused or closed, by reason (peer: not in direct.inbound_allow; connections; line: over-long; size; session_time; tls).",
+                ),
+                &["reason"],
             )
             .expect("metric"),
             roster_uploads: IntCounterVec::new(
@@ -297,6 +307,7 @@ impl Metrics {
             Box::new(m.delivery_circuit_opens.clone()),
             Box::new(m.smart_tokens.clone()),
             Box::new(m.direct_reports.clone()),
+            Box::new(m.direct_intake_refused.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

@@ -9,9 +9,12 @@
 //! (`metadata.txt`, named by `X-Direct-Context`). It asks for timely and reliable
 //! delivery, so the recipient side answers with processed and then dispatched MDNs.
 //!
-//! The Message-ID is `<idempotency key@our domain>`: the same on every retry and resend,
-//! so the recipient can tell a repeat, and the MDNs that come back (their
-//! `Original-Message-ID`) lead straight to the notification.
+//! The Message-ID is `<idempotency key.nonce@our domain>` ([`MessageIds`]): the same on
+//! every retry and resend, so the recipient can tell a repeat, and the MDNs that come
+//! back (their `Original-Message-ID`) lead straight to the notification. The nonce is
+//! an HMAC of the key under a secret only our store holds, so a report can name a
+//! notification only by quoting the message we sent; the key alone (published in
+//! every message) is not enough.
 
 use super::report::{self, Signal};
 use super::Outcome;
@@ -35,6 +38,7 @@ use std::time::Duration;
 pub struct DirectSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Address,
+    pub ids: MessageIds,
     /// The whole submission's time limit (lettre's own applies per command).
     timeout: Duration,
     pub processed_timeout: Duration,
@@ -51,8 +55,13 @@ impl std::fmt::Debug for DirectSender {
 }
 
 impl DirectSender {
-    /// `None` when Direct is not configured (`direct.smtp_url` empty).
-    pub fn new(s: &DirectSettings, timeout: Duration) -> Result<Option<DirectSender>, String> {
+    /// `None` when Direct is not configured (`direct.smtp_url` empty). `secret` keys
+    /// the Message-ID nonces ([`MessageIds`]).
+    pub fn new(
+        s: &DirectSettings,
+        timeout: Duration,
+        secret: Vec<u8>,
+    ) -> Result<Option<DirectSender>, String> {
         if s.smtp_url.is_empty() {
             return Ok(None);
         }
@@ -71,6 +80,7 @@ impl DirectSender {
         }
         Ok(Some(DirectSender {
             transport: b.build(),
+            ids: MessageIds::new(&from, secret),
             from,
             timeout,
             processed_timeout: Duration::from_secs(s.processed_timeout_secs),
@@ -81,7 +91,7 @@ impl DirectSender {
 
     /// Builds the RFC 5322 message for a notification.
     pub fn compose(&self, n: &Outgoing) -> Result<(Vec<u8>, String), String> {
-        compose(&self.from, n)
+        compose(&self.ids, &self.from, n)
     }
 
     /// Submits one notification; the outcome and the SHA-256 of the message sent.
@@ -185,16 +195,83 @@ fn private_ca_tls(smtp_url: &str, ca_file: &str) -> Result<Tls, String> {
     })
 }
 
-/// `<key@domain>` for a notification key.
-pub fn message_id(key: &str, from: &Address) -> String {
-    format!("<{key}@{}>", from.domain())
+/// Makes and checks our Message-IDs: `<key.nonce@domain>`, the nonce 128 bits of
+/// HMAC-SHA256(secret, key). Deterministic, so every resend of a notification carries
+/// the same id; unguessable without the secret (`router_secret` in the store).
+#[derive(Clone)]
+pub struct MessageIds {
+    domain: String,
+    secret: Vec<u8>,
 }
 
-/// The notification key inside one of our Message-IDs.
-pub fn key_of(message_id: &str) -> Option<&str> {
-    let inner = message_id.trim().strip_prefix('<')?.strip_suffix('>')?;
-    let (key, _) = inner.split_once('@')?;
-    (!key.is_empty()).then_some(key)
+impl std::fmt::Debug for MessageIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageIds")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a report's Original-Message-ID does not name one of our notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotOurs {
+    /// No Message-ID, or not `<local@domain>`.
+    Missing,
+    /// Another domain's message.
+    Foreign,
+    /// Our domain, but the nonce is absent or wrong: guessed or forged.
+    Forged,
+}
+
+impl MessageIds {
+    pub const SECRET_NAME: &'static str = "direct_message_id";
+
+    pub fn new(from: &Address, secret: Vec<u8>) -> MessageIds {
+        MessageIds {
+            domain: from.domain().to_string(),
+            secret,
+        }
+    }
+
+    fn mac(&self, key: &str) -> hmac::Hmac<Sha256> {
+        use hmac::Mac;
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(b"direct-message-id|");
+        mac.update(key.as_bytes());
+        mac
+    }
+
+    /// The Message-ID for a notification key.
+    pub fn make(&self, key: &str) -> String {
+        use hmac::Mac;
+        let tag = self.mac(key).finalize().into_bytes();
+        format!("<{key}.{}@{}>", hex::encode(&tag[..16]), self.domain)
+    }
+
+    /// The notification key a Message-ID names, if it is one we made.
+    pub fn verify<'a>(&self, message_id: &'a str) -> Result<&'a str, NotOurs> {
+        use hmac::Mac;
+        let inner = message_id
+            .trim()
+            .strip_prefix('<')
+            .and_then(|m| m.strip_suffix('>'))
+            .ok_or(NotOurs::Missing)?;
+        let (local, domain) = inner.rsplit_once('@').ok_or(NotOurs::Missing)?;
+        if !domain.eq_ignore_ascii_case(&self.domain) {
+            return Err(NotOurs::Foreign);
+        }
+        let (key, tag) = local.rsplit_once('.').ok_or(NotOurs::Forged)?;
+        let tag = hex::decode(tag).map_err(|_| NotOurs::Forged)?;
+        if key.is_empty() || tag.len() != 16 {
+            return Err(NotOurs::Forged);
+        }
+        // Compared in constant time.
+        self.mac(key)
+            .verify_truncated_left(&tag)
+            .map_err(|_| NotOurs::Forged)?;
+        Ok(key)
+    }
 }
 
 /// A readable label for an event kind.
@@ -311,14 +388,18 @@ fn context(p: &Value, key: &str, hl7: bool) -> String {
 }
 
 /// Builds the message; returns its bytes and its Message-ID.
-pub fn compose(from: &Address, n: &Outgoing) -> Result<(Vec<u8>, String), String> {
+pub fn compose(
+    ids: &MessageIds,
+    from: &Address,
+    n: &Outgoing,
+) -> Result<(Vec<u8>, String), String> {
     let p: Value = serde_json::from_slice(&n.payload)
         .map_err(|e| format!("the notification body is not JSON: {e}"))?;
     let to: Address = n
         .endpoint
         .parse()
         .map_err(|e| format!("not a Direct address: {e}"))?;
-    let id = message_id(&n.notification_key, from);
+    let id = ids.make(&n.notification_key);
     let ctx_id = format!("<ctx.{}@{}>", n.notification_key, from.domain());
     // The HL7 v2 message goes only where the rule allows everything in it.
     let hl7 = n.raw_hl7.as_ref().filter(|_| {
@@ -395,6 +476,10 @@ pub struct Mdns {
     pub require_dispatched: bool,
     pub dispatched_timeout: Duration,
     pub processed_timeout: Duration,
+    /// Our Message-IDs: a report must quote one to move anything.
+    pub ids: MessageIds,
+    /// Refused reports kept (the newest).
+    pub keep_refused: u64,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -421,10 +506,12 @@ fn add_proof(old: Option<&str>, step: &str, v: Value) -> String {
 }
 
 impl Mdns {
-    pub fn new(store: Store, metrics: Arc<Metrics>, s: &DirectSettings) -> Mdns {
+    pub fn new(store: Store, metrics: Arc<Metrics>, s: &DirectSettings, ids: MessageIds) -> Mdns {
         Mdns {
             store,
             metrics,
+            ids,
+            keep_refused: s.inbound_max_refused,
             require_dispatched: s.require_dispatched,
             dispatched_timeout: Duration::from_secs(s.dispatched_timeout_secs),
             processed_timeout: Duration::from_secs(s.processed_timeout_secs),
@@ -433,13 +520,22 @@ impl Mdns {
     }
 
     /// Reads, keeps and applies one report. Returns what it did, in words.
+    ///
+    /// A report moves a notification only when its Original-Message-ID is one we made
+    /// (our domain, the right nonce), its Final-Recipient is the address the
+    /// notification was submitted to, and the notification is in a state the report can
+    /// advance. Anything else is kept (bounded), counted and changes nothing.
     pub async fn apply(&self, raw: &[u8]) -> Result<String, ReportError> {
         let r = report::parse(raw);
-        let key = r.original_message_id.as_deref().and_then(key_of);
+        let key = r
+            .original_message_id
+            .as_deref()
+            .ok_or(NotOurs::Missing)
+            .and_then(|m| self.ids.verify(m));
         // The HISP can answer before our own record of the submission is written. Wait
         // for it without holding the lock, so other reports are not held up meanwhile.
         let sending = |row: &Option<DirectRow>| row.as_ref().is_some_and(|r| r.status == "sending");
-        if let Some(k) = key {
+        if let Ok(k) = key {
             let mut tries = 0;
             while sending(&self.store.direct_row(k).await?) {
                 tries += 1;
@@ -451,27 +547,46 @@ impl Mdns {
         }
         let _one_at_a_time = self.lock.lock().await;
         let row = match key {
-            Some(k) => self.store.direct_row(k).await?,
-            None => None,
+            Ok(k) => self.store.direct_row(k).await?,
+            Err(_) => None,
         };
         if sending(&row) {
             return Err(ReportError::TooEarly);
         }
         let now = crate::store::now_us();
         let sha = hex::encode(Sha256::digest(raw));
+        // The address the report speaks for must be the one we sent to.
+        let recipient_ok = row.as_ref().is_some_and(|n| {
+            r.final_recipient
+                .as_deref()
+                .is_some_and(|f| f.eq_ignore_ascii_case(n.endpoint.trim()))
+        });
         let next = row
             .as_ref()
+            .filter(|_| recipient_ok)
             .and_then(|n| on_report(&n.status, r.signal, self.require_dispatched));
-        let (effect, label) = match (&row, next) {
-            (None, _) => (
+        let (effect, label) = match (key, &row, next) {
+            (Err(NotOurs::Foreign), _, _) => (
+                "refused: the Original-Message-ID is not of our domain".to_string(),
+                "foreign",
+            ),
+            (Err(NotOurs::Forged), _, _) => (
+                "refused: the Original-Message-ID is ours in form but its nonce is wrong (guessed or forged)".to_string(),
+                "forged",
+            ),
+            (_, None, _) => (
                 "unmatched: no Direct notification has this Message-ID".to_string(),
                 "unmatched",
             ),
-            (Some(n), Some(new)) => (format!("{} -> {new}", n.status), "applied"),
-            (Some(n), None) if matches!(n.status.as_str(), "submitted" | "processed") => {
+            (_, Some(_), _) if !recipient_ok => (
+                "refused: the Final-Recipient is not the address the notification was sent to".to_string(),
+                "wrong_recipient",
+            ),
+            (_, Some(n), Some(new)) => (format!("{} -> {new}", n.status), "applied"),
+            (_, Some(n), None) if matches!(n.status.as_str(), "submitted" | "processed") => {
                 ("recorded; no change".to_string(), "recorded")
             }
-            (Some(n), None) => (
+            (_, Some(n), None) => (
                 format!(
                     "late: the notification was already {}; recorded, not applied",
                     n.status
@@ -479,6 +594,10 @@ impl Mdns {
                 "late",
             ),
         };
+        let refused = matches!(
+            label,
+            "foreign" | "forged" | "unmatched" | "wrong_recipient"
+        );
         self.metrics
             .direct_reports
             .with_label_values(&[r.kind.as_str(), label])
@@ -496,23 +615,28 @@ impl Mdns {
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default()
         );
-        if label == "late" || label == "unmatched" {
+        if label != "applied" && label != "recorded" {
             tracing::warn!(kind = r.kind.as_str(), disposition = %r.disposition, effect = %effect, "Direct report not applied.");
         } else {
             tracing::info!(notification = row.as_ref().map(|n| n.id), kind = r.kind.as_str(), disposition = %r.disposition, effect = %effect, "Direct report received.");
         }
         self.store
-            .record_report(&ReportRow {
-                received_at_us: now,
-                kind: r.kind.as_str().into(),
-                disposition: r.disposition.clone(),
-                final_recipient: r.final_recipient.clone(),
-                original_message_id: r.original_message_id.clone(),
-                outbox_id: row.as_ref().map(|n| n.id),
-                effect: effect.clone(),
-                sha256: sha.clone(),
-                raw: raw.to_vec(),
-            })
+            .record_report(
+                &ReportRow {
+                    received_at_us: now,
+                    kind: r.kind.as_str().into(),
+                    disposition: r.disposition.clone(),
+                    final_recipient: r.final_recipient.clone(),
+                    original_message_id: r.original_message_id.clone(),
+                    outbox_id: row.as_ref().map(|n| n.id),
+                    effect: effect.clone(),
+                    sha256: sha.clone(),
+                    // What moved nothing is kept cut short: a flood cannot fill the disk.
+                    raw: raw[..raw.len().min(if refused { 64 * 1024 } else { raw.len() })].to_vec(),
+                    refused,
+                },
+                self.keep_refused,
+            )
             .await?;
         if let (Some(n), Some(new)) = (row, next) {
             let step = match r.signal {
@@ -691,8 +815,10 @@ mod tests {
     #[test]
     fn full_content_carries_the_hl7_message_and_redactions_remove_it() {
         let from: Address = "router@direct.hospital.example".parse().unwrap();
-        let (raw, id) = compose(&from, &outgoing("full", &[])).unwrap();
-        assert_eq!(id, "<k1@direct.hospital.example>");
+        let ids = MessageIds::new(&from, vec![1; 32]);
+        let (raw, id) = compose(&ids, &from, &outgoing("full", &[])).unwrap();
+        assert_eq!(id, ids.make("k1"));
+        assert_eq!(ids.verify(&id), Ok("k1"));
         let p = parts(&raw);
         let names: Vec<_> = p.iter().map(|x| x.1.clone()).collect();
         assert_eq!(
@@ -719,7 +845,12 @@ mod tests {
         assert!(head.contains("X-Direct-Context: <ctx.k1@direct.hospital.example>"));
 
         for (profile, redacted) in [("standard", &[][..]), ("full", &["diagnosis"][..])] {
-            let (raw, _) = compose(&from, &outgoing(profile, redacted)).unwrap();
+            let (raw, _) = compose(
+                &MessageIds::new(&from, vec![1; 32]),
+                &from,
+                &outgoing(profile, redacted),
+            )
+            .unwrap();
             let p = parts(&raw);
             assert!(
                 p.iter().all(|x| x.1.as_deref() != Some("notification.hl7")),
@@ -730,12 +861,34 @@ mod tests {
     }
 
     #[test]
-    fn message_ids_round_trip() {
+    fn message_ids_round_trip_and_cannot_be_guessed() {
         let from: Address = "router@direct.hospital.example".parse().unwrap();
-        let id = message_id("0123abcd", &from);
-        assert_eq!(id, "<0123abcd@direct.hospital.example>");
-        assert_eq!(key_of(&id), Some("0123abcd"));
-        assert_eq!(key_of("no-brackets@x"), None);
-        assert_eq!(key_of("<@x>"), None);
+        let ids = MessageIds::new(&from, vec![7; 32]);
+        let id = ids.make("0123abcd");
+        assert_eq!(id, ids.make("0123abcd"), "the same on every resend");
+        assert!(id.starts_with("<0123abcd.") && id.ends_with("@direct.hospital.example>"));
+        assert_eq!(ids.verify(&id), Ok("0123abcd"));
+        assert_eq!(
+            ids.verify("<0123abcd@direct.hospital.example>"),
+            Err(NotOurs::Forged)
+        );
+        let other_key = id.replace("0123abcd", "0123abce");
+        assert_eq!(
+            ids.verify(&other_key),
+            Err(NotOurs::Forged),
+            "a nonce is for one key"
+        );
+        let other_secret = MessageIds::new(&from, vec![8; 32]);
+        assert_eq!(other_secret.verify(&id), Err(NotOurs::Forged));
+        assert_eq!(
+            ids.verify(&id.replace("hospital", "elsewhere")),
+            Err(NotOurs::Foreign)
+        );
+        assert_eq!(ids.verify("no-brackets@x"), Err(NotOurs::Missing));
+        assert_eq!(ids.verify("<nodomain>"), Err(NotOurs::Missing));
+        assert_eq!(
+            ids.verify("<.@direct.hospital.example>"),
+            Err(NotOurs::Forged)
+        );
     }
 }

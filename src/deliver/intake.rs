@@ -4,35 +4,94 @@
 //! so a report the HISP was told we have is never lost; a store failure answers `451`
 //! and the HISP tries again later.
 //!
-//! Plain SMTP only: bind it to the network the HISP connection arrives on (loopback, a
-//! private link or a TLS-terminating proxy); the reports themselves carry no PHI beyond
-//! the Direct addresses.
+//! Only configured HISP peers may connect (`direct.inbound_allow`, loopback by
+//! default); with a certificate it offers STARTTLS and takes no mail before it. Every
+//! resource a peer could grow is capped: connections, line length (an over-long line
+//! closes the connection, read in bounded pieces), message size and session time.
 
 use super::direct::{Mdns, ReportError};
+use crate::metrics::Metrics;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; be generous).
 const MAX_LINE: usize = 2048;
+/// Longest message line (RFC 5322 says 998 plus CRLF; be generous).
+const MAX_DATA_LINE: usize = 8192;
 const IDLE: Duration = Duration::from_secs(300);
+
+/// The intake's settings and what it reports to.
+pub struct Intake {
+    pub mdns: Arc<Mdns>,
+    pub metrics: Arc<Metrics>,
+    pub max_bytes: usize,
+    /// HISP peers that may connect.
+    pub allow: Vec<ipnet::IpNet>,
+    /// STARTTLS, required before MAIL when set.
+    pub tls: Option<TlsAcceptor>,
+    pub max_connections: usize,
+    pub session: Duration,
+}
+
+impl Intake {
+    fn allowed(&self, ip: IpAddr) -> bool {
+        // An IPv4 peer may arrive as ::ffff:a.b.c.d on a dual-stack socket.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow.iter().any(|n| n.contains(&ip))
+    }
+
+    fn refused(&self, reason: &str) {
+        self.metrics
+            .direct_intake_refused
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
 
 /// Accepts connections until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
-    mdns: Arc<Mdns>,
-    max_bytes: usize,
+    intake: Arc<Intake>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(intake.max_connections));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let mdns = mdns.clone();
+                Ok((mut stream, peer)) => {
+                    if !intake.allowed(peer.ip()) {
+                        intake.refused("peer");
+                        tracing::warn!(peer = %peer.ip(), "Direct intake: a connection from an address not in direct.inbound_allow was refused.");
+                        tokio::spawn(async move {
+                            let _ = stream.write_all(b"554 5.7.1 not a configured HISP peer\r\n").await;
+                        });
+                        continue;
+                    }
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        intake.refused("connections");
+                        tracing::warn!(peer = %peer.ip(), "Direct intake: direct.inbound_max_connections reached; a connection was refused.");
+                        tokio::spawn(async move {
+                            let _ = stream.write_all(b"421 4.7.0 too many connections; try again later\r\n").await;
+                        });
+                        continue;
+                    };
+                    let intake = intake.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = session(stream, &mdns, max_bytes).await {
-                            tracing::debug!(error = %e, "Direct intake session ended.");
+                        let _slot = slot;
+                        match tokio::time::timeout(intake.session, run(stream, &intake)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(error = %e, "Direct intake session ended."),
+                            Err(_) => {
+                                intake.refused("session_time");
+                                tracing::warn!(peer = %peer.ip(), "Direct intake: a session outlasted direct.inbound_session_secs and was closed.");
+                            }
                         }
                     });
                 }
@@ -46,65 +105,120 @@ pub async fn serve(
     }
 }
 
-/// Reads one line (without CRLF) within the idle limit; `None` at end of stream.
+/// One connection: a plain session, and after STARTTLS a fresh one inside TLS.
+async fn run(stream: TcpStream, intake: &Intake) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    if let Next::StartTls(plain) = session(stream, intake, false).await? {
+        let Some(acceptor) = &intake.tls else {
+            return Ok(());
+        };
+        let tls = match acceptor.accept(plain).await {
+            Ok(t) => t,
+            Err(e) => {
+                intake.refused("tls");
+                return Err(e);
+            }
+        };
+        session(tls, intake, true).await?;
+    }
+    Ok(())
+}
+
+enum Next<S> {
+    Done,
+    /// The peer asked for STARTTLS and was told to go ahead: the bare stream, with
+    /// anything it pipelined after the command thrown away (RFC 3207 §4.2).
+    StartTls(S),
+}
+
+/// How one line read ended.
+enum Line {
+    End,
+    Complete,
+    TooLong,
+}
+
+/// Reads one line (without CRLF) of at most `max` bytes within the idle limit. Memory
+/// stays bounded: an over-long line is reported, not read to its end.
 async fn line<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
-) -> std::io::Result<Option<bool>> {
+    max: usize,
+) -> std::io::Result<Line> {
     buf.clear();
-    let n = tokio::time::timeout(
-        IDLE,
-        (&mut *r).take(MAX_LINE as u64 + 2).read_until(b'\n', buf),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
+    let n = tokio::time::timeout(IDLE, (&mut *r).take(max as u64 + 2).read_until(b'\n', buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
     if n == 0 {
-        return Ok(None);
+        return Ok(Line::End);
     }
-    let complete = buf.ends_with(b"\n");
+    if !buf.ends_with(b"\n") {
+        return Ok(if n >= max + 2 {
+            Line::TooLong
+        } else {
+            Line::End
+        });
+    }
     while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         buf.pop();
     }
-    Ok(Some(complete))
+    Ok(Line::Complete)
 }
 
-async fn session(stream: TcpStream, mdns: &Mdns, max_bytes: usize) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    wr.write_all(b"220 adt-router Direct report intake ESMTP\r\n")
-        .await?;
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    intake: &Intake,
+    secure: bool,
+) -> std::io::Result<Next<S>> {
+    let mut rd = BufReader::new(stream);
+    if !secure {
+        rd.get_mut()
+            .write_all(b"220 adt-router Direct report intake ESMTP\r\n")
+            .await?;
+    }
+    let offer_tls = intake.tls.is_some() && !secure;
     let mut buf = Vec::with_capacity(256);
     let mut have_from = false;
     let mut rcpts = 0usize;
     loop {
-        let Some(complete) = line(&mut rd, &mut buf).await? else {
-            return Ok(());
-        };
-        if !complete {
-            // Over-long line: skip the rest of it.
-            while !line(&mut rd, &mut buf).await?.unwrap_or(true) {}
-            wr.write_all(b"500 5.5.2 line too long\r\n").await?;
-            continue;
+        match line(&mut rd, &mut buf, MAX_LINE).await? {
+            Line::End => return Ok(Next::Done),
+            Line::TooLong => {
+                intake.refused("line");
+                rd.get_mut()
+                    .write_all(b"500 5.5.2 line too long; closing\r\n")
+                    .await?;
+                return Ok(Next::Done);
+            }
+            Line::Complete => {}
         }
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let upper = text.to_ascii_uppercase();
+        let upper = String::from_utf8_lossy(&buf).to_ascii_uppercase();
         let verb = upper.split_whitespace().next().unwrap_or("");
+        let wr = rd.get_mut();
         let reply: &[u8] = match verb {
             "EHLO" => {
                 let r = format!(
-                    "250-adt-router\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 SIZE {max_bytes}\r\n"
+                    "250-adt-router\r\n250-8BITMIME\r\n250-PIPELINING\r\n{}250 SIZE {}\r\n",
+                    if offer_tls { "250-STARTTLS\r\n" } else { "" },
+                    intake.max_bytes
                 );
                 wr.write_all(r.as_bytes()).await?;
                 continue;
             }
             "HELO" => b"250 adt-router\r\n",
+            "STARTTLS" if offer_tls => {
+                wr.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
+                wr.flush().await?;
+                return Ok(Next::StartTls(rd.into_inner()));
+            }
+            "STARTTLS" if secure => b"503 5.5.1 TLS already active\r\n",
+            "MAIL" if offer_tls => b"530 5.7.0 must issue a STARTTLS command first\r\n",
             "MAIL" if upper.starts_with("MAIL FROM:") => {
                 let too_big = upper
                     .split_whitespace()
                     .find_map(|p| p.strip_prefix("SIZE="))
                     .and_then(|n| n.parse::<usize>().ok())
-                    .is_some_and(|n| n > max_bytes);
+                    .is_some_and(|n| n > intake.max_bytes);
                 if too_big {
                     b"552 5.3.4 message too big\r\n"
                 } else {
@@ -128,10 +242,12 @@ async fn session(stream: TcpStream, mdns: &Mdns, max_bytes: usize) -> std::io::R
                     b"503 5.5.1 RCPT first\r\n"
                 } else {
                     wr.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
-                    let answer = data(&mut rd, mdns, max_bytes).await?;
+                    let Some(answer) = data(&mut rd, intake).await? else {
+                        return Ok(Next::Done);
+                    };
                     have_from = false;
                     rcpts = 0;
-                    wr.write_all(answer.as_bytes()).await?;
+                    rd.get_mut().write_all(answer.as_bytes()).await?;
                     continue;
                 }
             }
@@ -144,31 +260,43 @@ async fn session(stream: TcpStream, mdns: &Mdns, max_bytes: usize) -> std::io::R
             "VRFY" => b"252 2.1.5 cannot verify\r\n",
             "QUIT" => {
                 wr.write_all(b"221 2.0.0 bye\r\n").await?;
-                return Ok(());
+                return Ok(Next::Done);
             }
             _ => b"502 5.5.2 command not recognized\r\n",
         };
-        wr.write_all(reply).await?;
+        rd.get_mut().write_all(reply).await?;
     }
 }
 
 /// Reads a message body up to `<CRLF>.<CRLF>` (undoing dot-stuffing), keeps and applies
-/// it, and returns the reply.
-async fn data<R: tokio::io::AsyncBufRead + Unpin>(
-    rd: &mut R,
-    mdns: &Mdns,
-    max_bytes: usize,
-) -> std::io::Result<String> {
+/// it, and returns the reply; `None` when the connection must close (an over-long line,
+/// already answered).
+async fn data<S: AsyncRead + AsyncWrite + Unpin>(
+    rd: &mut BufReader<S>,
+    intake: &Intake,
+) -> std::io::Result<Option<String>> {
     let mut msg = Vec::new();
     let mut buf = Vec::new();
     let mut too_big = false;
     loop {
         buf.clear();
-        let n = tokio::time::timeout(IDLE, rd.read_until(b'\n', &mut buf))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
+        let n = tokio::time::timeout(
+            IDLE,
+            (&mut *rd)
+                .take(MAX_DATA_LINE as u64 + 2)
+                .read_until(b'\n', &mut buf),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if !buf.ends_with(b"\n") {
+            intake.refused("line");
+            rd.get_mut()
+                .write_all(b"500 5.5.2 line too long; closing\r\n")
+                .await?;
+            return Ok(None);
         }
         if buf == b".\r\n" || buf == b".\n" {
             break;
@@ -182,15 +310,16 @@ async fn data<R: tokio::io::AsyncBufRead + Unpin>(
             &buf[..]
         };
         msg.extend_from_slice(body);
-        if msg.len() > max_bytes {
+        if msg.len() > intake.max_bytes {
             too_big = true;
             msg = Vec::new();
         }
     }
     if too_big {
-        return Ok("552 5.3.4 message too big\r\n".into());
+        intake.refused("size");
+        return Ok(Some("552 5.3.4 message too big\r\n".into()));
     }
-    Ok(match mdns.apply(&msg).await {
+    Ok(Some(match intake.mdns.apply(&msg).await {
         Ok(effect) => {
             let effect: String = effect
                 .chars()
@@ -206,5 +335,5 @@ async fn data<R: tokio::io::AsyncBufRead + Unpin>(
             tracing::warn!(error = %e, "Keeping a Direct report failed; the HISP will resend.");
             "451 4.3.0 cannot keep the report now; try again\r\n".into()
         }
-    })
+    }))
 }

@@ -25,6 +25,8 @@ pub struct ReportRow {
     pub effect: String,
     pub sha256: String,
     pub raw: Vec<u8>,
+    /// It moved nothing because it could not be trusted; such rows are kept bounded.
+    pub refused: bool,
 }
 
 type Row = (i64, String, i32, String, Option<String>);
@@ -72,12 +74,17 @@ impl Store {
         Ok(rows.into_iter().map(row).collect())
     }
 
-    /// Keeps a report. Returns its id.
-    pub async fn record_report(&self, r: &ReportRow) -> Result<i64, StoreError> {
-        const SQL: &str = "INSERT INTO direct_report (received_at_us, kind, disposition, final_recipient, original_message_id, outbox_id, effect, sha256, raw) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
+    /// Keeps a report. Returns its id. Refused reports beyond the newest `keep_refused`
+    /// are dropped in the same transaction, so a flood cannot fill the disk.
+    pub async fn record_report(&self, r: &ReportRow, keep_refused: u64) -> Result<i64, StoreError> {
+        const SQL: &str = "INSERT INTO direct_report (received_at_us, kind, disposition, final_recipient, original_message_id, outbox_id, effect, sha256, raw, refused) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
+        const PRUNE: &str = "DELETE FROM direct_report WHERE refused AND id <= \
+             (SELECT id FROM direct_report WHERE refused ORDER BY id DESC LIMIT 1 OFFSET $1)";
+        let keep = i64::try_from(keep_refused).unwrap_or(i64::MAX);
         let id: i64 = on_pool!(self, |p, sql| {
-            sqlx::query_scalar(&sql(SQL))
+            let mut tx = p.begin().await?;
+            let id: i64 = sqlx::query_scalar(&sql(SQL))
                 .bind(r.received_at_us)
                 .bind(&r.kind)
                 .bind(&r.disposition)
@@ -87,9 +94,38 @@ impl Store {
                 .bind(&r.effect)
                 .bind(&r.sha256)
                 .bind(&r.raw)
+                .bind(r.refused)
+                .fetch_one(&mut *tx)
+                .await?;
+            if r.refused {
+                sqlx::query(&sql(PRUNE))
+                    .bind(keep)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            id
+        });
+        Ok(id)
+    }
+
+    /// The shared secret `name` (32 random bytes), made by whichever node asks first.
+    pub async fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        const MAKE: &str =
+            "INSERT INTO router_secret (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+        const READ: &str = "SELECT value FROM router_secret WHERE name = $1";
+        let fresh: [u8; 32] = rand::random();
+        let v: Vec<u8> = on_pool!(self, |p, sql| {
+            sqlx::query(&sql(MAKE))
+                .bind(name)
+                .bind(&fresh[..])
+                .execute(p)
+                .await?;
+            sqlx::query_scalar(&sql(READ))
+                .bind(name)
                 .fetch_one(p)
                 .await?
         });
-        Ok(id)
+        Ok(v)
     }
 }

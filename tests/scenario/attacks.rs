@@ -501,3 +501,153 @@ fn a_practice_reaches_only_its_own_subscriptions() {
     let (status, third) = call("POST", "/fhir/Subscription", a, &fast);
     assert_eq!(status, 201, "{third}");
 }
+
+/// The Direct report intake, attacked as a network neighbour would: an address not in
+/// `direct.inbound_allow` is refused at once; a listed peer meets STARTTLS before any
+/// mail (Python's smtplib, with the test CA, gets through); connections beyond the cap
+/// are refused and sessions end at the time limit; a 100 MB line closes the connection
+/// while the server's memory stays where it was.
+#[tokio::test]
+async fn the_report_intake_takes_only_its_peers_and_bounded_input() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    crate::tls::make_pki(dir.path());
+    let intake = free_port();
+    let at = format!("127.0.0.1:{intake}");
+    let pem = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER__DIRECT__SMTP_URL", "smtp://127.0.0.1:9"),
+            ("ADT_ROUTER__DIRECT__FROM", "router@direct.hospital.example"),
+            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
+            ("ADT_ROUTER__DIRECT__INBOUND_LISTEN", &at),
+            ("ADT_ROUTER__DIRECT__INBOUND_ALLOW", "127.0.0.2/32"),
+            (
+                "ADT_ROUTER__DIRECT__INBOUND_TLS_CERT",
+                pem.to_str().unwrap(),
+            ),
+            ("ADT_ROUTER__DIRECT__INBOUND_TLS_KEY", key.to_str().unwrap()),
+            ("ADT_ROUTER__DIRECT__INBOUND_MAX_CONNECTIONS", "2"),
+            ("ADT_ROUTER__DIRECT__INBOUND_SESSION_SECS", "3"),
+            ("ADT_ROUTER__ROUTING__ENABLED", "false"),
+        ],
+    );
+    let from = |ip: &'static str| {
+        let at = at.clone();
+        async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            s.connect(at.parse().unwrap()).await.unwrap()
+        }
+    };
+    let read_all = |mut s: tokio::net::TcpStream| async move {
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(r.is_ok(), "not closed: {}", String::from_utf8_lossy(&out));
+        String::from_utf8_lossy(&out).to_string()
+    };
+    // Not a listed peer: refused, closed.
+    let said = read_all(from("127.0.0.1").await).await;
+    assert!(said.starts_with("554 5.7.1"), "{said}");
+    assert_eq!(
+        server.metric("adt_router_direct_intake_refused_total{reason=\"peer\"}"),
+        1.0
+    );
+
+    // A listed peer: STARTTLS offered, mail refused before it.
+    let mut s = from("127.0.0.2").await;
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
+    assert!(exchange(&mut s, b"EHLO hisp.test\r\n")
+        .await
+        .contains("250-STARTTLS"));
+    let said = exchange(&mut s, b"MAIL FROM:<h@x>\r\n").await;
+    assert!(said.starts_with("530 "), "{said}");
+    // A second connection fills the cap; a third is refused.
+    let s2 = from("127.0.0.2").await;
+    let said = read_all(from("127.0.0.2").await).await;
+    assert!(said.starts_with("421 "), "{said}");
+    assert_eq!(
+        server.metric("adt_router_direct_intake_refused_total{reason=\"connections\"}"),
+        1.0
+    );
+    // Both held sessions end at the session limit (3 s), freeing their slots.
+    let started = std::time::Instant::now();
+    read_all(s).await;
+    read_all(s2).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        server.metric("adt_router_direct_intake_refused_total{reason=\"session_time\"}") >= 2.0
+    );
+
+    // A real client through STARTTLS: Python's smtplib, verifying our certificate.
+    let ca = dir.path().join("ca.pem");
+    let script = "import smtplib, ssl, sys\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+        s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), source_address=('127.0.0.2', 0), timeout=10)\n\
+        s.starttls(context=ctx)\n\
+        s.sendmail('hisp@direct.practice.example', ['router@direct.hospital.example'], b'Subject: hi\\r\\n\\r\\nnot a report\\r\\n')\n\
+        print(s.version if hasattr(s, 'version') else 'sent')\n\
+        s.quit()\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &intake.to_string(), ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server.metric("adt_router_direct_reports_total{effect=\"unmatched\",kind=\"other\"}"),
+        1.0
+    );
+
+    // 100 MB in one line: the connection closes early and memory stays put.
+    let hwm = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before = hwm(server.pid());
+    let mut s = from("127.0.0.2").await;
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..100 {
+        match tokio::time::timeout(Duration::from_secs(10), s.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            _ => break,
+        }
+    }
+    assert!(sent < 100 << 20, "the server read all 100 MB of one line");
+    let grew = hwm(server.pid()).saturating_sub(before);
+    assert!(grew < 16 * 1024, "peak memory grew {grew} kB");
+    assert_eq!(
+        server.metric("adt_router_direct_intake_refused_total{reason=\"line\"}"),
+        1.0
+    );
+}
+
+/// Writes `send` and reads what comes back in one read.
+async fn exchange(s: &mut tokio::net::TcpStream, send: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 1024];
+    s.write_all(send).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}

@@ -163,7 +163,16 @@ fn direct(dir: &Path, db_url: Option<&str>) {
         .iter()
         .find(|m| m["to"] == "ok@direct.practice.example")
         .unwrap_or_else(|| panic!("no message to ok@ in {msgs:?}"));
-    assert_eq!(m["message_id"], format!("<{key}@direct.hospital.example>"));
+    // <key.nonce@our domain>: the nonce (128 bits) is what a report must quote.
+    let id = m["message_id"].as_str().unwrap();
+    let nonce = id
+        .strip_prefix(&format!("<{key}."))
+        .and_then(|r| r.strip_suffix("@direct.hospital.example>"))
+        .unwrap_or_else(|| panic!("{id}"));
+    assert!(
+        nonce.len() == 32 && nonce.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
     assert_eq!(ok["proof"]["message_id"], m["message_id"]);
     assert_eq!(m["from"], FROM);
     assert_eq!(
@@ -300,11 +309,17 @@ fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
             ("ADT_ROUTER__ROUTING__ENABLED", "false"),
         ],
     );
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", intake)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
+    let connect = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", intake)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        (s, r)
+    };
     // One reply (multi-line replies end with "NNN text").
-    let mut reply = |send: &[u8]| -> String {
+    let exchange = |s: &mut std::net::TcpStream,
+                    r: &mut BufReader<std::net::TcpStream>,
+                    send: &[u8]|
+     -> String {
         s.write_all(send).unwrap();
         let mut all = String::new();
         loop {
@@ -316,6 +331,8 @@ fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
             }
         }
     };
+    let (mut s, mut r) = connect();
+    let mut reply = |send: &[u8]| exchange(&mut s, &mut r, send);
     assert!(reply(b"").starts_with("220 "));
     assert!(reply(b"EHLO hisp.test\r\n").contains("250 SIZE 4096"));
     assert!(reply(b"HELLO\r\n").starts_with("502 "));
@@ -324,12 +341,15 @@ fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
         reply(b"RCPT TO:<a@b>\r\n").starts_with("503 "),
         "RCPT before MAIL"
     );
+    // An over-long line is answered and the connection closed.
     let long = format!("NOOP {}\r\n", "x".repeat(5000));
     assert!(reply(long.as_bytes()).starts_with("500 "), "over-long line");
-    assert!(
-        reply(b"NOOP\r\n").starts_with("250 "),
-        "still in step after it"
-    );
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "closed after the over-long line");
+    let (mut s, mut r) = connect();
+    let mut reply = |send: &[u8]| exchange(&mut s, &mut r, send);
+    assert!(reply(b"").starts_with("220 "));
     assert!(reply(b"MAIL FROM:<h@x> SIZE=999999\r\n").starts_with("552 "));
     // Oversized body: refused after the data, the session goes on.
     assert!(reply(b"MAIL FROM:<h@x>\r\n").starts_with("250 "));
@@ -355,7 +375,11 @@ fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
         --b\r\nContent-Type: message/disposition-notification\r\n\r\n\
         Original-Message-ID: <nobody@direct.hospital.example>\r\n\
         Disposition: automatic-action/MDN-sent-automatically; processed\r\n\r\n--b--\r\n.\r\n";
-    assert!(reply(mdn.as_bytes()).contains("unmatched"));
+    let forged = reply(mdn.as_bytes());
+    assert!(
+        forged.contains("refused") && forged.contains("nonce"),
+        "{forged}"
+    );
     assert!(reply(b"QUIT\r\n").starts_with("221 "));
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
@@ -365,7 +389,11 @@ fn intake_answers_bad_smtp_with_errors_and_keeps_every_message() {
         1.0
     );
     assert_eq!(
-        server.metric("adt_router_direct_reports_total{effect=\"unmatched\",kind=\"mdn\"}"),
+        server.metric("adt_router_direct_reports_total{effect=\"forged\",kind=\"mdn\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("adt_router_direct_intake_refused_total{reason=\"line\"}"),
         1.0
     );
     assert!(server.log().contains("Direct report not applied"));
@@ -649,4 +677,179 @@ fn direct_over_starttls_with_auth() {
     assert!(std::fs::read_to_string(&hisp.log)
         .unwrap()
         .contains("\"ok\": false"));
+}
+
+/// Sends one message to the intake over raw SMTP; the reply to its DATA.
+fn submit_report(intake: u16, text: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", intake)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut last = String::new();
+    for cmd in [
+        String::new(),
+        "HELO hisp.test\r\n".into(),
+        "MAIL FROM:<hisp@direct.practice.example>\r\n".into(),
+        format!("RCPT TO:<{FROM}>\r\n"),
+        "DATA\r\n".into(),
+        format!("{text}\r\n.\r\n"),
+    ] {
+        s.write_all(cmd.as_bytes()).unwrap();
+        last.clear();
+        r.read_line(&mut last).unwrap();
+    }
+    last
+}
+
+fn forged_mdn(original_id: &str, final_recipient: Option<&str>, disposition: &str) -> String {
+    format!(
+        "From: hisp@direct.practice.example\r\nTo: {FROM}\r\nSubject: forged\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=disposition-notification; boundary=\"f\"\r\n\r\n\
+         --f\r\nContent-Type: text/plain\r\n\r\nforged\r\n\
+         --f\r\nContent-Type: message/disposition-notification\r\n\r\n\
+         {}Original-Message-ID: {original_id}\r\n\
+         Disposition: automatic-action/MDN-sent-automatically; {disposition}\r\n\
+         X-DIRECT-FINAL-DESTINATION-DELIVERY: \r\n\r\n--f--",
+        final_recipient.map_or(String::new(), |f| format!("Final-Recipient: rfc822; {f}\r\n"))
+    )
+}
+
+/// Proof cannot be forged: a notification waiting for its dispatched MDN is not moved by
+/// a report naming its key without our nonce (the key is in every message we send), by
+/// one for another domain, or by one with the real Message-ID but another (or no)
+/// Final-Recipient. Each is kept, counted and changes nothing; the genuine report then
+/// delivers it. Refused reports are kept bounded (`direct.inbound_max_refused`).
+#[test]
+fn forged_reports_move_nothing() {
+    let dir = tempdir();
+    let dir = dir.path();
+    let intake = free_port();
+    let hisp = Hisp::start(dir, intake);
+    let rx = Receiver::start(dir);
+    let env = setup(
+        dir,
+        None,
+        &rx,
+        &["MRN-F"],
+        &[],
+        &[
+            (
+                "ADT_ROUTER__DIRECT__SMTP_URL",
+                &format!("smtp://127.0.0.1:{}", hisp.port),
+            ),
+            ("ADT_ROUTER__DIRECT__FROM", FROM),
+            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
+            (
+                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
+                &format!("127.0.0.1:{intake}"),
+            ),
+            ("ADT_ROUTER__DIRECT__INBOUND_MAX_REFUSED", "3"),
+            ("ADT_ROUTER__DIRECT__DISPATCHED_TIMEOUT_SECS", "600"),
+        ],
+    );
+    let cli = Cli::new(dir, None, &[]);
+    cli.json(&[
+        "directory",
+        "override",
+        "--npi",
+        &npi(47),
+        "--type",
+        "DIRECT",
+        "--endpoint",
+        "processed-only@direct.practice.example",
+    ]);
+    cli.roster(
+        "roster-forge.csv",
+        &format!(
+            "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n\
+             MRN-F,GENHOSP,Doe,Jane,1970-01-01,F,{},pcp\n",
+            npi(47)
+        ),
+        "forge",
+    );
+    let server = start(dir, &env);
+    admit(&server, dir, &["MRN-F"]);
+    wait_for(Duration::from_secs(30), "the processed MDN", || {
+        of(&export(&server), 47, "DIRECT")["status"] == "processed"
+    });
+    let before = of(&export(&server), 47, "DIRECT");
+    let key = before["idempotency_key"].as_str().unwrap().to_string();
+    let real = hisp
+        .messages()
+        .iter()
+        .find(|m| m["to"] == "processed-only@direct.practice.example")
+        .map(|m| m["message_id"].as_str().unwrap().to_string())
+        .unwrap();
+    let recipient = "processed-only@direct.practice.example";
+    let foreign = real.replace("@direct.hospital.example", "@evil.example");
+    let attacks = [
+        (
+            format!("<{key}@direct.hospital.example>"),
+            Some(recipient),
+            "nonce",
+        ),
+        (
+            format!("<{key}.{}@direct.hospital.example>", "0".repeat(32)),
+            Some(recipient),
+            "nonce",
+        ),
+        (foreign, Some(recipient), "not of our domain"),
+        (
+            real.clone(),
+            Some("attacker@evil.example"),
+            "Final-Recipient",
+        ),
+        (real.clone(), None, "Final-Recipient"),
+    ];
+    for (id, to, says) in &attacks {
+        let answer = submit_report(intake, &forged_mdn(id, *to, "dispatched"));
+        assert!(
+            answer.starts_with("250 ") && answer.contains("refused") && answer.contains(says),
+            "{id} {to:?}: {answer}"
+        );
+    }
+    // Nothing moved: the same status and proof as before the attacks.
+    let after = of(&export(&server), 47, "DIRECT");
+    assert_eq!(after["status"], "processed", "{after}");
+    assert_eq!(after["proof"], before["proof"]);
+    assert_eq!(
+        server.metric("adt_router_direct_reports_total{effect=\"forged\",kind=\"mdn\"}"),
+        2.0
+    );
+    assert_eq!(
+        server.metric("adt_router_direct_reports_total{effect=\"foreign\",kind=\"mdn\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("adt_router_direct_reports_total{effect=\"wrong_recipient\",kind=\"mdn\"}"),
+        2.0
+    );
+    // Kept, but only the newest three of the five refused.
+    let count = |clause: &str| -> i64 {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])",
+                dir.join("data/adt-router.db").to_str().unwrap(),
+                &format!("SELECT COUNT(*) FROM direct_report WHERE {clause}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{out:?}"))
+    };
+    assert_eq!(count("refused"), 3);
+    assert_eq!(
+        count("refused AND effect LIKE '%Final-Recipient%'"),
+        2,
+        "the newest kept"
+    );
+    // The genuine report still works.
+    let answer = submit_report(intake, &forged_mdn(&real, Some(recipient), "dispatched"));
+    assert!(answer.contains("processed -> delivered"), "{answer}");
+    assert_eq!(of(&export(&server), 47, "DIRECT")["status"], "delivered");
+    assert_eq!(count("NOT refused"), 2, "the processed and dispatched MDNs");
 }
