@@ -252,6 +252,7 @@ impl App {
 
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (tx, rx) = watch::channel(false);
+        let health = Arc::new(StageHealth::default());
         let fhir_base = self.fhir_base();
         let m = &self.settings.mllp;
         let opts = ListenerOptions {
@@ -264,28 +265,34 @@ impl App {
             tcp_keepalive: Duration::from_secs(m.tcp_keepalive_secs.max(1)),
             drain_timeout: Duration::from_secs(m.drain_timeout_secs),
         };
-        let mllp = tokio::spawn(listener::run(
-            self.mllp_listener,
-            self.ingest.clone(),
-            self.metrics.clone(),
-            opts,
-            rx.clone(),
-        ));
-        let router_task = match (&self.kafka, self.settings.kafka.consume) {
-            (Some(_), true) => Some(tokio::spawn(crate::router::kafka_source::run(
-                self.settings.kafka.clone(),
-                RecordProcessor {
-                    store: self.store.clone(),
-                    rules: self.settings.parse_rules(),
-                    fallback: self.settings.fallback_charset(),
-                    duplicate_window: Duration::from_secs(
-                        self.settings.event_log.duplicate_window_hours * 3600,
-                    ),
-                    stored: Some(self.wakers.stored.clone()),
-                },
+        let mllp = stage(
+            "mllp listener",
+            listener::run(
+                self.mllp_listener,
+                self.ingest.clone(),
                 self.metrics.clone(),
+                opts,
                 rx.clone(),
-            ))),
+            ),
+        );
+        let router_task = match (&self.kafka, self.settings.kafka.consume) {
+            (Some(_), true) => Some(stage(
+                "kafka consumer",
+                crate::router::kafka_source::run(
+                    self.settings.kafka.clone(),
+                    RecordProcessor {
+                        store: self.store.clone(),
+                        rules: self.settings.parse_rules(),
+                        fallback: self.settings.fallback_charset(),
+                        duplicate_window: Duration::from_secs(
+                            self.settings.event_log.duplicate_window_hours * 3600,
+                        ),
+                        stored: Some(self.wakers.stored.clone()),
+                    },
+                    self.metrics.clone(),
+                    rx.clone(),
+                ),
+            )),
             _ => None,
         };
         let routing = self.settings.routing.enabled.then(|| {
@@ -296,14 +303,17 @@ impl App {
                 self.metrics.clone(),
             );
             r.wake = self.wakers.clone();
-            let watch = tokio::spawn(crate::route::watch_rules(
-                self.settings.routing.rules_dir.clone().into(),
-                self.rules.clone(),
-                Duration::from_secs(self.settings.routing.reload_secs.max(1)),
-                self.metrics.clone(),
-                rx.clone(),
-            ));
-            (tokio::spawn(r.run(rx.clone())), watch)
+            let watch = stage(
+                "rules watcher",
+                crate::route::watch_rules(
+                    self.settings.routing.rules_dir.clone().into(),
+                    self.rules.clone(),
+                    Duration::from_secs(self.settings.routing.reload_secs.max(1)),
+                    self.metrics.clone(),
+                    rx.clone(),
+                ),
+            );
+            (stage("routing", r.run(rx.clone())), watch)
         });
         let mdns = self.direct.as_ref().map(|d| {
             Arc::new(crate::deliver::direct::Mdns::new(
@@ -330,11 +340,10 @@ impl App {
                     max_connections: d.inbound_max_connections,
                     session: Duration::from_secs(d.inbound_session_secs),
                 };
-                Some(tokio::spawn(crate::deliver::intake::serve(
-                    l,
-                    Arc::new(intake),
-                    rx.clone(),
-                )))
+                Some(stage(
+                    "report intake",
+                    crate::deliver::intake::serve(l, Arc::new(intake), rx.clone()),
+                ))
             }
             _ => None,
         };
@@ -361,7 +370,7 @@ impl App {
                 )),
                 settler: None,
             };
-            tokio::spawn(d.run(rx.clone()))
+            stage("delivery", d.run(rx.clone()))
         });
         let state = HttpState {
             store: self.store.clone(),
@@ -373,9 +382,10 @@ impl App {
             fhir: self.settings.fhir.clone(),
             endpoints: self.settings.resolve_policy().endpoints,
             smart: self.smart.clone(),
+            stages: health.clone(),
         };
         let mut http_rx = rx.clone();
-        let http = tokio::spawn(async move {
+        let http = stage("http", async move {
             axum::serve(self.http_listener, router(state))
                 .with_graceful_shutdown(async move {
                     let _ = http_rx.wait_for(|v| *v).await;
@@ -383,7 +393,49 @@ impl App {
                 .await
         });
 
-        stop.await;
+        // Until asked to stop, watch every stage: one that ends on its own (an error, a
+        // panic) turns /readyz red and stops the process with an error.
+        let failed = {
+            let mut running: Vec<(&'static str, Box<dyn Fn() -> bool + Send + '_>)> = vec![
+                ("mllp listener", Box::new(|| mllp.is_finished())),
+                ("http", Box::new(|| http.is_finished())),
+            ];
+            if let Some(t) = &router_task {
+                running.push(("kafka consumer", Box::new(|| t.is_finished())));
+            }
+            if let Some(t) = &delivering {
+                running.push(("delivery", Box::new(|| t.is_finished())));
+            }
+            if let Some(t) = &intake {
+                running.push(("report intake", Box::new(|| t.is_finished())));
+            }
+            if let Some((r, w)) = &routing {
+                running.push(("routing", Box::new(|| r.is_finished())));
+                running.push(("rules watcher", Box::new(|| w.is_finished())));
+            }
+            let watch = async {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tick.tick().await;
+                    if let Some((name, _)) = running.iter().find(|(_, done)| done()) {
+                        return *name;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop => None,
+                name = watch => Some(name),
+            }
+        };
+        if let Some(name) = failed {
+            health.set(name);
+            self.metrics.stage_failures.with_label_values(&[name]).inc();
+            tracing::error!(
+                stage = name,
+                "A stage ended while the service was running; /readyz answers 503 and the process stops so it can be restarted."
+            );
+            tokio::time::sleep(STAGE_FAILURE_GRACE).await;
+        }
         tracing::info!(
             "Shutdown requested: no new connections; answering frames already received."
         );
@@ -412,9 +464,60 @@ impl App {
         }
         http.await.context("HTTP task")?.context("HTTP server")?;
         self.store.close().await;
+        if let Some(name) = failed {
+            anyhow::bail!("the {name} stage ended while the service was running");
+        }
         tracing::info!("Shutdown complete.");
         Ok(())
     }
+}
+
+/// Whether a stage has ended while the service was meant to be running: `/readyz`
+/// answers 503 naming it, and `serve` shuts down and exits non-zero so systemd or
+/// Kubernetes restarts the process. Every stage's work is durable, so a restart loses
+/// nothing.
+#[derive(Debug, Default)]
+pub struct StageHealth {
+    ended: std::sync::RwLock<Option<&'static str>>,
+}
+
+impl StageHealth {
+    /// The stage that ended, if one did.
+    pub fn ended(&self) -> Option<&'static str> {
+        *self.ended.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, stage: &'static str) {
+        let mut e = self.ended.write().unwrap_or_else(|e| e.into_inner());
+        e.get_or_insert(stage);
+    }
+}
+
+/// How long a failed stage's 503 is served before shutdown begins, so a probe or a
+/// scrape sees it and the metric.
+const STAGE_FAILURE_GRACE: Duration = Duration::from_secs(2);
+
+/// Spawns a stage. Debug builds honour `ADT_ROUTER_FAILPOINT=<stage>`, which panics the
+/// stage shortly after it starts: how the tests kill one task of the real binary.
+fn stage<F>(name: &'static str, fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(async move {
+        tokio::select! {
+            out = fut => out,
+            _ = failpoint(name) => unreachable!("a failpoint panics"),
+        }
+    })
+}
+
+async fn failpoint(name: &str) {
+    if cfg!(debug_assertions) && std::env::var("ADT_ROUTER_FAILPOINT").as_deref() == Ok(name) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        panic!("failpoint {name}");
+    }
+    std::future::pending::<()>().await
 }
 
 /// Resolves on SIGTERM or ctrl-c.

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub delivery_circuit_opens: IntCounter,
     /// MDNs and DSNs received by the Direct intake, by kind and what they did.
     pub direct_reports: IntCounterVec,
+    /// Stages (routing, delivery, report intake, ...) that ended while serving.
+    pub stage_failures: IntCounterVec,
     /// Direct intake connections and sessions cut short, by reason.
     pub direct_intake_refused: IntCounterVec,
     /// SMART Backend Services token requests, by outcome (issued, refused, failed).
@@ -204,6 +206,14 @@ impl Metrics {
                 &["kind", "effect"],
             )
             .expect("metric"),
+            stage_failures: IntCounterVec::new(
+                Opts::new(
+                    "stage_failures_total",
+                    "Stages that ended (an error or a panic) while the service was running; the process then stops to be restarted.",
+                ),
+                &["stage"],
+            )
+            .expect("metric"),
             direct_intake_refused: IntCounterVec::new(
                 Opts::new(
                     "direct_intake_refused_total",
@@ -308,6 +318,7 @@ impl Metrics {
             Box::new(m.smart_tokens.clone()),
             Box::new(m.direct_reports.clone()),
             Box::new(m.direct_intake_refused.clone()),
+            Box::new(m.stage_failures.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

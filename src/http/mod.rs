@@ -31,6 +31,8 @@ pub struct HttpState {
     pub endpoints: crate::directory::endpoint::EndpointPolicy,
     /// SMART Backend Services keys (their public halves at `/.well-known/jwks.json`).
     pub smart: Arc<crate::deliver::smart::SmartClients>,
+    /// Which stage, if any, ended while the service was running.
+    pub stages: Arc<crate::app::StageHealth>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -68,6 +70,14 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if let Some(stage) = s.stages.ended() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the {stage} stage ended; the process is stopping to be restarted\n"
+            ),
+        );
+    }
     match tokio::time::timeout(std::time::Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => (
             StatusCode::OK,

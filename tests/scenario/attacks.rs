@@ -651,3 +651,42 @@ async fn exchange(s: &mut tokio::net::TcpStream, send: &[u8]) -> String {
         .unwrap();
     String::from_utf8_lossy(&buf[..n]).to_string()
 }
+
+/// Stages are supervised: when routing, delivery or the Direct report intake dies (a
+/// panic injected by the debug-build failpoint), `/readyz` answers 503 naming it, the
+/// failure is counted, and `serve` exits non-zero so a supervisor restarts it.
+#[test]
+fn a_killed_stage_turns_readyz_red_and_the_process_exits() {
+    for stage in ["routing", "delivery", "report intake"] {
+        let dir = tempdir();
+        let intake = format!("127.0.0.1:{}", free_port());
+        let server_env = [
+            ("ADT_ROUTER_FAILPOINT", stage),
+            ("ADT_ROUTER__DIRECT__SMTP_URL", "smtp://127.0.0.1:9"),
+            ("ADT_ROUTER__DIRECT__FROM", "router@direct.hospital.example"),
+            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
+            ("ADT_ROUTER__DIRECT__INBOUND_LISTEN", intake.as_str()),
+        ];
+        let mut server = Server::start(dir.path(), &server_env);
+        let mut seen = String::new();
+        wait_for(Duration::from_secs(10), "/readyz to turn red", || {
+            let (status, body) = server.get("/readyz");
+            seen = body;
+            status == 503
+        });
+        assert!(seen.contains(&format!("the {stage} stage ended")), "{seen}");
+        assert_eq!(
+            server.metric(&format!(
+                "adt_router_stage_failures_total{{stage=\"{stage}\"}}"
+            )),
+            1.0
+        );
+        let status = server.wait_exit(Duration::from_secs(30));
+        assert!(!status.success(), "{stage}: exited {status:?}");
+        let log = server.log();
+        assert!(
+            log.contains("failpoint") && log.contains("A stage ended"),
+            "{log}"
+        );
+    }
+}

@@ -123,6 +123,23 @@ impl Server {
         }
     }
 
+    /// Waits (bounded) for the server to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("server did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then waits (bounded) for the exit status.
     pub fn sigterm(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
