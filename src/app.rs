@@ -383,15 +383,16 @@ impl App {
             endpoints: self.settings.resolve_policy().endpoints,
             smart: self.smart.clone(),
             stages: health.clone(),
+            http: self.settings.http.clone(),
         };
-        let mut http_rx = rx.clone();
-        let http = stage("http", async move {
-            axum::serve(self.http_listener, router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = http_rx.wait_for(|v| *v).await;
-                })
-                .await
-        });
+        let limits = crate::http::serve::Limits {
+            header_timeout: Duration::from_secs(self.settings.http.header_timeout_secs.max(1)),
+            max_connections: self.settings.http.max_connections,
+        };
+        let http = stage(
+            "http",
+            crate::http::serve::serve(self.http_listener, router(state), limits, rx.clone()),
+        );
 
         // Until asked to stop, watch every stage: one that ends on its own (an error, a
         // panic) turns /readyz red and stops the process with an error.

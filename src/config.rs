@@ -144,12 +144,27 @@ impl Default for MllpSettings {
 pub struct HttpSettings {
     /// Address for /healthz, /readyz and /metrics.
     pub listen: String,
+    /// A client must send a request's headers within this long (slow-header attacks).
+    pub header_timeout_secs: u64,
+    /// A request must be answered within this long (roster uploads: `upload_timeout_secs`).
+    pub request_timeout_secs: u64,
+    /// Roster uploads, body and load together.
+    pub upload_timeout_secs: u64,
+    /// Connections at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Largest roster upload; streamed to a private temporary file, never held in memory.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: "127.0.0.1:8080".into(),
+            header_timeout_secs: 10,
+            request_timeout_secs: 60,
+            upload_timeout_secs: 900,
+            max_connections: 512,
+            max_upload_bytes: 512 * 1024 * 1024,
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod fhir;
 pub mod rosters;
+pub mod serve;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -15,6 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -31,20 +33,20 @@ pub struct HttpState {
     pub endpoints: crate::directory::endpoint::EndpointPolicy,
     /// SMART Backend Services keys (their public halves at `/.well-known/jwks.json`).
     pub smart: Arc<crate::deliver::smart::SmartClients>,
+    /// Limits and timeouts (`[http]`).
+    pub http: crate::config::HttpSettings,
     /// Which stage, if any, ended while the service was running.
     pub stages: Arc<crate::app::StageHealth>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let request_limit = Duration::from_secs(state.http.request_timeout_secs.max(1));
+    let upload_limit = Duration::from_secs(state.http.upload_timeout_secs.max(1));
+    let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
-        .route(
-            "/rosters/{source}",
-            post(rosters::upload).layer(axum::extract::DefaultBodyLimit::max(512 * 1024 * 1024)),
-        )
         .route("/fhir/metadata", get(fhir::metadata))
         .route(
             "/fhir/Subscription",
@@ -66,7 +68,37 @@ pub fn router(state: HttpState) -> Router {
             "/fhir/Subscription/{id}/$events",
             get(fhir::events).post(fhir::events),
         )
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            request_limit,
+            time_limit,
+        ));
+    // Streamed to a file with its own cap (`http.max_upload_bytes`) and time limit.
+    let uploads = Router::new()
+        .route("/rosters/{source}", post(rosters::upload))
+        .layer(axum::middleware::from_fn_with_state(
+            upload_limit,
+            time_limit,
+        ));
+    api.merge(uploads).with_state(state)
+}
+
+/// Answers 408 when a request (reading its body included) takes longer than `limit`.
+async fn time_limit(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {} s (http.request_timeout_secs / http.upload_timeout_secs)\n",
+                limit.as_secs()
+            ),
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

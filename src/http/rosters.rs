@@ -8,7 +8,7 @@ use super::auth::Role;
 use super::HttpState;
 use crate::attribution::roster::{self, RosterError};
 use crate::store::bulk::BulkConn;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,7 +34,7 @@ pub async fn upload(
     Path(source): Path<String>,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let caller = match s.tokens.caller(&headers) {
         Ok(c) => c,
@@ -65,15 +65,28 @@ pub async fn upload(
         }
         _ => None,
     };
+    let spooled = match spool(body, s.http.max_upload_bytes).await {
+        Ok(f) => f,
+        Err(r) => {
+            s.metrics
+                .roster_uploads
+                .with_label_values(&["rejected"])
+                .inc();
+            return r;
+        }
+    };
     let store = s.store.clone();
     let rt = tokio::runtime::Handle::current();
     let name = format!("http upload ({source})");
     let result = tokio::task::spawn_blocking(move || {
         let mut conn = BulkConn::open(&store, rt)?;
-        let body = body.clone();
+        let path = spooled.path.clone();
         let open = move || -> std::io::Result<Box<dyn std::io::Read>> {
-            Ok(Box::new(std::io::Cursor::new(body.clone())))
+            Ok(Box::new(std::io::BufReader::new(std::fs::File::open(
+                &path,
+            )?)))
         };
+        let _kept_until_loaded = &spooled;
         roster::import(
             &mut conn,
             &source,
@@ -126,4 +139,65 @@ pub async fn upload(
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
     }
+}
+
+/// An upload's body in a private temporary file, removed when dropped.
+struct Spooled {
+    path: std::path::PathBuf,
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes the body to a temporary file (0600) as it arrives, never more than `max`
+/// bytes: a large or endless upload costs disk up to the cap, not memory.
+async fn spool(body: Body, max: u64) -> Result<Spooled, Response> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let path = std::env::temp_dir().join(format!(
+        "adt-router-roster-{}.csv",
+        hex::encode(rand::random::<[u8; 12]>())
+    ));
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let failed = |e: std::io::Error| {
+        tracing::error!(error = %e, "roster upload: cannot write its temporary file");
+        (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "cannot hold the upload for loading; nothing was loaded\n",
+        )
+            .into_response()
+    };
+    let mut file = opts.open(&path).await.map_err(failed)?;
+    let spooled = Spooled { path };
+    let mut body = body;
+    let mut written: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("the upload was cut off: {e}; nothing was loaded\n"),
+            )
+                .into_response()
+        })?;
+        if let Ok(data) = frame.into_data() {
+            written += data.len() as u64;
+            if written > max {
+                return Err(json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({
+                        "error": format!("the roster is larger than http.max_upload_bytes ({max}); nothing was loaded")
+                    }),
+                ));
+            }
+            file.write_all(&data).await.map_err(failed)?;
+        }
+    }
+    file.flush().await.map_err(failed)?;
+    Ok(spooled)
 }

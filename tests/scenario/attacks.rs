@@ -690,3 +690,151 @@ fn a_killed_stage_turns_readyz_red_and_the_process_exits() {
         );
     }
 }
+
+/// The HTTP API against slow and greedy clients: headers trickled past
+/// `http.header_timeout_secs` close the connection unanswered; idle connections
+/// holding every slot (`http.max_connections`) delay others only until the header
+/// timeout frees them; a roster body trickled past `http.upload_timeout_secs` gets 408;
+/// and one larger than `http.max_upload_bytes` gets 413 with nothing loaded (the body
+/// is streamed to a capped temporary file, never held in memory).
+#[test]
+fn the_http_api_bounds_slow_clients_connections_and_uploads() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let dir = tempdir();
+    let config = dir.path().join("tokens.toml");
+    std::fs::write(
+        &config,
+        "[[auth.tokens]]\ntoken = \"admin-token-http-attack-0123\"\nrole = \"admin\"\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER_CONFIG", config.to_str().unwrap()),
+            ("ADT_ROUTER__HTTP__HEADER_TIMEOUT_SECS", "2"),
+            ("ADT_ROUTER__HTTP__UPLOAD_TIMEOUT_SECS", "2"),
+            ("ADT_ROUTER__HTTP__MAX_CONNECTIONS", "2"),
+            ("ADT_ROUTER__HTTP__MAX_UPLOAD_BYTES", "1000"),
+        ],
+    );
+    let connect = || {
+        let s = TcpStream::connect(&server.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // Slow headers: one header line every 300 ms is closed after 2 s, unanswered.
+    let mut s = connect();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for i in 0..40 {
+        std::thread::sleep(Duration::from_millis(300));
+        if s.write_all(format!("X-Drip-{i}: y\r\n").as_bytes())
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        let r = s.read(&mut buf);
+        s.set_nonblocking(false).unwrap();
+        match r {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => {
+                let said = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(
+                    !said.contains("200 OK"),
+                    "answered a trickled request: {said}"
+                );
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a trickling client kept its connection for 12 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Two silent connections take both slots; a third request waits, then is answered
+    // once the header timeout frees a slot.
+    let held: Vec<TcpStream> = (0..2).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = connect();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        third.read(&mut buf).is_err(),
+        "served past the connection limit"
+    );
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+
+    // A roster body trickled past the upload time limit: 408.
+    let mut s = connect();
+    s.write_all(
+        b"POST /rosters/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-http-attack-0123\r\n\
+          Content-Type: text/csv\r\nContent-Length: 900\r\nConnection: close\r\n\r\npatient_id,",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Larger than the cap: 413, nothing loaded.
+    let mut csv = String::from(
+        "patient_id,assigning_authority,family,given,birth_date,sex,provider_npi,relationship\n",
+    );
+    while csv.len() < 5000 {
+        csv.push_str("MRN-X,GENHOSP,Doe,Jane,1970-01-01,F,1234567893,pcp\n");
+    }
+    let (status, body) = http_post(
+        &server.http,
+        "/rosters/big",
+        &[
+            "Authorization: Bearer admin-token-http-attack-0123",
+            "Content-Type: text/csv",
+        ],
+        csv.as_bytes(),
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("max_upload_bytes"), "{body}");
+    assert_eq!(
+        server.metric("adt_router_roster_uploads_total{outcome=\"rejected\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("adt_router_roster_uploads_total{outcome=\"loaded\"}"),
+        0.0
+    );
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("adt-router-roster-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
