@@ -397,7 +397,7 @@ impl App {
         // Until asked to stop, watch every stage: one that ends on its own (an error, a
         // panic) turns /readyz red and stops the process with an error.
         let failed = {
-            let mut running: Vec<(&'static str, Box<dyn Fn() -> bool + Send + '_>)> = vec![
+            let mut running: Vec<(&'static str, IsFinished<'_>)> = vec![
                 ("mllp listener", Box::new(|| mllp.is_finished())),
                 ("http", Box::new(|| http.is_finished())),
             ];
@@ -493,6 +493,9 @@ impl StageHealth {
         e.get_or_insert(stage);
     }
 }
+
+/// Whether a stage's task has finished.
+type IsFinished<'a> = Box<dyn Fn() -> bool + Send + 'a>;
 
 /// How long a failed stage's 503 is served before shutdown begins, so a probe or a
 /// scrape sees it and the metric.
