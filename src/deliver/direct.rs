@@ -736,6 +736,7 @@ impl Mdns {
             due_at_us: due,
             error: (status == "failed").then(|| what.to_string()),
             proof: Some(proof),
+            subscription: None,
         };
         self.store.record_attempts(&[settle]).await?;
         Ok(())

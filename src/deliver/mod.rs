@@ -18,7 +18,7 @@ pub mod webhook;
 
 use crate::directory::endpoint::EndpointPolicy;
 use crate::metrics::Metrics;
-use crate::store::delivery::{AttemptRow, Outgoing, Settle};
+use crate::store::delivery::{AttemptRow, Outgoing, Settle, SubscriptionChange};
 use crate::store::{now_us, Store, StoreError};
 use rand::Rng;
 use std::collections::HashMap;
@@ -439,10 +439,6 @@ impl Deliverer {
                 "Endpoint keeps failing: circuit open, its notifications wait."
             );
         }
-        if let Some(sub) = &n.subscription_id {
-            self.subscription_answered(sub, n.kind.as_deref(), &outcome)
-                .await?;
-        }
         self.settle(&n, outcome, request_sha256, started, latency_us)
             .await
     }
@@ -506,29 +502,23 @@ impl Deliverer {
         Ok(())
     }
 
-    /// A FHIR subscription's endpoint answered: the handshake's 2xx makes it active; a
-    /// permanent failure of any notification puts it in error, with the reason (the
-    /// IG's lifecycle; the subscriber asks for reactivation).
-    async fn subscription_answered(
-        &self,
-        id: &str,
-        kind: Option<&str>,
-        outcome: &Outcome,
-    ) -> Result<(), StoreError> {
-        match outcome {
-            Outcome::Delivered { .. } if kind == Some("handshake") => {
-                tracing::info!(subscription = %id, "FHIR Subscription handshake answered: active.");
-                self.store.set_subscription_status(id, "active", None).await
-            }
-            Outcome::Permanent { code, .. } => {
-                tracing::warn!(subscription = %id, kind, "FHIR Subscription endpoint refused a notification: error.");
-                let why = subscriber_error(*code, false);
-                self.store
-                    .set_subscription_status(id, "error", Some(&why))
-                    .await
-            }
-            _ => Ok(()),
-        }
+    /// What a FHIR notification's answer does to its subscription: the handshake's 2xx
+    /// makes it active; a permanent refusal of any notification, or running out of
+    /// retries, puts it in error with a fixed reason (the IG's lifecycle; the subscriber
+    /// asks for reactivation). Applied with the settle, only if the lease still holds.
+    fn subscription_change(
+        n: &Outgoing,
+        label: &str,
+        code: Option<u16>,
+    ) -> Option<SubscriptionChange> {
+        let id = n.subscription_id.clone()?;
+        let (status, error) = match label {
+            "delivered" if n.kind.as_deref() == Some("handshake") => ("active", None),
+            "failed" => ("error", Some(subscriber_error(code, false))),
+            "dead" => ("error", Some(subscriber_error(code, true))),
+            _ => return None,
+        };
+        Some(SubscriptionChange { id, status, error })
     }
 
     async fn settle(
@@ -594,15 +584,6 @@ impl Deliverer {
                 "Delivery attempt did not deliver."
             );
         }
-        // Out of retries: the subscription is in error too (a permanent refusal was
-        // handled when the answer came).
-        if let (Some(sub), "dead") = (&n.subscription_id, label) {
-            tracing::warn!(subscription = %sub, "FHIR Subscription endpoint unreachable for good: error.");
-            let why = subscriber_error(code, true);
-            self.store
-                .set_subscription_status(sub, "error", Some(&why))
-                .await?;
-        }
         let attempt = AttemptRow {
             outbox_id: n.id,
             attempt: n.attempts,
@@ -622,7 +603,9 @@ impl Deliverer {
             due_at_us: due,
             error: (!text.is_empty()).then_some(text),
             proof,
+            subscription: Self::subscription_change(n, label, code),
         };
+        let change = settle.subscription.clone();
         let kept = match &self.settler {
             Some(tx) => {
                 let (done, wait) = tokio::sync::oneshot::channel();
@@ -641,6 +624,15 @@ impl Deliverer {
                 notification = n.id,
                 "The lease ran out before the attempt was recorded; another worker owns it now."
             );
+        } else if let Some(c) = change {
+            match c.status {
+                "active" => {
+                    tracing::info!(subscription = %c.id, "FHIR Subscription handshake answered: active.")
+                }
+                _ => {
+                    tracing::warn!(subscription = %c.id, outcome = label, "FHIR Subscription endpoint refused a notification or is unreachable for good: error.")
+                }
+            }
         }
         Ok(())
     }

@@ -53,6 +53,17 @@ pub struct Settle {
     pub due_at_us: i64,
     pub error: Option<String>,
     pub proof: Option<String>,
+    /// What the answer does to the row's FHIR subscription, if any: made only when the
+    /// settle holds (a worker whose lease ran out changes nothing but the attempt log).
+    pub subscription: Option<SubscriptionChange>,
+}
+
+/// A FHIR subscription's new status (and error) from its endpoint's answer.
+#[derive(Clone, Debug)]
+pub struct SubscriptionChange {
+    pub id: String,
+    pub status: &'static str,
+    pub error: Option<String>,
 }
 
 impl Store {
@@ -116,8 +127,11 @@ impl Store {
             for st in batch {
                 let a = &st.attempt;
                 // Failed for good on this channel: the next one in the rule's order, if
-                // any, gets a notification of its own (same content, its own key).
+                // any, gets a notification of its own (same content, its own key) -- but
+                // only once the lease-checked settle below holds, so a worker whose lease
+                // ran out cannot add a fallback for a row another worker delivered.
                 let mut error = st.error.clone();
+                let mut fallback = None;
                 if matches!(st.status.as_str(), "dead" | "failed") {
                     let row: Option<(Option<String>, String)> = sqlx::query_as(&sql(FALLBACKS))
                         .bind(a.outbox_id)
@@ -131,19 +145,11 @@ impl Store {
                             let new_key = super::key_hash(&format!("{key}|{channel}"));
                             let rest = (!rest.is_empty())
                                 .then(|| serde_json::to_string(&rest).unwrap_or_default());
-                            sqlx::query(&sql(FALL_BACK))
-                                .bind(&new_key)
-                                .bind(&channel)
-                                .bind(&endpoint)
-                                .bind(now)
-                                .bind(rest)
-                                .bind(a.outbox_id)
-                                .execute(&mut *tx)
-                                .await?;
                             error = Some(format!(
                                 "{}; falling back to {channel}",
                                 error.unwrap_or_default()
                             ));
+                            fallback = Some((new_key, channel, endpoint, rest));
                         }
                     }
                 }
@@ -160,7 +166,7 @@ impl Store {
                     .bind(a.latency_us)
                     .execute(&mut *tx)
                     .await?;
-                let n = sqlx::query(&sql(SETTLE))
+                let held = sqlx::query(&sql(SETTLE))
                     .bind(&st.status)
                     .bind(st.due_at_us)
                     .bind(&error)
@@ -170,8 +176,30 @@ impl Store {
                     .bind(&st.owner)
                     .execute(&mut *tx)
                     .await?
-                    .rows_affected();
-                kept.push(n == 1);
+                    .rows_affected()
+                    == 1;
+                if held {
+                    if let Some((new_key, channel, endpoint, rest)) = fallback {
+                        sqlx::query(&sql(FALL_BACK))
+                            .bind(&new_key)
+                            .bind(&channel)
+                            .bind(&endpoint)
+                            .bind(now)
+                            .bind(rest)
+                            .bind(a.outbox_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    if let Some(c) = &st.subscription {
+                        sqlx::query(&sql(super::fhir::SUBSCRIPTION_STATUS))
+                            .bind(c.status)
+                            .bind(&c.error)
+                            .bind(&c.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                kept.push(held);
             }
             tx.commit().await?;
             kept

@@ -54,6 +54,12 @@ struct Row {
 /// id, transition key, kind, event time, encounter, patient key, a routed body.
 type PendingRow = (i64, String, String, i64, String, String, Option<Vec<u8>>);
 
+/// A subscription's status (and error) as its notifications are answered: never on a
+/// deleted or `off` one, and `active` only from `requested`.
+pub(super) const SUBSCRIPTION_STATUS: &str =
+    "UPDATE fhir_subscription SET status = $1, error = $2 WHERE id = $3 AND deleted_at_us IS NULL \
+     AND status <> 'off' AND ($1 <> 'active' OR status = 'requested')";
+
 /// A subscription's queued notifications, not to be sent after all.
 const STOP_PENDING: &str =
     "UPDATE outbox SET status = 'dead', last_error = $1 WHERE subscription_id = $2 AND status = 'pending'";
@@ -289,10 +295,8 @@ impl Store {
         status: &str,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE fhir_subscription SET status = $1, error = $2 WHERE id = $3 AND deleted_at_us IS NULL \
-             AND status <> 'off' AND ($1 <> 'active' OR status = 'requested')";
         on_pool!(self, |p, sql| {
-            sqlx::query(&sql(SQL))
+            sqlx::query(&sql(SUBSCRIPTION_STATUS))
                 .bind(status)
                 .bind(error)
                 .bind(id)

@@ -117,12 +117,147 @@ async fn expired_lease_is_taken_over(store: Store) {
         .unwrap());
 }
 
+/// One value from the test's own query (the store's pools are public).
+async fn scalar(store: &Store, q: &str) -> String {
+    match store {
+        Store::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+        Store::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+    }
+}
+
+async fn execute(store: &Store, q: &str) {
+    match store {
+        Store::Sqlite(p) => sqlx::query(q).execute(p).await.map(|_| ()).unwrap(),
+        Store::Postgres(p) => sqlx::query(q).execute(p).await.map(|_| ()).unwrap(),
+    }
+}
+
+/// A worker whose lease ran out settles nothing but its attempt: while another worker
+/// delivered the row, the late "failed" adds no fallback notification and does not
+/// put the row's FHIR subscription in error.
+async fn a_lapsed_lease_changes_nothing_else(store: Store) {
+    use adt_router::store::delivery::{AttemptRow, Settle, SubscriptionChange};
+    use adt_router::store::fhir::SubscriptionRow;
+    store
+        .insert_subscription(&SubscriptionRow {
+            id: "sub-lapse".into(),
+            owner_role: "admin".into(),
+            owner_token: "hospital".into(),
+            owner_npis: vec![],
+            topic: "t".into(),
+            filters: "[]".into(),
+            endpoint: "https://example.invalid/fhir".into(),
+            content: "id-only".into(),
+            status: "active".into(),
+            error: None,
+            events_since_start: 0,
+            resource: "{}".into(),
+            created_at_us: 0,
+            deleted: false,
+            headers: vec![],
+            heartbeat_secs: None,
+            timeout_secs: None,
+        })
+        .await
+        .unwrap();
+    let n = NewNotification {
+        notification_key: "lapse-1".into(),
+        ordering_key: "enc-lapse".into(),
+        channel: "REST".into(),
+        endpoint: "https://example.invalid/hook".into(),
+        payload: b"p".to_vec(),
+        due_at_us: 0,
+    };
+    store.enqueue(&n, 1).await.unwrap();
+    execute(
+        &store,
+        "UPDATE outbox SET fallbacks = '[[\"DIRECT\",\"a@direct.example\"]]', subscription_id = 'sub-lapse' \
+         WHERE notification_key = 'lapse-1'",
+    )
+    .await;
+    let first = store.claim_due("lapsed", 100, 200, 10).await.unwrap();
+    let again = store.claim_due("other", 300, 1_000, 10).await.unwrap();
+    assert_eq!((first.len(), again.len()), (1, 1));
+    let settle = |owner: &str, status: &str, change: Option<SubscriptionChange>| Settle {
+        attempt: AttemptRow {
+            outbox_id: first[0].id,
+            attempt: 1,
+            started_at_us: 0,
+            channel: "REST".into(),
+            endpoint: n.endpoint.clone(),
+            request_sha256: String::new(),
+            outcome: status.into(),
+            response_code: None,
+            response_text: String::new(),
+            latency_us: 0,
+        },
+        owner: owner.into(),
+        status: status.into(),
+        due_at_us: 0,
+        error: None,
+        proof: None,
+        subscription: change,
+    };
+    assert_eq!(
+        store
+            .record_attempts(&[settle("other", "delivered", None)])
+            .await
+            .unwrap(),
+        [true]
+    );
+    let late = settle(
+        "lapsed",
+        "failed",
+        Some(SubscriptionChange {
+            id: "sub-lapse".into(),
+            status: "error",
+            error: Some("HTTP 410".into()),
+        }),
+    );
+    assert_eq!(store.record_attempts(&[late]).await.unwrap(), [false]);
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT CAST(COUNT(*) AS TEXT) FROM outbox WHERE channel = 'DIRECT'"
+        )
+        .await,
+        "0",
+        "no fallback for a delivered row"
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT status FROM outbox WHERE notification_key = 'lapse-1'"
+        )
+        .await,
+        "delivered"
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT status FROM fhir_subscription WHERE id = 'sub-lapse'"
+        )
+        .await,
+        "active"
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT CAST(COUNT(*) AS TEXT) FROM delivery_attempt"
+        )
+        .await,
+        "2",
+        "both attempts are in the log: they happened"
+    );
+}
+
 #[tokio::test]
 async fn outbox_claims_on_postgres_are_exclusive_and_ordered() {
     let db = TestDb::create().await;
     let store = open(db.url.clone()).await;
     claimers_share_the_work_in_order(store.clone(), 4).await;
-    expired_lease_is_taken_over(store).await;
+    expired_lease_is_taken_over(store.clone()).await;
+    a_lapsed_lease_changes_nothing_else(store).await;
 }
 
 #[tokio::test]
@@ -130,5 +265,6 @@ async fn outbox_claims_on_sqlite_are_exclusive_and_ordered() {
     let dir = tempdir();
     let store = open(format!("sqlite://{}/o.db", dir.path().display())).await;
     claimers_share_the_work_in_order(store.clone(), 2).await;
-    expired_lease_is_taken_over(store).await;
+    expired_lease_is_taken_over(store.clone()).await;
+    a_lapsed_lease_changes_nothing_else(store).await;
 }
