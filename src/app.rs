@@ -12,7 +12,7 @@ use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::mllp::listener::{self, ListenerOptions};
 use crate::router::RecordProcessor;
-use crate::store::{redact_url, Store};
+use crate::store::Store;
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,7 +62,7 @@ impl App {
         let rules = Arc::new(std::sync::RwLock::new(Arc::new(rules)));
         let store = Store::connect(&settings.store_options())
             .await
-            .with_context(|| format!("opening database {}", redact_url(&settings.database.url)))?;
+            .with_context(|| format!("opening database {}", settings.database.url))?;
         if let Some(v) = store.asynchronous_commit().await? {
             if settings.database.allow_asynchronous_commit {
                 tracing::warn!(synchronous_commit = %v, "PostgreSQL commits are asynchronous: an acknowledged message can be lost in a database crash (database.allow_asynchronous_commit = true).");
@@ -233,7 +233,7 @@ impl App {
             (None, _) => String::new(),
             (Some(_), intake) => format!(
                 ", Direct via {}{}",
-                redact_url(&self.settings.direct.smtp_url),
+                self.settings.direct.smtp_url,
                 intake
                     .as_ref()
                     .and_then(|l| l.local_addr().ok())
@@ -243,10 +243,7 @@ impl App {
         };
         format!(
             "adt-router listening: {mllp} on {}, HTTP on {} (database {}, event log {}{direct})",
-            self.mllp_addr,
-            self.http_addr,
-            redact_url(&self.settings.database.url),
-            log
+            self.mllp_addr, self.http_addr, self.settings.database.url, log
         )
     }
 

@@ -174,8 +174,7 @@ impl Default for HttpSettings {
 pub struct DatabaseSettings {
     /// `sqlite://PATH` (created if missing) or `postgres://...`. Printed configurations
     /// mask the password.
-    #[serde(serialize_with = "masked_url")]
-    pub url: String,
+    pub url: SecretUrl,
     pub max_connections: u32,
     /// SQLite: how long a statement waits for a lock.
     pub busy_timeout_ms: u64,
@@ -283,7 +282,7 @@ pub struct KafkaSettings {
     /// last: TLS and SASL for a real cluster (`security.protocol`, `sasl.mechanism`,
     /// `ssl.ca.location`, ...), or tuning. Printed configurations show keys only.
     #[serde(serialize_with = "keys_only")]
-    pub librdkafka_options: std::collections::BTreeMap<String, String>,
+    pub librdkafka_options: std::collections::BTreeMap<String, SecretString>,
 }
 
 impl Default for KafkaSettings {
@@ -358,15 +357,14 @@ impl Default for FhirSettings {
 pub struct DirectSettings {
     /// `smtp://host:port` (add `?tls=required` for STARTTLS) or `smtps://host:port`.
     /// Empty: Direct is off and DIRECT notifications wait.
-    #[serde(serialize_with = "masked_url")]
-    pub smtp_url: String,
+    pub smtp_url: SecretUrl,
     /// Our sending Direct address; MDNs are requested back to it.
     pub from: String,
     /// SMTP AUTH at the HISP (may also be given in the URL). Printed configurations
     /// show `***` for the password.
     pub username: String,
     #[serde(serialize_with = "masked")]
-    pub password: String,
+    pub password: SecretString,
     /// Allow `smtp://` without `?tls=required` (PHI and the SMTP password in clear on
     /// the wire). For tests against a local stand-in only.
     pub allow_insecure: bool,
@@ -402,10 +400,10 @@ pub struct DirectSettings {
 impl Default for DirectSettings {
     fn default() -> Self {
         DirectSettings {
-            smtp_url: String::new(),
+            smtp_url: SecretUrl::default(),
             from: String::new(),
             username: String::new(),
-            password: String::new(),
+            password: SecretString::default(),
             allow_insecure: false,
             tls_ca_file: String::new(),
             processed_timeout_secs: 3_600,
@@ -516,7 +514,7 @@ pub struct AuthSettings {
 pub struct TokenSettings {
     /// The secret itself. Printed configurations show only its SHA-256.
     #[serde(serialize_with = "hash_secret")]
-    pub token: String,
+    pub token: SecretString,
     /// A stable name for the holder: what it creates (FHIR Subscriptions) is owned by
     /// this id, so the secret can be rotated without orphaning them. Empty: derived
     /// from the token's SHA-256 (rotating the token then changes the owner).
@@ -533,9 +531,51 @@ pub struct TokenSettings {
     pub roster_sources: Vec<String>,
 }
 
+pub use secrecy::{ExposeSecret, SecretString};
+
+/// A URL that may carry a password (database, SMTP). Shown everywhere (Debug, logs,
+/// `check-config`) with the password masked; `expose` gives the real one to its user.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(s: &str) -> Self {
+        SecretUrl(s.to_string())
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::store::redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::store::redact_url(&self.0))
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::store::redact_url(&self.0))
+    }
+}
+
 /// A map printed with its keys only (values may be passwords).
 fn keys_only<S: serde::Serializer>(
-    m: &std::collections::BTreeMap<String, String>,
+    m: &std::collections::BTreeMap<String, SecretString>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
@@ -547,20 +587,19 @@ fn keys_only<S: serde::Serializer>(
 }
 
 /// A secret in printed configurations: `***` when set, empty when not.
-fn masked<S: serde::Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if secret.is_empty() { "" } else { "***" })
+fn masked<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        "***"
+    })
 }
 
-/// A URL in printed configurations: its password replaced by `***`.
-fn masked_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::store::redact_url(url))
-}
-
-fn hash_secret<S: serde::Serializer>(t: &str, s: S) -> Result<S::Ok, S::Error> {
+fn hash_secret<S: serde::Serializer>(t: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     use sha2::Digest;
     s.serialize_str(&format!(
         "sha256:{}",
-        hex::encode(sha2::Sha256::digest(t.as_bytes()))
+        hex::encode(sha2::Sha256::digest(t.expose_secret().as_bytes()))
     ))
 }
 
@@ -650,7 +689,7 @@ impl Settings {
         }
         let d = &self.direct;
         if !d.smtp_url.is_empty() {
-            let url = match url::Url::parse(&d.smtp_url) {
+            let url = match url::Url::parse(d.smtp_url.expose()) {
                 Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => u,
                 _ => {
                     return bad(
@@ -836,7 +875,7 @@ impl Settings {
             }
         }
         for t in &self.auth.tokens {
-            if t.token.len() < 16 {
+            if t.token.expose_secret().len() < 16 {
                 return bad(
                     "auth.tokens",
                     "a token must be at least 16 characters".into(),
@@ -877,7 +916,7 @@ impl Settings {
                 "must be at least 1".into(),
             );
         }
-        let url = &self.database.url;
+        let url = self.database.url.expose();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres:")
             || url.starts_with("postgresql:"))
@@ -888,6 +927,45 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// Files holding secrets (keys, and the configuration itself when given) that any
+    /// user on the host can read: `(what, path, mode)`. `serve` warns for each.
+    pub fn exposed_secret_files(&self, config_file: Option<&Path>) -> Vec<(String, String, u32)> {
+        let mut files: Vec<(String, String)> = Vec::new();
+        if let Some(f) = config_file {
+            files.push(("the configuration file".into(), f.display().to_string()));
+        }
+        for (what, path) in [
+            ("mllp.tls_key", &self.mllp.tls_key),
+            ("direct.inbound_tls_key", &self.direct.inbound_tls_key),
+        ] {
+            if !path.is_empty() {
+                files.push((what.into(), path.clone()));
+            }
+        }
+        for s in &self.delivery.smart {
+            files.push((
+                format!("the SMART key of {}", s.client_id),
+                s.key_file.clone(),
+            ));
+        }
+        files
+            .into_iter()
+            .filter_map(|(what, path)| {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+                    (mode & 0o007 != 0).then_some((what, path, mode))
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = (what, path);
+                    None
+                }
+            })
+            .collect()
     }
 
     pub fn parse_rules(&self) -> ParseRules {
@@ -964,7 +1042,7 @@ impl Settings {
 
     pub fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
-            url: self.database.url.clone(),
+            url: self.database.url.expose().to_string(),
             max_connections: self.database.max_connections,
             busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
             acquire_timeout: Duration::from_millis(self.database.acquire_timeout_ms),

@@ -361,6 +361,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => {
             let settings =
                 Settings::load(cli.config.as_deref()).context("loading configuration")?;
+            for (what, path, mode) in settings.exposed_secret_files(cli.config.as_deref()) {
+                tracing::warn!(
+                    file = %path,
+                    mode = %format!("{mode:o}"),
+                    "{what} can be read by any user on this host, and it holds secrets: chmod 600 (or 640 with a dedicated group)."
+                );
+            }
             let app = App::build(settings).await?;
             let line = app.describe();
             println!("{line}");

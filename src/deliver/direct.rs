@@ -18,7 +18,7 @@
 
 use super::report::{self, Signal};
 use super::Outcome;
-use crate::config::DirectSettings;
+use crate::config::{DirectSettings, ExposeSecret};
 use crate::metrics::Metrics;
 use crate::store::delivery::{AttemptRow, Outgoing, Settle};
 use crate::store::direct::{DirectRow, ReportRow};
@@ -69,14 +69,17 @@ impl DirectSender {
             .from
             .parse()
             .map_err(|e| format!("direct.from '{}': {e}", s.from))?;
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.smtp_url)
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::from_url(s.smtp_url.expose())
             .map_err(|e| format!("direct.smtp_url: {e}"))?
             .timeout(Some(timeout));
         if !s.tls_ca_file.is_empty() {
-            b = b.tls(private_ca_tls(&s.smtp_url, &s.tls_ca_file)?);
+            b = b.tls(private_ca_tls(s.smtp_url.expose(), &s.tls_ca_file)?);
         }
         if !s.username.is_empty() {
-            b = b.credentials(Credentials::new(s.username.clone(), s.password.clone()));
+            b = b.credentials(Credentials::new(
+                s.username.clone(),
+                s.password.expose_secret().to_string(),
+            ));
         }
         Ok(Some(DirectSender {
             transport: b.build(),

@@ -200,7 +200,12 @@ pub async fn send(
     if let Some(t) = &bearer {
         req = req.bearer_auth(t);
     }
-    if let Some(secret) = n.secret.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(secret) = n
+        .secret
+        .as_ref()
+        .map(crate::config::ExposeSecret::expose_secret)
+        .filter(|s| !s.is_empty())
+    {
         req = req.header(
             "webhook-signature",
             signature(secret, &n.notification_key, ts, &n.payload),

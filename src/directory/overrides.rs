@@ -13,7 +13,7 @@ pub struct Override {
     /// Checked and normalised.
     pub endpoint: String,
     /// Per-endpoint secret (webhook signing); never printed.
-    pub secret: Option<String>,
+    pub secret: Option<crate::config::SecretString>,
     pub preferred: bool,
 }
 
@@ -52,7 +52,9 @@ impl Override {
             npi,
             kind,
             endpoint,
-            secret: secret.filter(|s| !s.is_empty()),
+            secret: secret
+                .filter(|s| !s.is_empty())
+                .map(crate::config::SecretString::from),
             preferred,
         })
     }
@@ -73,7 +75,11 @@ pub async fn save(store: &Store, items: &[Override], source: &str) -> Result<(),
                 .bind(o.npi.as_str())
                 .bind(o.kind.as_str())
                 .bind(&o.endpoint)
-                .bind(&o.secret)
+                .bind(
+                    o.secret
+                        .as_ref()
+                        .map(crate::config::ExposeSecret::expose_secret),
+                )
                 .bind(o.preferred)
                 .bind(source)
                 .bind(now)

@@ -2,7 +2,7 @@
 //! compared digest to digest, so neither a memory dump nor response timing gives a
 //! token away. SMART on FHIR scopes or OIDC can slot in behind [`Caller`] later.
 
-use crate::config::TokenSettings;
+use crate::config::{ExposeSecret, TokenSettings};
 use axum::http::{header, HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 
@@ -44,7 +44,8 @@ impl Tokens {
                         "ops" => Role::Ops,
                         _ => Role::Practice,
                     };
-                    let digest: [u8; 32] = Sha256::digest(t.token.as_bytes()).into();
+                    let digest: [u8; 32] =
+                        Sha256::digest(t.token.expose_secret().as_bytes()).into();
                     let id = if t.id.is_empty() {
                         format!("sha256:{}", hex::encode(&digest[..8]))
                     } else {

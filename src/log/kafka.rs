@@ -11,7 +11,7 @@
 //! (see [`headers`]); the router re-parses the bytes itself.
 
 use super::LogError;
-use crate::config::KafkaSettings;
+use crate::config::{ExposeSecret, KafkaSettings};
 use crate::metrics::Metrics;
 use crate::store::{Appended, NewMessage};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -190,7 +190,7 @@ pub fn create<C: ClientContext, T: rdkafka::config::FromClientConfigAndContext<C
     context: C,
 ) -> rdkafka::error::KafkaResult<T> {
     for (k, v) in &s.librdkafka_options {
-        config.set(k, v);
+        config.set(k, v.expose_secret());
     }
     config.create_with_context(context)
 }

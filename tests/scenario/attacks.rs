@@ -189,6 +189,51 @@ fn check_config_prints_no_secret() {
     assert!(text.contains("sasl.password"), "{text}");
 }
 
+/// `serve` with secrets in its file and environment logs none of them, and warns that
+/// its configuration file (and a key) can be read by any user on the host.
+#[test]
+fn serve_logs_no_secret_and_warns_of_readable_secret_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    crate::tls::make_pki(dir.path());
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[direct]\nsmtp_url = \"smtps://hisp-user:url-secret-4711@127.0.0.1:465\"\nfrom = \"hosp@direct.example.org\"\n\
+         [[auth.tokens]]\ntoken = \"token-secret-4711-abcdef\"\nrole = \"admin\"\n",
+    )
+    .unwrap();
+    let key = dir.path().join("server.key");
+    for f in [&cfg, &key] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ADT_ROUTER_CONFIG", cfg.to_str().unwrap()),
+            ("ADT_ROUTER__DIRECT__PASSWORD", "smtp-secret-4711"),
+            (
+                "ADT_ROUTER__MLLP__TLS_CERT",
+                dir.path().join("server.pem").to_str().unwrap(),
+            ),
+            ("ADT_ROUTER__MLLP__TLS_KEY", key.to_str().unwrap()),
+        ],
+    );
+    let (status, _) = server.get("/readyz");
+    assert_eq!(status, 200);
+    let log = server.log();
+    assert!(!log.contains("secret-4711"), "a secret was logged:\n{log}");
+    assert!(log.contains("smtps://hisp-user:***@127.0.0.1:465"), "{log}");
+    for what in ["the configuration file", "mllp.tls_key"] {
+        assert!(
+            log.lines().any(|l| l.contains(what)
+                && l.contains("can be read by any user")
+                && l.contains("644")),
+            "no warning for {what}:\n{log}"
+        );
+    }
+}
+
 /// PHI at rest is readable by the service's user only: the data directory is created
 /// 0700 and the database 0600, its WAL included.
 #[tokio::test]
