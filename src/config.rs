@@ -256,6 +256,10 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor when the topic is created (3 in production).
     pub replication_factor: i32,
+    /// `min.insync.replicas` when the topic is created: how many replicas must have a
+    /// write before the broker confirms it (and we answer AA). 0: the replication
+    /// factor less one, at least 1 (2 with the production factor of 3).
+    pub min_insync_replicas: i32,
     /// Consumer group of the routers.
     pub group: String,
     /// The sender gets AR/CE when the broker has not confirmed a write by then.
@@ -285,6 +289,16 @@ pub struct KafkaSettings {
     pub librdkafka_options: std::collections::BTreeMap<String, SecretString>,
 }
 
+impl KafkaSettings {
+    /// The topic's `min.insync.replicas` to create it with (see the setting).
+    pub fn min_insync(&self) -> i32 {
+        match self.min_insync_replicas {
+            0 => (self.replication_factor - 1).max(1),
+            n => n,
+        }
+    }
+}
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         KafkaSettings {
@@ -292,6 +306,7 @@ impl Default for KafkaSettings {
             topic: "adt.inbound".into(),
             partitions: 12,
             replication_factor: 1,
+            min_insync_replicas: 0,
             group: "adt-router".into(),
             produce_timeout_ms: 5000,
             linger_ms: 0.0,
@@ -819,6 +834,19 @@ impl Settings {
         if self.kafka.enabled() {
             if self.kafka.topic.is_empty() || self.kafka.group.is_empty() {
                 return bad("kafka.topic", "topic and group must not be empty".into());
+            }
+            let k = &self.kafka;
+            if k.replication_factor < 1
+                || k.min_insync_replicas < 0
+                || k.min_insync_replicas > k.replication_factor
+            {
+                return bad(
+                    "kafka.min_insync_replicas",
+                    format!(
+                        "must be between 0 (automatic) and the replication factor ({})",
+                        k.replication_factor
+                    ),
+                );
             }
             if self.kafka.partitions < 1 {
                 return bad("kafka.partitions", "must be at least 1".into());

@@ -328,11 +328,13 @@ async fn ensure_topic(s: &KafkaSettings) -> Result<(), LogError> {
     let admin: AdminClient<DefaultClientContext> =
         create(&mut client_config(s), s, DefaultClientContext)
             .map_err(|e| LogError::Unavailable(format!("creating the Kafka admin client: {e}")))?;
+    let min_isr = s.min_insync().to_string();
     let topic = NewTopic::new(
         &s.topic,
         s.partitions,
         TopicReplication::Fixed(s.replication_factor),
-    );
+    )
+    .set("min.insync.replicas", &min_isr);
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&topic], &opts)
@@ -341,7 +343,7 @@ async fn ensure_topic(s: &KafkaSettings) -> Result<(), LogError> {
     for r in results {
         match r {
             Ok(name) => {
-                tracing::info!(topic = %name, partitions = s.partitions, replication = s.replication_factor, "Created Kafka topic.")
+                tracing::info!(topic = %name, partitions = s.partitions, replication = s.replication_factor, min_insync_replicas = %min_isr, "Created Kafka topic.")
             }
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::info!(topic = %name, "Kafka topic exists.")
@@ -353,12 +355,90 @@ async fn ensure_topic(s: &KafkaSettings) -> Result<(), LogError> {
             }
         }
     }
+    check_durability(&admin, s, &opts).await;
     Ok(())
+}
+
+/// Reads the topic's `min.insync.replicas` as the cluster holds it (an existing topic
+/// keeps its own) and warns when one broker's loss could lose a write we answered AA.
+async fn check_durability(
+    admin: &AdminClient<DefaultClientContext>,
+    s: &KafkaSettings,
+    opts: &AdminOptions,
+) {
+    use rdkafka::admin::{ConfigSource, ResourceSpecifier};
+    let brokers = match admin
+        .inner()
+        .fetch_metadata(Some(&s.topic), Duration::from_secs(10))
+    {
+        Ok(m) => m.brokers().len(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not read the Kafka cluster's metadata to check durability.");
+            return;
+        }
+    };
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(&s.topic)], opts)
+        .await;
+    let min_isr = match described.as_ref().map(|r| r.first()) {
+        Ok(Some(Ok(c))) => c
+            .get("min.insync.replicas")
+            .filter(|e| !matches!(e.source, ConfigSource::Unknown))
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.parse::<i32>().ok()),
+        _ => None,
+    };
+    match durability_warning(brokers, min_isr) {
+        Some(w) => tracing::warn!(topic = %s.topic, brokers, min_insync_replicas = ?min_isr, "{w}"),
+        None => {
+            tracing::info!(topic = %s.topic, brokers, min_insync_replicas = ?min_isr, "Kafka topic durability checked.")
+        }
+    }
+}
+
+/// What to warn of, given the cluster's broker count and the topic's
+/// `min.insync.replicas` (when the cluster says).
+fn durability_warning(brokers: usize, min_isr: Option<i32>) -> Option<String> {
+    if brokers <= 1 {
+        return None; // a single-broker development set-up: nothing to replicate to
+    }
+    match min_isr {
+        Some(n) if n >= 2 => None,
+        Some(n) => Some(format!(
+            "The topic's min.insync.replicas is {n} on a {brokers}-broker cluster: a write we answered AA can be lost with one broker. Set it to 2 or more (kafka-configs --alter --add-config min.insync.replicas=2)."
+        )),
+        None => Some(format!(
+            "Could not read the topic's min.insync.replicas on a {brokers}-broker cluster; check that it is 2 or more, or a write we answered AA can be lost with one broker."
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durability_warns_only_where_a_broker_could_take_a_write_with_it() {
+        assert_eq!(
+            durability_warning(1, Some(1)),
+            None,
+            "single-broker development"
+        );
+        assert_eq!(durability_warning(1, None), None);
+        assert_eq!(durability_warning(3, Some(2)), None);
+        assert!(durability_warning(3, Some(1))
+            .unwrap()
+            .contains("min.insync.replicas is 1"));
+        assert!(durability_warning(3, None)
+            .unwrap()
+            .contains("Could not read"));
+        let mut k = KafkaSettings::default();
+        assert_eq!(k.min_insync(), 1, "factor 1");
+        k.replication_factor = 3;
+        assert_eq!(k.min_insync(), 2, "factor 3");
+        k.min_insync_replicas = 3;
+        assert_eq!(k.min_insync(), 3);
+    }
 
     #[test]
     fn keys_keep_a_patient_together_and_fall_back_to_the_control_id() {

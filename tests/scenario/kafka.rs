@@ -221,6 +221,12 @@ async fn corpus_goes_to_the_topic_with_keys_and_headers_and_into_postgres() {
         server.log().contains("Created Kafka topic."),
         "topic creation is announced"
     );
+    // Created with min.insync.replicas, and checked: one broker is a development
+    // set-up, so no durability warning.
+    let log = server.log();
+    assert!(log.contains("min_insync_replicas"), "{log}");
+    assert!(log.contains("Kafka topic durability checked"), "{log}");
+    assert!(!log.contains("can be lost with one broker"), "{log}");
     // Same check as the embedded mode: every accepted file's bytes end up stored.
     crate::corpus::corpus_bytes_are_stored_unchanged(&server).await;
     let stored = server.export(&[]).len();
