@@ -254,6 +254,7 @@ impl App {
         let m = &self.settings.mllp;
         let opts = ListenerOptions {
             tls: self.tls.clone(),
+            senders: crate::mllp::tls::Senders::new(&m.tls_senders),
             max_frame_bytes: m.max_frame_bytes,
             max_connections: m.max_connections,
             max_connections_per_peer: m.max_connections_per_peer,

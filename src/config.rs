@@ -110,6 +110,10 @@ pub struct MllpSettings {
     pub tls_key: String,
     /// PEM CA bundle. When set, clients must present a certificate it signed (mutual TLS).
     pub tls_client_ca: String,
+    /// With mutual TLS: the MSH-4 values each client certificate may send (matched by
+    /// `CN=...`, `DNS:...`, `URI:...` or `EMAIL:...`). When any is listed, a message
+    /// whose MSH-4 its certificate does not map to is answered AR/CR and quarantined.
+    pub tls_senders: Vec<TlsSender>,
     /// When a message cannot be stored: `close` (answer nothing and close the
     /// connection; every engine queues and resends) or `nack` (AR/CE with ERR 207, for
     /// engines configured to resend AR). docs/interop.md says why `close` is the default.
@@ -117,6 +121,16 @@ pub struct MllpSettings {
     /// `always` (answer every frame, even when MSH-15 is NE or ER: MLLP senders wait for
     /// an answer) or `honour` (send no accept ACK where MSH-15 says not to).
     pub accept_ack: crate::hl7::AcceptAck,
+}
+
+/// One `[[mllp.tls_senders]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSender {
+    /// `CN=<subject common name>`, `DNS:<name>`, `URI:<uri>` or `EMAIL:<address>`.
+    pub identity: String,
+    /// MSH-4 values (the whole field, or its namespace id) it may send.
+    pub facilities: Vec<String>,
 }
 
 impl Default for MllpSettings {
@@ -133,6 +147,7 @@ impl Default for MllpSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            tls_senders: Vec::new(),
             on_storage_failure: Default::default(),
             accept_ack: Default::default(),
         }
@@ -798,6 +813,27 @@ impl Settings {
         }
         if self.mllp.tls_cert.is_empty() != self.mllp.tls_key.is_empty() {
             return bad("mllp.tls_cert", "tls_cert and tls_key go together".into());
+        }
+        if !self.mllp.tls_senders.is_empty() && self.mllp.tls_client_ca.is_empty() {
+            return bad(
+                "mllp.tls_senders",
+                "maps client certificates, so it needs mutual TLS (mllp.tls_client_ca)".into(),
+            );
+        }
+        for t in &self.mllp.tls_senders {
+            let known = ["CN=", "DNS:", "URI:", "EMAIL:"];
+            if !known
+                .iter()
+                .any(|p| t.identity.starts_with(p) && t.identity.len() > p.len())
+            {
+                return bad(
+                    "mllp.tls_senders",
+                    format!(
+                        "identity '{}' must start with CN=, DNS:, URI: or EMAIL:",
+                        t.identity
+                    ),
+                );
+            }
         }
         if !self.mllp.tls_client_ca.is_empty() && self.mllp.tls_cert.is_empty() {
             return bad("mllp.tls_client_ca", "needs tls_cert and tls_key".into());

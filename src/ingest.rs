@@ -101,7 +101,16 @@ impl Ingest {
     /// Handles one frame payload from `peer` and says how to answer it. The caller
     /// writes [`Answer::ack`] (or closes, when [`Answer::close`]) and then reports what
     /// happened with [`Ingest::answered`].
-    pub async fn handle(&self, raw: &[u8], peer: &str) -> Answer {
+    ///
+    /// `allowed`: with mutual TLS and `mllp.tls_senders`, the facilities the client's
+    /// certificate may send for; a message from another MSH-4 is rejected (AR/CR with
+    /// ERR) and quarantined.
+    pub async fn handle(
+        &self,
+        raw: &[u8],
+        peer: &str,
+        allowed: Option<&crate::mllp::tls::Allowed>,
+    ) -> Answer {
         if raw.iter().all(|b| b.is_ascii_whitespace()) {
             self.metrics
                 .frame_errors
@@ -172,6 +181,36 @@ impl Ingest {
                 );
             }
         };
+
+        if let Some(a) = allowed.filter(|a| !a.permits(&parsed.header.sending_facility)) {
+            let err = ErrDetail::error(
+                207,
+                Some(crate::hl7::ErrLocation::field("MSH", 1, 4)),
+                format!(
+                    "Sending facility '{}' (MSH-4) is not one the client certificate {} may send for (mllp.tls_senders)",
+                    parsed.header.sending_facility, a.identity
+                ),
+            );
+            self.quarantine(
+                raw,
+                peer,
+                received_at_us,
+                &sha256,
+                "facility_not_allowed",
+                &err,
+                &echo,
+            )
+            .await;
+            let labels = (echo.sending_facility.clone(), echo.trigger.clone());
+            return self.answer(
+                &echo,
+                charset,
+                Disposition::Rejected,
+                vec![err],
+                labels,
+                None,
+            );
+        }
 
         let content_ok = parsed.problems.is_empty();
         let disposition = if content_ok {

@@ -10,6 +10,7 @@
 //! received (including bytes still in the socket buffer), answers them, and closes.
 
 use super::codec::{FrameDecoder, FrameError, Quirks};
+use super::tls::Allowed;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use bytes::BytesMut;
@@ -25,6 +26,8 @@ use tokio::task::JoinSet;
 pub struct ListenerOptions {
     /// TLS on every connection of this listener (plain TCP when `None`).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// With mutual TLS: which MSH-4 values each client certificate may send.
+    pub senders: super::tls::Senders,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_peer: usize,
@@ -77,9 +80,24 @@ pub async fn run(
                     metrics.open_connections.inc();
                     tracing::info!(%peer, tls = opts.tls.is_some(), "MLLP connection opened.");
                     let why = match &opts.tls {
-                        None => serve(stream, peer, &ingest, &metrics, &opts, shutdown).await,
+                        None => serve(stream, peer, None, &ingest, &metrics, &opts, shutdown).await,
                         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => serve(tls, peer, &ingest, &metrics, &opts, shutdown).await,
+                            Ok(Ok(tls)) => {
+                                // Which facilities this client certificate may send for.
+                                let allowed = opts.senders.enabled().then(|| {
+                                    let ids = tls
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|c| c.first())
+                                        .map(|c| super::tls::identities(c.as_ref()))
+                                        .unwrap_or_default();
+                                    let a = opts.senders.allowed(&ids);
+                                    tracing::info!(%peer, identity = %a.identity, facilities = ?a.facilities, "MLLP client certificate mapped.");
+                                    a
+                                });
+                                serve(tls, peer, allowed.as_ref(), &ingest, &metrics, &opts, shutdown).await
+                            }
                             Ok(Err(e)) => {
                                 metrics.frame_errors.with_label_values(&["tls_handshake"]).inc();
                                 tracing::warn!(%peer, error = %e, "MLLP TLS handshake failed.");
@@ -172,9 +190,11 @@ fn configure(stream: &TcpStream, opts: &ListenerOptions) {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one connection (plain or TLS); returns why it ended.
+#[allow(clippy::too_many_arguments)]
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
+    allowed: Option<&Allowed>,
     ingest: &Ingest,
     metrics: &Metrics,
     opts: &ListenerOptions,
@@ -193,7 +213,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     // The frame that may follow began with this read, not the last one.
                     frame_began = None;
                     let t0 = Instant::now();
-                    if let Err(why) = respond(&mut stream, ingest, &frame, &peer_s).await {
+                    if let Err(why) = respond(&mut stream, ingest, &frame, &peer_s, allowed).await {
                         return why;
                     }
                     metrics.ack_latency.observe(t0.elapsed().as_secs_f64());
@@ -222,7 +242,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             while let Ok(Some(frame)) = dec.decode(&mut buf) {
-                if respond(&mut stream, ingest, &frame, &peer_s).await.is_err() {
+                if respond(&mut stream, ingest, &frame, &peer_s, allowed)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -265,8 +288,9 @@ async fn respond<S: AsyncWrite + Unpin>(
     ingest: &Ingest,
     frame: &[u8],
     peer: &str,
+    allowed: Option<&Allowed>,
 ) -> Result<(), &'static str> {
-    let answer = ingest.handle(frame, peer).await;
+    let answer = ingest.handle(frame, peer, allowed).await;
     if answer.close {
         ingest.answered(answer, false).await;
         return Err("storage_failure");

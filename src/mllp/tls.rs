@@ -63,3 +63,118 @@ pub fn acceptor(cert: &str, key: &str, client_ca: Option<&str>) -> Result<TlsAcc
         .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// The names a client certificate (DER) speaks for: `CN=<common name>` for each subject
+/// common name, `DNS:<name>`, `URI:<uri>` and `EMAIL:<address>` for each subject
+/// alternative name. Empty when the certificate cannot be read (it was already verified
+/// against `mllp.tls_client_ca`; an unreadable one is then allowed nothing).
+pub fn identities(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .map(|cn| format!("CN={cn}"))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => out.push(format!("DNS:{d}")),
+                GeneralName::URI(u) => out.push(format!("URI:{u}")),
+                GeneralName::RFC822Name(e) => out.push(format!("EMAIL:{e}")),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// `mllp.tls_senders`: which MSH-4 values each client certificate identity may send.
+#[derive(Clone, Debug, Default)]
+pub struct Senders(Vec<crate::config::TlsSender>);
+
+impl Senders {
+    pub fn new(list: &[crate::config::TlsSender]) -> Senders {
+        Senders(list.to_vec())
+    }
+
+    /// Whether the mapping is on (any entry configured).
+    pub fn enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The facilities a certificate with these identities may send for (matched
+    /// without regard to case).
+    pub fn allowed(&self, identities: &[String]) -> Allowed {
+        let mut facilities: Vec<String> = self
+            .0
+            .iter()
+            .filter(|s| {
+                identities
+                    .iter()
+                    .any(|i| i.eq_ignore_ascii_case(&s.identity))
+            })
+            .flat_map(|s| s.facilities.iter().cloned())
+            .collect();
+        facilities.sort();
+        facilities.dedup();
+        Allowed {
+            identity: identities.first().cloned().unwrap_or_default(),
+            facilities,
+        }
+    }
+}
+
+/// What one mutual-TLS connection may send: the facilities (MSH-4) its certificate maps
+/// to. A value matches the whole of MSH-4 or its first component (the namespace id).
+#[derive(Clone, Debug)]
+pub struct Allowed {
+    /// The certificate's first identity, for logs and the ERR text.
+    pub identity: String,
+    pub facilities: Vec<String>,
+}
+
+impl Allowed {
+    pub fn permits(&self, msh4: &str) -> bool {
+        let namespace = msh4.split('^').next().unwrap_or("");
+        self.facilities.iter().any(|f| f == msh4 || f == namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsSender;
+
+    #[test]
+    fn senders_map_identities_to_facilities() {
+        let s = Senders::new(&[
+            TlsSender {
+                identity: "CN=epic.genhosp.example".into(),
+                facilities: vec!["GENHOSP".into(), "GENHOSP-ED".into()],
+            },
+            TlsSender {
+                identity: "DNS:cerner.other.example".into(),
+                facilities: vec!["OTHER".into()],
+            },
+        ]);
+        let a = s.allowed(&["CN=EPIC.genhosp.example".into()]);
+        assert!(a.permits("GENHOSP") && a.permits("GENHOSP-ED"));
+        assert!(
+            a.permits("GENHOSP^2.16.840.1.113883.3.1^ISO"),
+            "the namespace id"
+        );
+        assert!(!a.permits("OTHER") && !a.permits("GENHOSPX") && !a.permits(""));
+        let none = s.allowed(&["CN=stranger".into()]);
+        assert!(
+            !none.permits("GENHOSP"),
+            "an unmapped certificate sends for nobody"
+        );
+        assert!(s
+            .allowed(&["DNS:cerner.other.example".into()])
+            .permits("OTHER"));
+    }
+}

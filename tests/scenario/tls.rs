@@ -99,14 +99,25 @@ pub(crate) fn make_pki(dir: &Path) {
 
 /// Sends one framed message with Python's ssl client; returns what it printed.
 fn python_send(dir: &Path, addr: &str, client_cert: bool) -> (bool, String) {
+    python_send_as(dir, addr, client_cert, "GENHOSP", "TLS-1")
+}
+
+/// [`python_send`] with the message's MSH-4 and control id.
+fn python_send_as(
+    dir: &Path,
+    addr: &str,
+    client_cert: bool,
+    facility: &str,
+    control_id: &str,
+) -> (bool, String) {
     let (host, port) = addr.rsplit_once(':').unwrap();
     let script = r#"
 import socket, ssl, sys
-host, port, cert = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+host, port, cert, fac, cid = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context(cafile="ca.pem")
 if cert:
     ctx.load_cert_chain("client.pem", "client.key")
-msg = b"MSH|^~\\&|EPIC|GENHOSP|R|R|2026||ADT^A04|TLS-1|P|2.5.1\rPID|1||M1^^^GENHOSP^MR\rPV1|1|E\r"
+msg = ("MSH|^~\\&|EPIC|" + fac + "|R|R|2026||ADT^A04|" + cid + "|P|2.5.1\rPID|1||M1^^^GENHOSP^MR\rPV1|1|E\r").encode()
 with socket.create_connection((host, port), timeout=10) as raw:
     with ctx.wrap_socket(raw, server_hostname=host) as s:
         s.sendall(b"\x0b" + msg + b"\x1c\r")
@@ -125,6 +136,8 @@ with socket.create_connection((host, port), timeout=10) as raw:
             host,
             port,
             if client_cert { "1" } else { "0" },
+            facility,
+            control_id,
         ])
         .current_dir(dir)
         .output()
@@ -224,5 +237,50 @@ fn mllp_over_tls_without_client_certificates() {
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/key.pem"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With `mllp.tls_senders`, a client certificate sends only for the facilities it maps
+/// to: the certified client's own MSH-4 is accepted; another facility is answered AR
+/// with ERR at MSH-4 and quarantined, never stored or routed.
+#[test]
+fn a_client_certificate_sends_only_for_its_own_facilities() {
+    let dir = tempdir();
+    make_pki(dir.path());
+    let d = dir.path().display();
+    let config = dir.path().join("senders.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mllp]\ntls_cert = \"{d}/server.pem\"\ntls_key = \"{d}/server.key\"\ntls_client_ca = \"{d}/ca.pem\"\n\n\
+             [[mllp.tls_senders]]\nidentity = \"CN=client\"\nfacilities = [\"GENHOSP\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[("ADT_ROUTER_CONFIG", config.to_str().unwrap())],
+    );
+    let (ok, out) = python_send_as(dir.path(), &server.mllp, true, "GENHOSP", "MAP-1");
+    assert!(ok && out.contains("MSA|AA|MAP-1"), "{out}");
+    let (ok, out) = python_send_as(dir.path(), &server.mllp, true, "OTHERHOSP", "MAP-2");
+    assert!(ok && out.contains("MSA|AR|MAP-2"), "{out}");
+    assert!(
+        out.contains("ERR|") && out.contains("MSH^1^4") && out.contains("CN=client"),
+        "{out}"
+    );
+    let ids: Vec<String> = server
+        .export(&[])
+        .iter()
+        .map(|r| r["control_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["MAP-1"],
+        "the other facility's message is not stored"
+    );
+    assert_eq!(
+        server.metric("adt_router_quarantined_total{reason=\"facility_not_allowed\"}"),
+        1.0
     );
 }
