@@ -160,25 +160,10 @@ impl Ingest {
         let parsed = match parse {
             Ok(p) => p,
             Err(rej) => {
-                self.quarantine(
-                    raw,
-                    peer,
-                    received_at_us,
-                    &sha256,
-                    rej.reason,
-                    &rej.err,
-                    &echo,
-                )
-                .await;
-                let labels = (echo.sending_facility.clone(), echo.trigger.clone());
-                return self.answer(
-                    &echo,
-                    charset,
-                    Disposition::Rejected,
-                    vec![rej.err],
-                    labels,
-                    None,
-                );
+                let at = (received_at_us, sha256.as_str());
+                return self
+                    .reject(raw, peer, at, rej.reason, rej.err, &echo, charset)
+                    .await;
             }
         };
 
@@ -191,25 +176,10 @@ impl Ingest {
                     parsed.header.sending_facility, a.identity
                 ),
             );
-            self.quarantine(
-                raw,
-                peer,
-                received_at_us,
-                &sha256,
-                "facility_not_allowed",
-                &err,
-                &echo,
-            )
-            .await;
-            let labels = (echo.sending_facility.clone(), echo.trigger.clone());
-            return self.answer(
-                &echo,
-                charset,
-                Disposition::Rejected,
-                vec![err],
-                labels,
-                None,
-            );
+            let at = (received_at_us, sha256.as_str());
+            return self
+                .reject(raw, peer, at, "facility_not_allowed", err, &echo, charset)
+                .await;
         }
 
         let content_ok = parsed.problems.is_empty();
@@ -318,6 +288,32 @@ impl Ingest {
 
     fn code(&self, echo: &AckEcho, d: Disposition) -> Option<AckCode> {
         ack_code_for(echo.mode, d, self.policy.accept_ack)
+    }
+
+    /// Quarantines a frame and answers it AR/CR with `err`. `at`: when it came, and
+    /// its SHA-256.
+    #[allow(clippy::too_many_arguments)]
+    async fn reject(
+        &self,
+        raw: &[u8],
+        peer: &str,
+        at: (i64, &str),
+        reason: &str,
+        err: ErrDetail,
+        echo: &AckEcho,
+        charset: Charset,
+    ) -> Answer {
+        self.quarantine(raw, peer, at.0, at.1, reason, &err, echo)
+            .await;
+        let labels = (echo.sending_facility.clone(), echo.trigger.clone());
+        self.answer(
+            echo,
+            charset,
+            Disposition::Rejected,
+            vec![err],
+            labels,
+            None,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -40,6 +40,23 @@ impl Hisp {
         Hisp { child, port, log }
     }
 
+    /// The router's settings for submitting to this stand-in and taking its reports at
+    /// `intake`.
+    fn router_env(&self, intake: u16) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "ADT_ROUTER__DIRECT__SMTP_URL",
+                format!("smtp://127.0.0.1:{}", self.port),
+            ),
+            ("ADT_ROUTER__DIRECT__FROM", FROM.to_string()),
+            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true".to_string()),
+            (
+                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
+                format!("127.0.0.1:{intake}"),
+            ),
+        ]
+    }
+
     /// The messages it received, as Python's email parser read them.
     fn messages(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
@@ -49,6 +66,17 @@ impl Hisp {
             .filter(|m| m.get("message_id").is_some())
             .collect()
     }
+}
+
+/// `base` and then `more`, as the borrowed pairs `setup` takes.
+fn with<'a>(
+    base: &'a [(&'static str, String)],
+    more: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    base.iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(more.iter().copied())
+        .collect()
 }
 
 impl Drop for Hisp {
@@ -77,20 +105,13 @@ fn direct(dir: &Path, db_url: Option<&str>) {
         &rx,
         &["MRN-D"],
         &[(43, "ok", "care_manager")],
-        &[
-            (
-                "ADT_ROUTER__DIRECT__SMTP_URL",
-                &format!("smtp://127.0.0.1:{}", hisp.port),
-            ),
-            ("ADT_ROUTER__DIRECT__FROM", FROM),
-            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
-            (
-                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
-                &format!("127.0.0.1:{intake}"),
-            ),
-            ("ADT_ROUTER__DIRECT__PROCESSED_TIMEOUT_SECS", "3"),
-            ("ADT_ROUTER__DIRECT__DISPATCHED_TIMEOUT_SECS", "3"),
-        ],
+        &with(
+            &hisp.router_env(intake),
+            &[
+                ("ADT_ROUTER__DIRECT__PROCESSED_TIMEOUT_SECS", "3"),
+                ("ADT_ROUTER__DIRECT__DISPATCHED_TIMEOUT_SECS", "3"),
+            ],
+        ),
     );
     let cli = Cli::new(dir, db_url, &[]);
     let providers = [
@@ -413,18 +434,7 @@ fn corpus_end_to_end(dir: &Path, db_url: Option<&str>) {
         &rx,
         &[],
         &[(51, "ok", "pcp")],
-        &[
-            (
-                "ADT_ROUTER__DIRECT__SMTP_URL",
-                &format!("smtp://127.0.0.1:{}", hisp.port),
-            ),
-            ("ADT_ROUTER__DIRECT__FROM", FROM),
-            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
-            (
-                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
-                &format!("127.0.0.1:{intake}"),
-            ),
-        ],
+        &with(&hisp.router_env(intake), &[]),
     );
     let cli = Cli::new(dir, db_url, &[]);
     cli.json(&[
@@ -733,20 +743,13 @@ fn forged_reports_move_nothing() {
         &rx,
         &["MRN-F"],
         &[],
-        &[
-            (
-                "ADT_ROUTER__DIRECT__SMTP_URL",
-                &format!("smtp://127.0.0.1:{}", hisp.port),
-            ),
-            ("ADT_ROUTER__DIRECT__FROM", FROM),
-            ("ADT_ROUTER__DIRECT__ALLOW_INSECURE", "true"),
-            (
-                "ADT_ROUTER__DIRECT__INBOUND_LISTEN",
-                &format!("127.0.0.1:{intake}"),
-            ),
-            ("ADT_ROUTER__DIRECT__INBOUND_MAX_REFUSED", "3"),
-            ("ADT_ROUTER__DIRECT__DISPATCHED_TIMEOUT_SECS", "600"),
-        ],
+        &with(
+            &hisp.router_env(intake),
+            &[
+                ("ADT_ROUTER__DIRECT__INBOUND_MAX_REFUSED", "3"),
+                ("ADT_ROUTER__DIRECT__DISPATCHED_TIMEOUT_SECS", "600"),
+            ],
+        ),
     );
     let cli = Cli::new(dir, None, &[]);
     cli.json(&[
