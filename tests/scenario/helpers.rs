@@ -290,12 +290,17 @@ pub fn spawn_peer(script: &str, args: &[String], env: &[(&str, String)]) -> (Chi
 }
 
 /// A loopback port free right now (nothing listens on it once this returns).
+/// A port free now, for a server the test starts later. Chosen below the kernel's
+/// ephemeral range (32768 and up on Linux), so the outgoing connections other tests
+/// make meanwhile cannot take it, as they could a port the kernel handed out.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let p = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// Polls `cond` until it holds or `limit` passes.
