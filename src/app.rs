@@ -4,14 +4,14 @@
 //! (their ACKs need the log), then the log writer, then the database.
 
 use crate::config::Settings;
+use crate::event_log::embedded::{EmbeddedLog, EmbeddedOptions, WriterHandle};
+use crate::event_log::kafka::KafkaLog;
+use crate::event_log::kafka::RecordProcessor;
+use crate::event_log::EventLog;
 use crate::http::{router, HttpState};
 use crate::ingest::Ingest;
-use crate::log::embedded::{EmbeddedLog, EmbeddedOptions, WriterHandle};
-use crate::log::kafka::KafkaLog;
-use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::mllp::listener::{self, ListenerOptions};
-use crate::router::RecordProcessor;
 use crate::store::Store;
 use anyhow::Context;
 use std::future::Future;
@@ -42,7 +42,7 @@ pub struct App {
     smart: Arc<crate::deliver::smart::SmartClients>,
     wakers: crate::wake::Wakers,
     event_log: &'static str,
-    rules: Arc<std::sync::RwLock<Arc<crate::route::rules::RuleSet>>>,
+    rules: Arc<std::sync::RwLock<Arc<crate::routing::rules::RuleSet>>>,
 }
 
 impl App {
@@ -50,14 +50,14 @@ impl App {
         let metrics = Arc::new(Metrics::with_label_cap(settings.metrics.max_label_values));
         let rules_dir = Path::new(&settings.routing.rules_dir);
         let rules = if rules_dir.is_dir() {
-            let set = crate::route::rules::load_dir(rules_dir).context(
+            let set = crate::routing::rules::load_dir(rules_dir).context(
                 "routing rules are invalid (fix the file, or check with `adt-router rules check`)",
             )?;
             metrics.rule_reloads.with_label_values(&["ok"]).inc();
             set
         } else {
             tracing::warn!(dir = %rules_dir.display(), "No routing-rules directory: nothing will be notified until one appears.");
-            crate::route::rules::RuleSet::default()
+            crate::routing::rules::RuleSet::default()
         };
         let rules = Arc::new(std::sync::RwLock::new(Arc::new(rules)));
         let store = Store::connect(&settings.store_options())
@@ -276,7 +276,7 @@ impl App {
         let router_task = match (&self.kafka, self.settings.kafka.consume) {
             (Some(_), true) => Some(stage(
                 "kafka consumer",
-                crate::router::kafka_source::run(
+                crate::event_log::kafka::consumer::run(
                     self.settings.kafka.clone(),
                     RecordProcessor {
                         store: self.store.clone(),
@@ -294,7 +294,7 @@ impl App {
             _ => None,
         };
         let routing = self.settings.routing.enabled.then(|| {
-            let mut r = crate::route::Router::new(
+            let mut r = crate::routing::Router::new(
                 &self.settings,
                 self.store.clone(),
                 self.rules.clone(),
@@ -303,7 +303,7 @@ impl App {
             r.wake = self.wakers.clone();
             let watch = stage(
                 "rules watcher",
-                crate::route::watch_rules(
+                crate::routing::watch_rules(
                     self.settings.routing.rules_dir.clone().into(),
                     self.rules.clone(),
                     Duration::from_secs(self.settings.routing.reload_secs.max(1)),

@@ -43,7 +43,7 @@ impl Default for MetricsSettings {
     }
 }
 
-/// Step 4: the router, its rules, and the encounter state machine.
+/// Routing: its rules, and the encounter state machine.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingSettings {
@@ -68,7 +68,7 @@ pub struct RoutingSettings {
 
 impl Default for RoutingSettings {
     fn default() -> Self {
-        let e = crate::route::encounter::EncounterConfig::default();
+        let e = crate::routing::encounter::EncounterConfig::default();
         RoutingSettings {
             enabled: true,
             rules_dir: "routing-rules".into(),
@@ -355,7 +355,7 @@ impl Default for DirectorySettings {
     }
 }
 
-/// The FHIR API (step 6).
+/// The FHIR API.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FhirSettings {
@@ -707,12 +707,12 @@ impl Settings {
             );
         }
         for w in &self.routing.watched {
-            if !crate::route::encounter::WATCHABLE.contains(&w.as_str()) {
+            if !crate::routing::encounter::WATCHABLE.contains(&w.as_str()) {
                 return bad(
                     "routing.watched",
                     format!(
                         "'{w}' is not one of {}",
-                        crate::route::encounter::WATCHABLE.join(", ")
+                        crate::routing::encounter::WATCHABLE.join(", ")
                     ),
                 );
             }
@@ -1061,8 +1061,8 @@ impl Settings {
         }
     }
 
-    pub fn encounter_config(&self) -> crate::route::encounter::EncounterConfig {
-        crate::route::encounter::EncounterConfig {
+    pub fn encounter_config(&self) -> crate::routing::encounter::EncounterConfig {
+        crate::routing::encounter::EncounterConfig {
             transfer_dispositions: self.routing.transfer_dispositions.clone(),
             watched: self.routing.watched.clone(),
             ed_timeout_us: i64::try_from(self.routing.ed_timeout_hours)

@@ -6,13 +6,13 @@
 //! choosing the ACK) is arranged around that one await. Transport-agnostic: the MLLP
 //! listener calls it, and so could a file drop.
 
+use crate::event_log::embedded::{now_us, AckFix};
+use crate::event_log::EventLog;
 use crate::hl7::ack::{build_ack, AckEcho};
 use crate::hl7::charset::{self, Charset};
 use crate::hl7::{
     ack_code_for, AcceptAck, AckCode, Disposition, ErrDetail, ParseRules, ParsedMessage,
 };
-use crate::log::embedded::{now_us, AckFix};
-use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::store::{NewMessage, NewQuarantine, Store};
 use sha2::{Digest, Sha256};

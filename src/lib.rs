@@ -5,19 +5,20 @@
 //! - [`mllp`]: framing (pure) and the TCP listener; writes ACKs in order per connection.
 //! - [`hl7`]: charset decoding, parsing, ACK building (pure, no I/O).
 //! - [`ingest`]: one frame to one ACK, with the message made durable in between.
-//! - [`log`]: the durable event log (embedded table with group commit, or Kafka).
-//! - [`router`]: in Kafka mode, the consumer-group member that stores what it consumes.
-//! - [`route`]: step 4, typed ADT events, the encounter state machine, routing rules,
-//!   and the outbox rows they produce.
-//! - [`deliver`]: step 5, claims notifications from the outbox and sends them (REST
-//!   webhooks and Direct secure email), recording every attempt and its proof.
-//! - [`fhir`]: step 6, FHIR Subscriptions (backport IG on R4): topics, reading
-//!   Subscriptions, the resources the `/fhir` API answers with.
+//! - [`event_log`]: the durable event log: an embedded table with group commit, or
+//!   Kafka (a producer for ingest; a consumer group that stores what it consumes;
+//!   replay).
+//! - [`routing`]: typed ADT events, the encounter state machine, routing rules, and the
+//!   outbox rows they produce.
+//! - [`deliver`]: claims notifications from the outbox and sends them (REST webhooks,
+//!   FHIR rest-hooks, Direct secure email), recording every attempt and its proof.
+//! - [`fhir`]: FHIR Subscriptions (backport IG on R4): topics, reading Subscriptions,
+//!   the resources the `/fhir` API answers with.
 //! - [`directory`]: providers and their endpoints (NPPES files, local overrides).
 //! - [`attribution`]: which providers a patient's event goes to (rosters, PD1/ROL,
 //!   patient matching), with provenance.
 //! - [`store`]: sqlx over SQLite or PostgreSQL, migrations.
-//! - [`http`]: health, readiness, metrics.
+//! - [`http`]: health, readiness, metrics, rosters and the FHIR API.
 //! - [`config`], [`app`]: settings and wiring; `main.rs` is the CLI.
 
 pub mod hl7;
@@ -34,19 +35,17 @@ pub mod deliver;
 #[cfg(feature = "server")]
 pub mod directory;
 #[cfg(feature = "server")]
+pub mod event_log;
+#[cfg(feature = "server")]
 pub mod fhir;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
 pub mod ingest;
 #[cfg(feature = "server")]
-pub mod log;
-#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
-pub mod route;
-#[cfg(feature = "server")]
-pub mod router;
+pub mod routing;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]

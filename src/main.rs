@@ -542,7 +542,7 @@ async fn replay(
     since: Option<&str>,
     from_offset: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    use adt_router::router::replay::{replay_kafka, From};
+    use adt_router::event_log::kafka::replay::{replay_kafka, From};
     let from = match (since, from_offset) {
         (Some(s), _) => {
             let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
@@ -565,7 +565,7 @@ async fn replay(
         .context("opening database")?;
     if !settings.kafka.enabled() {
         // The embedded log is the store itself: every message in it is already where the
-        // router reads from, so there is nothing to re-drive until routing (step 4)
+        // router reads from, so there is nothing to re-drive until routing
         // keeps its own progress.
         let since_us = match from {
             From::Time(ms) => ms * 1000,
@@ -579,7 +579,7 @@ async fn replay(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let processor = adt_router::router::RecordProcessor {
+    let processor = adt_router::event_log::kafka::RecordProcessor {
         store: store.clone(),
         rules: settings.parse_rules(),
         fallback: settings.fallback_charset(),

@@ -1,4 +1,4 @@
-//! Subcommands for the provider directory, rosters and attribution (step 3). Each opens
+//! Subcommands for the provider directory, rosters and attribution. Each opens
 //! the configured database, does one thing, prints JSON (or a short text) on stdout, and
 //! reports failures on stderr with a non-zero exit.
 

@@ -1,10 +1,10 @@
-//! Subcommands for routing (step 4): `rules check|explain|simulate` and
+//! Subcommands for routing: `rules check|explain|simulate` and
 //! `notifications export`.
 
 use super::open_store;
 use adt_router::config::Settings;
-use adt_router::route::rules::{self, RuleSet};
-use adt_router::route::{Router, Sim};
+use adt_router::routing::rules::{self, RuleSet};
+use adt_router::routing::{Router, Sim};
 use adt_router::store::{now_us, Store};
 use anyhow::Context;
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Step 5, the deliverers: claim due notifications from the outbox, send them, record
+//! The deliverers: claim due notifications from the outbox, send them, record
 //! every attempt, and settle each one as delivered, retried later, failed (permanent)
 //! or dead (out of retries). REST webhooks ([`webhook`]) and Direct secure email
 //! ([`direct`], with the MDN and DSN intake in [`intake`] and [`report`]); FHIR rows

@@ -1,4 +1,4 @@
-//! Step 6, FHIR Subscriptions: the R5 Backport IG on FHIR R4 (standards.md §7). This
+//! FHIR Subscriptions: the R5 Backport IG on FHIR R4 (standards.md §7). This
 //! module is pure: the topics adt-router offers, reading a client's Subscription into
 //! what the server acts on (or an OperationOutcome saying what is wrong), and the
 //! resources the server answers with. The HTTP side is `http/fhir.rs`.

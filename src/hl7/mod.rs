@@ -1,12 +1,12 @@
 //! HL7 v2: everything that is pure text work, with no I/O.
 //!
 //! - [`charset`] turns the raw frame bytes into text, honouring MSH-18.
-//! - [`parse`] reads the header (MSH) and the few routing fields step 1 needs
+//! - [`parse`] reads the header (MSH) and the few fields ingest needs
 //!   (EVN, PID-3, PV1-2, PV1-19) through the `hl7-parser` crate.
 //! - [`ack`] builds ACK messages, and is the one place where an ingest outcome
 //!   becomes AA/AE/AR or CA/CE/CR.
 //!
-//! The full typed ADT event (step 4) grows out of [`parse::ParsedMessage`].
+//! Routing reads the full typed ADT event ([`adt`]).
 
 pub mod ack;
 pub mod adt;

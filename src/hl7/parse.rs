@@ -1,4 +1,4 @@
-//! Reads a decoded HL7 v2 message: the header, the routing fields step 1 needs, and
+//! Reads a decoded HL7 v2 message: the header, the fields ingest needs, and
 //! what is wrong with it.
 //!
 //! Two outcomes that must not be confused (standards §2.4, §2.6):
@@ -85,7 +85,7 @@ pub struct Header {
     pub charset_field: String,
 }
 
-/// What step 1 reads beyond MSH. Step 4 replaces this with the full typed ADT event.
+/// What ingest reads beyond MSH (routing reads the full typed ADT event).
 #[derive(Clone, Debug, Default)]
 pub struct RoutingFields {
     /// EVN-2, recorded date/time.

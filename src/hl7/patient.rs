@@ -1,6 +1,6 @@
 //! What attribution needs from a message: who the patient is (PID identifiers and
 //! demographics) and which care providers the message itself names (PD1-4, ROL).
-//! Pure; step 4's typed ADT event builds on the same readers.
+//! Pure; the typed ADT event routing reads builds on the same readers.
 
 use super::adt::AdtEvent;
 pub use super::adt::{hl7_date, Identifier, NamedProvider};

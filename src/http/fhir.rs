@@ -1,4 +1,4 @@
-//! `/fhir`: the FHIR R4 API of step 6 (Subscriptions, R5 Backport IG). JSON only
+//! `/fhir`: the FHIR R4 API (Subscriptions, R5 Backport IG). JSON only
 //! (`application/fhir+json`); every error is an OperationOutcome with the status that
 //! fits (400 unreadable, 401/403 access, 404/410 unknown or deleted, 422 a Subscription
 //! the server will not honour).

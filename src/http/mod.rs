@@ -23,7 +23,7 @@ pub struct HttpState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub event_log: &'static str,
-    pub kafka: Option<crate::log::kafka::KafkaLog>,
+    pub kafka: Option<crate::event_log::kafka::KafkaLog>,
     pub tokens: Arc<auth::Tokens>,
     /// The FHIR API's base URL (`fhir.base_url`, or `http://<http.listen>/fhir`).
     pub fhir_base: String,

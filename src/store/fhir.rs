@@ -1,4 +1,4 @@
-//! FHIR Subscriptions as the server holds them (step 6).
+//! FHIR Subscriptions as the server holds them.
 
 use super::{on_pool, Store, StoreError};
 

@@ -345,7 +345,7 @@ impl Store {
     /// Rewrites what rows say was sent to their senders (late commits, unwritten ACKs).
     pub async fn set_ack_codes_pg(
         pool: &PgPool,
-        fixes: &[crate::log::embedded::AckFix],
+        fixes: &[crate::event_log::embedded::AckFix],
     ) -> Result<(), StoreError> {
         let mut tx = pool.begin().await?;
         for f in fixes {

@@ -1,6 +1,6 @@
 //! The outbox: notifications to deliver, claimed by workers on any number of nodes.
 //!
-//! Design (the deliverers of step 5 build on it):
+//! Design (the deliverers build on it):
 //! - Enqueue is idempotent on `notification_key` (encounter transition + recipient).
 //! - A claim takes due rows and leases them to one worker (`status = 'sending'`,
 //!   `lease_until_us`), in one statement. On PostgreSQL the candidate rows are locked with
@@ -98,7 +98,7 @@ impl Store {
             String::new()
         } else {
             // FHIR rows are sent only for subscriptions (their payload is a FHIR
-            // Bundle); directory FHIR endpoints wait for the FHIR sender of step 6.
+            // Bundle); directory FHIR endpoints wait, as no sender takes them.
             format!(
                 "AND o.channel IN ({}) AND (o.channel <> 'FHIR' OR o.subscription_id IS NOT NULL)",
                 channels

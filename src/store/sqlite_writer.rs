@@ -8,7 +8,7 @@ use super::{
     in_input_order, insert_sql, repeated_in_batch, Appended, NewMessage, StoreError,
     SET_ACK_CODE_SQL,
 };
-use crate::log::embedded::AckFix;
+use crate::event_log::embedded::AckFix;
 use rusqlite::{params_from_iter, types::ToSql, Connection, OpenFlags};
 use std::path::Path;
 use std::time::Duration;

@@ -126,7 +126,7 @@ pub struct Rule {
     pub when: Match,
     /// notify: who. `pcp`, `care_manager`, `post_acute`, `specialist`, `other` (by
     /// attribution relationship), `message` (named in PD1/ROL), `roster:NAME` (a roster
-    /// source), `subscribers` (FHIR subscribers, step 6), or `any`.
+    /// source), `subscribers` (FHIR subscribers), or `any`.
     #[serde(default)]
     pub recipients: Vec<String>,
     /// notify: channel preference order (DIRECT, FHIR, REST).

@@ -2,7 +2,7 @@
 //!
 //! One interface, two backends (design.md): [`embedded`] (default: a table in the local
 //! database with group commit) and [`kafka`] (scale-out: an idempotent producer, and a
-//! consumer group of routers that store what they consume, see [`crate::router`]). The listener only ever calls
+//! consumer group of routers that store what they consume, see [`crate::event_log::kafka::consumer`]). The listener only ever calls
 //! [`EventLog::append`]; an `Ok` means the message is durable, and only then may the
 //! sender hear AA/CA.
 

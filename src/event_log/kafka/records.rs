@@ -1,15 +1,12 @@
-//! The router. In scale-out mode it is a Kafka consumer-group member ([`kafka_source`])
-//! that turns each record into a row of the inbound index on the database, idempotently,
-//! and only then lets its offset be committed. Attribution and routing rules (steps 3
-//! and 4) will hang off [`RecordProcessor::process`].
+//! One Kafka record into the database: [`RecordProcessor`] turns each record the
+//! consumer group ([`super::consumer`]) or a replay ([`super::replay`]) reads into a row
+//! of the inbound index, idempotently (by its origin), and only then may its offset be
+//! committed. Routing then reads it from the database like any stored message.
 
-pub mod kafka_source;
-pub mod replay;
-
+use crate::event_log::embedded::now_us;
 use crate::hl7::charset;
 use crate::hl7::ParseRules;
 use crate::ingest::{new_message, parse_guarded};
-use crate::log::embedded::now_us;
 use crate::store::{NewQuarantine, Origin, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::time::Duration;

@@ -8,9 +8,9 @@
 //! A database error blocks the partition and retries the same record: skipping it would
 //! lose a message.
 
-use super::{Processed, RecordMeta, RecordProcessor};
+use super::producer::{client_config, create, headers};
+use super::records::{Processed, RecordMeta, RecordProcessor};
 use crate::config::KafkaSettings;
-use crate::log::kafka::{client_config, create, headers};
 use crate::metrics::Metrics;
 use crate::store::Origin;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 pub struct RouterContext {
     metrics: Arc<Metrics>,
-    quiet: crate::log::kafka::QuietContext,
+    quiet: crate::event_log::kafka::QuietContext,
 }
 
 impl ClientContext for RouterContext {

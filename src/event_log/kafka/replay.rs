@@ -6,10 +6,10 @@
 //! uses. Records already stored are recognised by their origin and change nothing, so a
 //! replay is always safe: it is how an operator fills a gap after an incident.
 
-use super::kafka_source::process_until_done;
-use super::RecordProcessor;
+use super::consumer::process_until_done;
+use super::records::RecordProcessor;
 use crate::config::KafkaSettings;
-use crate::log::kafka::{client_config, create};
+use crate::event_log::kafka::{client_config, create};
 use crate::metrics::Metrics;
 use anyhow::{bail, Context};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -42,7 +42,7 @@ pub async fn replay_kafka(
     processor: RecordProcessor,
     from: From,
 ) -> anyhow::Result<Summary> {
-    let consumer: StreamConsumer<crate::log::kafka::QuietContext> = create(
+    let consumer: StreamConsumer<crate::event_log::kafka::QuietContext> = create(
         client_config(settings)
             .set(
                 "group.id",

@@ -1,8 +1,8 @@
-//! Step 4, the router: from a stored ADT message to notifications in the outbox.
+//! Routing: from a stored ADT message to notifications in the outbox.
 //!
 //! For each message, in log order: parse the whole message ([`AdtEvent`]), feed the
 //! encounter's state machine ([`encounter`]), and for each notifiable transition find
-//! the candidate recipients (attribution, step 3), let the rules ([`rules`]) select,
+//! the candidate recipients ([`crate::attribution`]), let the rules ([`rules`]) select,
 //! suppress or redact, pick a channel from the directory, and write the transitions,
 //! one decision per candidate, and the outbox rows in one transaction. Retractions go
 //! to exactly the recipients who were sent what they retract.
