@@ -1113,3 +1113,41 @@ impl Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `config/adt-router.example.toml` is the reference an operator copies: it loads,
+    /// its values are the defaults, and every setting is in it (tables of entries and
+    /// maps as commented examples).
+    #[test]
+    fn the_example_configuration_is_complete_and_says_the_defaults() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/adt-router.example.toml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let loaded = Settings::load(Some(Path::new(path))).unwrap();
+        let (example, defaults) = (
+            serde_json::to_value(&loaded).unwrap(),
+            serde_json::to_value(Settings::default()).unwrap(),
+        );
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        for (section, keys) in defaults.as_object().unwrap() {
+            for (key, value) in keys.as_object().unwrap() {
+                let written = parsed.get(section).and_then(|s| s.get(key)).is_some();
+                let commented = (value.is_array() || value.is_object())
+                    && text.contains(&format!("{section}.{key}"));
+                assert!(
+                    written || commented,
+                    "{section}.{key} is not in the example"
+                );
+                assert_eq!(
+                    example[section][key], *value,
+                    "{section}.{key}: the example says other than the default"
+                );
+            }
+        }
+    }
+}
