@@ -209,6 +209,55 @@ const EXPORT_COLUMNS: &str = "id, received_at_us, peer, sending_application, sen
 /// not memory: the kernel's page cache holds the pages either way.
 pub(crate) const SQLITE_MMAP_BYTES: i64 = 1 << 31;
 
+/// Databases made before the two migration sequences were numbered alike ran
+/// PostgreSQL's `outbox_live_order` as 0012 (and what followed one number lower). Their
+/// history is moved up by one, and 0012 (`decision_key`, a no-op on PostgreSQL) recorded
+/// as applied, so the migrator finds every file where it expects it. Idempotent, and
+/// serialised against another node doing the same.
+async fn renumber_legacy_postgres_history(
+    pool: &PgPool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(());
+    }
+    let Some(decision_key) = migrator.iter().find(|m| m.version == 12) else {
+        return Ok(());
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE _sqlx_migrations IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let at_12: Option<String> =
+        sqlx::query_scalar("SELECT description FROM _sqlx_migrations WHERE version = 12")
+            .fetch_optional(&mut *tx)
+            .await?;
+    if at_12.as_deref() != Some("outbox live order") {
+        return Ok(()); // already numbered alike (or not that far yet)
+    }
+    // Two steps, so no row collides with another's old number on the way.
+    sqlx::query("UPDATE _sqlx_migrations SET version = -version WHERE version >= 12")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE _sqlx_migrations SET version = 1 - version WHERE version < 0")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (12, $1, TRUE, $2, 0)",
+    )
+    .bind(decision_key.description.as_ref())
+    .bind(decision_key.checksum.as_ref())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!("Renumbered the PostgreSQL migration history to the shared sequence (0012 decision_key recorded; later ones moved up by one).");
+    Ok(())
+}
+
 impl Store {
     /// Connects and applies migrations. For SQLite the file (and its directory) is created.
     pub async fn connect(opts: &StoreOptions) -> Result<Store, StoreError> {
@@ -243,7 +292,9 @@ impl Store {
                 .acquire_timeout(opts.acquire_timeout)
                 .connect_with(co)
                 .await?;
-            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            let migrator = sqlx::migrate!("migrations/postgres");
+            renumber_legacy_postgres_history(&pool, &migrator).await?;
+            migrator.run(&pool).await?;
             Ok(Store::Postgres(pool))
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -979,5 +1030,48 @@ mod insert_tests {
             );
             assert!(sql.contains("d.sha256 = $20 "), "{sql}");
         }
+    }
+}
+
+#[cfg(test)]
+mod migration_lock {
+    use sha2::{Digest, Sha256};
+
+    /// A migration is never edited after it lands: a database that ran it would not
+    /// get the change, and sqlx refuses a changed file it has applied. Every file's
+    /// SHA-256 is in `migrations/checksums.sha256` (`sha256sum -c` reads it); a new
+    /// migration adds its line, and no line ever changes. A change is a new migration.
+    #[test]
+    fn no_migration_is_edited_after_it_lands() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let lock = std::fs::read_to_string(format!("{dir}/checksums.sha256")).unwrap();
+        let mut locked: Vec<(String, String)> = lock
+            .lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(h, f)| (f.to_string(), h.to_string()))
+            .collect();
+        locked.sort();
+        let mut actual = Vec::new();
+        for dialect in ["sqlite", "postgres"] {
+            for e in std::fs::read_dir(format!("{dir}/{dialect}")).unwrap() {
+                let e = e.unwrap();
+                let name = format!("{dialect}/{}", e.file_name().to_string_lossy());
+                let hash = hex::encode(Sha256::digest(std::fs::read(e.path()).unwrap()));
+                actual.push((name, hash));
+            }
+        }
+        actual.sort();
+        for (name, hash) in &actual {
+            match locked.iter().find(|(n, _)| n == name) {
+                None => panic!(
+                    "{name} is not in migrations/checksums.sha256: add its line (cd migrations && sha256sum {name} >> checksums.sha256)"
+                ),
+                Some((_, h)) => assert_eq!(
+                    h, hash,
+                    "{name} was edited after it landed: put the change in a new migration"
+                ),
+            }
+        }
+        assert_eq!(locked.len(), actual.len(), "a locked migration is missing");
     }
 }

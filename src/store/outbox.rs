@@ -35,8 +35,8 @@ pub struct Claimed {
 }
 
 /// No earlier row of the same encounter and recipient is still pending or sending.
-/// `outbox_ordering` indexes only such rows (migration 0013 on SQLite, 0012 on
-/// PostgreSQL): its predicate must stay this status term, word for word.
+/// `outbox_ordering` indexes only such rows (migration 0013): its predicate must stay
+/// this status term, word for word.
 const IN_ORDER: &str =
     "NOT EXISTS (SELECT 1 FROM outbox e WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
                      AND e.status IN ('pending', 'sending'))";
