@@ -21,6 +21,20 @@
 //! - [`http`]: health, readiness, metrics, rosters and the FHIR API.
 //! - [`config`], [`app`]: settings and wiring; `main.rs` is the CLI.
 
+/// `Debug` for a struct that carries PHI: only the named fields are shown and the rest
+/// print as `..`, so a `{:?}` in a log line, an error or a panic cannot leak a patient.
+macro_rules! debug_without_phi {
+    ($t:ident { $($f:ident),* $(,)? }) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    $(.field(stringify!($f), &self.$f))*
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 pub mod hl7;
 pub mod mllp;
 

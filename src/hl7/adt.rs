@@ -41,7 +41,7 @@ pub struct Evn {
 
 /// One PID-3 (or MRG-1) repetition, with both parts of its assigning authority (HD:
 /// namespace and universal id), since rosters name either.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, PartialEq, Eq)]
 pub struct Identifier {
     pub id: String,
     pub authority_namespace: String,
@@ -90,7 +90,7 @@ impl NamedProvider {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Address {
     pub street: String,
     pub city: String,
@@ -99,7 +99,7 @@ pub struct Address {
     pub country: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Default, Serialize)]
 pub struct Pid {
     pub identifiers: Vec<Identifier>,
     pub family: String,
@@ -137,7 +137,7 @@ impl Location {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Default, Serialize)]
 pub struct Pv1 {
     /// PV1-2 (table 0004): E, I, O, P, R, B, ... (upper-cased).
     pub patient_class: String,
@@ -158,14 +158,14 @@ pub struct Pv1 {
     pub discharge_time: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Default, Serialize)]
 pub struct Pv2 {
     pub admit_reason: String,
     pub transfer_reason: String,
     pub clinic_organization: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Diagnosis {
     pub code: String,
     pub text: String,
@@ -177,7 +177,7 @@ pub struct Diagnosis {
     pub confidential: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Default, Serialize)]
 pub struct Mrg {
     pub prior_identifiers: Vec<Identifier>,
     pub prior_account: String,
@@ -185,7 +185,7 @@ pub struct Mrg {
 }
 
 /// A parsed ADT message.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Default, Serialize)]
 pub struct AdtEvent {
     pub msh: Msh,
     pub evn: Evn,
@@ -610,6 +610,46 @@ PV2|||R07.9^Chest pain^I10\r\
 DG1|1||F10.20^Alcohol dependence^I10||20261120|A||||||||||||Y\r\
 MRG|OLD1^^^GENHOSP||ACC1||V1\r";
 
+    /// `{:?}` of a message shows its header and visit class, never the patient: no
+    /// name, birth date, identifier, address, phone, visit number or diagnosis.
+    #[test]
+    fn debug_output_carries_no_phi() {
+        let ev = AdtEvent::parse(A03).unwrap();
+        let facts = crate::hl7::patient::PatientFacts::of(&ev);
+        for shown in [
+            format!("{ev:?}"),
+            format!("{:?}", ev.pid),
+            format!("{facts:?}"),
+        ] {
+            for phi in [
+                "DOE",
+                "JANE",
+                "20100412",
+                "MRN1",
+                "MAIN",
+                "62701",
+                "217-555-0100",
+                "ACC9",
+                "V123",
+                "F10.20",
+                "Alcohol",
+                "R07.9",
+                "Chest pain",
+                "OLD1",
+                "4W",
+            ] {
+                assert!(!shown.contains(phi), "{phi} in {shown}");
+            }
+        }
+        let shown = format!("{ev:?}");
+        assert!(
+            shown.contains("C9")
+                && shown.contains("GENHOSP")
+                && shown.contains("patient_class: \"I\""),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn reads_every_segment() {
         let ev = AdtEvent::parse(A03).unwrap();
@@ -663,3 +703,22 @@ MRG|OLD1^^^GENHOSP||ACC1||V1\r";
         }
     }
 }
+
+debug_without_phi!(Identifier {
+    authority_namespace,
+    type_code
+});
+debug_without_phi!(Address {});
+debug_without_phi!(Pid {});
+debug_without_phi!(Pv1 {
+    patient_class,
+    admission_type,
+    hospital_service
+});
+debug_without_phi!(Pv2 {});
+debug_without_phi!(Diagnosis {
+    system,
+    diagnosis_type
+});
+debug_without_phi!(Mrg {});
+debug_without_phi!(AdtEvent { msh, evn, pv1 });

@@ -7,7 +7,7 @@ pub use super::adt::{hl7_date, Identifier, NamedProvider};
 use super::parse::Rejection;
 use serde::Serialize;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct PatientFacts {
     pub sending_facility: String,
     pub control_id: String,
@@ -90,3 +90,9 @@ ROL|2|AD|CP^Consulting^HL70443|1427051648^X^Y^^^^^^&2.16.840.1.113883.4.6&ISO\r"
         assert_eq!(p.providers[1].segment_index, 5);
     }
 }
+
+debug_without_phi!(PatientFacts {
+    sending_facility,
+    control_id,
+    trigger_event
+});

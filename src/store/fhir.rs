@@ -505,7 +505,7 @@ impl Store {
 }
 
 /// A notifiable transition, as the FHIR fan-out sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FanoutTransition {
     pub id: i64,
     pub transition_key: String,
@@ -529,3 +529,10 @@ pub struct FhirEvent {
     /// The resources it refers to: (type, id, JSON), readable by the subscriber.
     pub resources: Vec<(String, String, String)>,
 }
+
+debug_without_phi!(FanoutTransition {
+    id,
+    transition_key,
+    kind,
+    event_at_us
+});

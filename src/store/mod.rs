@@ -44,7 +44,7 @@ pub enum StoreError {
 }
 
 /// One inbound message to append to the event log.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NewMessage {
     pub received_at_us: i64,
     pub peer: String,
@@ -1075,3 +1075,16 @@ mod migration_lock {
         assert_eq!(locked.len(), actual.len(), "a locked migration is missing");
     }
 }
+
+debug_without_phi!(NewMessage {
+    received_at_us,
+    peer,
+    sending_application,
+    sending_facility,
+    control_id,
+    message_type,
+    trigger_event,
+    version,
+    status,
+    sha256
+});
