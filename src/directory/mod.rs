@@ -439,6 +439,25 @@ fn endpoint(
     }
 }
 
+/// The one endpoint ranking, for `directory show` and routing alike: the usable
+/// endpoints, overrides first, a preferred one before the rest, then by
+/// `channel_rank` of their type (`None`: not eligible), then as listed.
+pub fn ranked(
+    endpoints: &[Endpoint],
+    channel_rank: impl Fn(&str) -> Option<usize>,
+) -> Vec<&Endpoint> {
+    let mut out: Vec<(bool, bool, usize, &Endpoint)> = endpoints
+        .iter()
+        .filter(|e| e.usable)
+        .filter_map(|e| {
+            channel_rank(&e.kind).map(|r| (e.source.kind != "override", !e.preferred, r, e))
+        })
+        .collect();
+    // Stable: ties keep the listed order.
+    out.sort_by_key(|(o, p, r, _)| (*o, *p, *r));
+    out.into_iter().map(|(_, _, _, e)| e).collect()
+}
+
 /// Overrides first (a preferred one before the rest), then NPPES, each in channel
 /// order; never a deactivated NPI.
 fn choose(
@@ -459,19 +478,17 @@ fn choose(
             )),
         );
     }
-    let rank = |e: &Endpoint| {
-        let channel = EndpointKind::parse(&e.kind)
-            .and_then(|k| policy.channel_order.iter().position(|c| *c == k))
-            .unwrap_or(usize::MAX);
-        (e.source.kind != "override", !e.preferred, channel)
-    };
-    let best = endpoints
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.usable)
-        .min_by_key(|(i, e)| (rank(e), *i));
+    let best = ranked(endpoints, |kind| {
+        Some(
+            EndpointKind::parse(kind)
+                .and_then(|k| policy.channel_order.iter().position(|c| *c == k))
+                .unwrap_or(usize::MAX),
+        )
+    })
+    .into_iter()
+    .next();
     match best {
-        Some((_, e)) => {
+        Some(e) => {
             let why = match (e.source.kind, e.preferred) {
                 ("override", true) => "preferred local override".to_string(),
                 ("override", false) => "local override (wins over NPPES)".to_string(),

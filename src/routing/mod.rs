@@ -150,15 +150,8 @@ fn rank_endpoints(
             channels.iter().position(|c| c.eq_ignore_ascii_case(kind))
         }
     };
-    let mut ranked: Vec<_> = entry
-        .endpoints
-        .iter()
-        .filter(|e| e.usable)
-        .filter_map(|e| rank(&e.kind).map(|r| (e.source.kind != "override", !e.preferred, r, e)))
-        .collect();
-    ranked.sort_by_key(|(o, p, r, _)| (*o, *p, *r));
     let mut out: Vec<(String, String)> = Vec::new();
-    for (_, _, _, e) in ranked {
+    for e in crate::directory::ranked(&entry.endpoints, rank) {
         if !out.iter().any(|(k, _)| *k == e.kind) {
             out.push((
                 e.kind.clone(),
