@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 N="${NOTIFICATIONS:-5000}"
 CONCURRENCY="${CONCURRENCY:-4}"   # delivery.per_endpoint_concurrency
 BATCH="${BATCH:-64}"              # delivery.batch (in flight plus waiting)
-cargo build --quiet --release
+cargo build --quiet --release --features tools
 BIN="$PWD/target/release/adt-router"
 KIND="${RECEIVER:-node}"
 case "$KIND" in

@@ -15,7 +15,7 @@ ENDPOINTS="${ENDPOINTS:-500000}"
 PATIENTS="${PATIENTS:-1000000}"
 SAMPLES="${SAMPLES:-10000}"
 
-cargo build --quiet --release
+cargo build --quiet --release --features tools
 BIN="$PWD/target/release/adt-router"
 work=$(mktemp -d /tmp/adt-router-dirbench.XXXXXX)
 trap 'rm -rf "$work"' EXIT

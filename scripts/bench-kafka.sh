@@ -22,7 +22,7 @@ command -v tansu >/dev/null || { echo "error: tansu is not installed (run script
 
 # BIN=path measures another build (an A/B comparison); by default this tree's.
 if [ -z "${BIN:-}" ]; then
-  cargo build --quiet --release
+  cargo build --quiet --release --features tools
   BIN="$PWD/target/release/adt-router"
 fi
 MB="$(ADT_ROUTER_SHARED="$SHARED" scripts/build-mllp-bench.sh)"

@@ -18,7 +18,7 @@ DURATION="${SECONDS_:-60}"
 N=$((RATE * DURATION))
 ENDPOINTS="${ENDPOINTS:-20}"
 SHARED="${ADT_ROUTER_SHARED:-$PWD/../shared}"
-cargo build --quiet --release
+cargo build --quiet --release --features tools
 BIN="$PWD/target/release/adt-router"
 LOAD="$(ADT_ROUTER_SHARED="$SHARED" scripts/build-mllp-bench.sh)"
 RECEIVER="$PWD/scripts/peers/fast_receiver.mjs"

@@ -25,7 +25,7 @@ PATIENTS="${PATIENTS:-1000000}"
 ENCOUNTERS="${ENCOUNTERS:-5000}"
 PREPARED="${PREPARED:-}"
 if [ -z "${BIN:-}" ]; then
-  cargo build --quiet --release
+  cargo build --quiet --release --features tools
   BIN="$PWD/target/release/adt-router"
 fi
 RULES="$PWD/routing-rules"

@@ -14,7 +14,7 @@ N8="${N8:-100000}"
 MLLP_PORT="${MLLP_PORT:-22575}"
 HTTP_PORT="${HTTP_PORT:-28080}"
 
-cargo build --quiet --release
+cargo build --quiet --release --features tools
 MB="$(ADT_ROUTER_SHARED="$SHARED" scripts/build-mllp-bench.sh)"
 BIN="$PWD/target/release/adt-router"
 

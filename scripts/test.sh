@@ -79,10 +79,12 @@ export MLLP_BENCH
 
 step "format and lints"
 cargo fmt --all -- --check
+# Both builds: production (no benchmark commands) and with the tools feature.
 cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features tools -- -D warnings
 
 step "tests (unit, property and scenario tests against the real binary)"
-cargo nextest run --no-fail-fast
+cargo nextest run --no-fail-fast --features tools
 
 if [ "$FUZZ_SECONDS" != "0" ]; then
   step "fuzz: ${FUZZ_SECONDS}s per target, seeded from the shared corpus"

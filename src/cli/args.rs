@@ -39,6 +39,7 @@ pub enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
+    #[cfg(feature = "tools")]
     /// Load-test an MLLP listener: N messages over C connections, one in flight per
     /// connection, every ACK checked. Prints one JSON line.
     Bench {
@@ -68,7 +69,7 @@ pub enum Command {
     },
     /// Load and validate the configuration, print it, and exit.
     CheckConfig,
-    /// NPPES provider files: import them, or generate synthetic ones for benchmarks.
+    /// NPPES provider files: import them (and, in a `--features tools` build, generate synthetic ones).
     Nppes {
         #[command(subcommand)]
         command: NppesCommand,
@@ -104,6 +105,7 @@ pub enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    #[cfg(feature = "tools")]
     /// Run the router outside `serve`.
     Route {
         #[command(subcommand)]
@@ -144,6 +146,7 @@ pub enum RulesCommand {
     },
 }
 
+#[cfg(feature = "tools")]
 #[derive(Subcommand)]
 pub enum RouteCommand {
     /// Routes every stored message not routed yet, then exits; prints the count and the
@@ -180,6 +183,7 @@ pub enum NppesCommand {
         #[arg(long)]
         quiet: bool,
     },
+    #[cfg(feature = "tools")]
     /// Write realistic synthetic NPPES files (real layout, valid NPIs, no real people).
     Synth {
         #[arg(long, default_value_t = 100_000)]
@@ -237,6 +241,7 @@ pub enum RosterCommand {
         #[arg(long)]
         replace: bool,
     },
+    #[cfg(feature = "tools")]
     /// Write a synthetic roster for benchmarks (no real people).
     Synth {
         #[arg(long, default_value_t = 100_000)]
@@ -257,6 +262,7 @@ pub enum AttributionCommand {
         #[arg(long, value_enum, default_value_t = JsonFormat::Json)]
         format: JsonFormat,
     },
+    #[cfg(feature = "tools")]
     /// Attribution lookup latency over patients taken from the loaded rosters.
     Bench {
         #[arg(long, default_value_t = 10_000)]

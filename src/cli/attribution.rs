@@ -1,12 +1,14 @@
 //! `attribution explain|bench`: who a message is attributed to, and why.
 
 use super::open_store;
-use adt_router::attribution::{self};
+use adt_router::attribution;
 use adt_router::config::Settings;
+#[cfg(feature = "tools")]
 use adt_router::store::Store;
 use anyhow::{bail, Context};
 use std::path::Path;
 use std::process::ExitCode;
+#[cfg(feature = "tools")]
 use std::time::Instant;
 
 pub async fn attribution_explain(settings: &Settings, file: &Path) -> anyhow::Result<ExitCode> {
@@ -49,6 +51,7 @@ pub async fn attribution_explain(settings: &Settings, file: &Path) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "tools")]
 /// Attribution latency: looks up `samples` patients taken from the loaded rosters, half
 /// by identifier and half by demographics only, and prints percentiles.
 pub async fn attribution_bench(settings: &Settings, samples: usize) -> anyhow::Result<ExitCode> {

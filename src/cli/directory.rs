@@ -2,13 +2,18 @@
 
 use super::{open_store, with_bulk};
 use adt_router::config::Settings;
+use adt_router::directory;
 use adt_router::directory::npi::Npi;
 use adt_router::directory::nppes::{self, ImportRequest};
 use adt_router::directory::overrides::{self, Override};
-use adt_router::directory::{self, synth};
+#[cfg(feature = "tools")]
+use adt_router::directory::synth;
 use anyhow::{bail, Context};
-use std::path::{Path, PathBuf};
+#[cfg(feature = "tools")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "tools")]
 use std::time::Instant;
 
 pub async fn nppes_import(
@@ -58,6 +63,7 @@ pub async fn nppes_import(
     }
 }
 
+#[cfg(feature = "tools")]
 pub fn nppes_synth(
     providers: u64,
     endpoints: u64,

@@ -4,6 +4,7 @@
 
 mod args;
 mod attribution;
+#[cfg(feature = "tools")]
 mod bench;
 mod directory;
 mod messages;
@@ -95,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Settings::load(cli.config.as_deref()).context("loading configuration")?;
             messages::export(&settings, since.as_deref(), with_body).await
         }
+        #[cfg(feature = "tools")]
         Command::Bench {
             to,
             conns,
@@ -125,6 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await
             }
+            #[cfg(feature = "tools")]
             NppesCommand::Synth {
                 providers,
                 endpoints,
@@ -160,6 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 source,
                 replace,
             } => roster::roster_import(&load(&cli.config)?, file, source, replace).await,
+            #[cfg(feature = "tools")]
             RosterCommand::Synth {
                 patients,
                 out,
@@ -173,6 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     file,
                     format: JsonFormat::Json,
                 } => attribution::attribution_explain(&settings, &file).await,
+                #[cfg(feature = "tools")]
                 AttributionCommand::Bench { samples } => {
                     attribution::attribution_bench(&settings, samples).await
                 }
@@ -207,6 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        #[cfg(feature = "tools")]
         Command::Route {
             command: RouteCommand::Drain,
         } => routing::route_drain(&load(&cli.config)?).await,

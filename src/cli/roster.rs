@@ -3,9 +3,13 @@
 use super::{open_store, with_bulk};
 use adt_router::attribution::roster;
 use adt_router::config::Settings;
+#[cfg(feature = "tools")]
 use adt_router::directory::synth;
+#[cfg(feature = "tools")]
 use anyhow::Context;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "tools")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub async fn roster_import(
@@ -43,6 +47,7 @@ pub async fn roster_import(
     }
 }
 
+#[cfg(feature = "tools")]
 /// A synthetic roster for benchmarks: `patients` people, one to three providers each,
 /// some twins, names with accents, hyphens and apostrophes. No real person.
 pub fn roster_synth(patients: u64, out: &Path, seed: u64) -> anyhow::Result<ExitCode> {

@@ -168,6 +168,7 @@ pub async fn rules_simulate(
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "tools")]
 pub async fn route_drain(settings: &Settings) -> anyhow::Result<ExitCode> {
     let set = load_rules(Path::new(&settings.routing.rules_dir))?;
     let store = open_store(settings).await?;
