@@ -286,26 +286,6 @@ impl Store {
         Ok(())
     }
 
-    /// Sets a subscription's status (and error) as its notifications are answered:
-    /// never on a deleted or `off` one, and `active` only from `requested` (a handshake
-    /// answered; an error is left for the subscriber to clear, as the IG asks).
-    pub async fn set_subscription_status(
-        &self,
-        id: &str,
-        status: &str,
-        error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        on_pool!(self, |p, sql| {
-            sqlx::query(&sql(SUBSCRIPTION_STATUS))
-                .bind(status)
-                .bind(error)
-                .bind(id)
-                .execute(p)
-                .await?;
-        });
-        Ok(())
-    }
-
     /// Active subscriptions whose heartbeat period has passed since their last
     /// notification.
     pub async fn heartbeats_due(&self, now_us: i64) -> Result<Vec<SubscriptionRow>, StoreError> {
