@@ -26,7 +26,8 @@ pub async fn serve(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max));
     let mut builder = Builder::new(TokioExecutor::new());
     // One request per connection: a kept-alive connection would hold its slot while
     // idle, unbounded. The API's callers (probes, scrapes, subscribers, uploads) are few
@@ -37,7 +38,6 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     let builder = Arc::new(builder);
-    let (closing_tx, closing_rx) = watch::channel(false);
     loop {
         let slot = tokio::select! {
             s = slots.clone().acquire_owned() => match s {
@@ -60,7 +60,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
-        let mut closing = closing_rx.clone();
+        // The loop ends only on shutdown: that is when open connections wind down too.
+        let mut closing = shutdown.clone();
         let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let _slot = slot;
@@ -86,13 +87,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let _ = closing_tx.send(true);
     // Every connection holds a slot: when all are back, every request has been answered.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(30),
-        slots.acquire_many(limits.max_connections.max(1) as u32),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(max as u32)).await;
     Ok(())
 }
 
