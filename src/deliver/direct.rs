@@ -635,7 +635,11 @@ impl Mdns {
                     effect: effect.clone(),
                     sha256: sha.clone(),
                     // What moved nothing is kept cut short: a flood cannot fill the disk.
-                    raw: raw[..raw.len().min(if refused { 64 * 1024 } else { raw.len() })].to_vec(),
+                    raw: if refused {
+                        raw[..raw.len().min(64 * 1024)].to_vec()
+                    } else {
+                        raw.to_vec()
+                    },
                     refused,
                 },
                 self.keep_refused,

@@ -138,9 +138,9 @@ enum Line {
     TooLong,
 }
 
-/// Reads one line (without CRLF) of at most `max` bytes within the idle limit. Memory
+/// Reads one line, its CRLF kept, of at most `max` bytes within the idle limit. Memory
 /// stays bounded: an over-long line is reported, not read to its end.
-async fn line<R: tokio::io::AsyncBufRead + Unpin>(
+async fn raw_line<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
@@ -149,20 +149,31 @@ async fn line<R: tokio::io::AsyncBufRead + Unpin>(
     let n = tokio::time::timeout(IDLE, (&mut *r).take(max as u64 + 2).read_until(b'\n', buf))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
-    if n == 0 {
-        return Ok(Line::End);
-    }
-    if !buf.ends_with(b"\n") {
-        return Ok(if n >= max + 2 {
-            Line::TooLong
-        } else {
-            Line::End
-        });
-    }
+    Ok(match (n, buf.ends_with(b"\n")) {
+        (0, _) => Line::End,
+        (_, true) => Line::Complete,
+        (n, false) if n >= max + 2 => Line::TooLong,
+        (_, false) => Line::End,
+    })
+}
+
+/// [`raw_line`] without its CRLF: a command line.
+async fn line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    let got = raw_line(r, buf, max).await?;
     while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         buf.pop();
     }
-    Ok(Line::Complete)
+    Ok(got)
+}
+
+/// Answers an over-long line and counts it; the caller then closes the connection.
+async fn too_long<W: AsyncWrite + Unpin>(w: &mut W, intake: &Intake) -> std::io::Result<()> {
+    intake.refused("line");
+    w.write_all(b"500 5.5.2 line too long; closing\r\n").await
 }
 
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
@@ -184,10 +195,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         match line(&mut rd, &mut buf, MAX_LINE).await? {
             Line::End => return Ok(Next::Done),
             Line::TooLong => {
-                intake.refused("line");
-                rd.get_mut()
-                    .write_all(b"500 5.5.2 line too long; closing\r\n")
-                    .await?;
+                too_long(rd.get_mut(), intake).await?;
                 return Ok(Next::Done);
             }
             Line::Complete => {}
@@ -279,24 +287,13 @@ async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = Vec::new();
     let mut too_big = false;
     loop {
-        buf.clear();
-        let n = tokio::time::timeout(
-            IDLE,
-            (&mut *rd)
-                .take(MAX_DATA_LINE as u64 + 2)
-                .read_until(b'\n', &mut buf),
-        )
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if !buf.ends_with(b"\n") {
-            intake.refused("line");
-            rd.get_mut()
-                .write_all(b"500 5.5.2 line too long; closing\r\n")
-                .await?;
-            return Ok(None);
+        match raw_line(rd, &mut buf, MAX_DATA_LINE).await? {
+            Line::Complete => {}
+            Line::End => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Line::TooLong => {
+                too_long(rd.get_mut(), intake).await?;
+                return Ok(None);
+            }
         }
         if buf == b".\r\n" || buf == b".\n" {
             break;
