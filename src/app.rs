@@ -395,22 +395,12 @@ impl App {
         // Until asked to stop, watch every stage: one that ends on its own (an error, a
         // panic) turns /readyz red and stops the process with an error.
         let failed = {
-            let mut running: Vec<(&'static str, IsFinished<'_>)> = vec![
-                ("mllp listener", Box::new(|| mllp.is_finished())),
-                ("http", Box::new(|| http.is_finished())),
-            ];
-            if let Some(t) = &router_task {
-                running.push(("kafka consumer", Box::new(|| t.is_finished())));
-            }
-            if let Some(t) = &delivering {
-                running.push(("delivery", Box::new(|| t.is_finished())));
-            }
-            if let Some(t) = &intake {
-                running.push(("report intake", Box::new(|| t.is_finished())));
-            }
+            let mut running: Vec<(&'static str, IsFinished<'_>)> = vec![mllp.watch(), http.watch()];
+            running.extend(router_task.iter().map(Stage::watch));
+            running.extend(delivering.iter().map(Stage::watch));
+            running.extend(intake.iter().map(Stage::watch));
             if let Some((r, w)) = &routing {
-                running.push(("routing", Box::new(|| r.is_finished())));
-                running.push(("rules watcher", Box::new(|| w.is_finished())));
+                running.extend([r.watch(), w.watch()]);
             }
             let watch = async {
                 let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -439,7 +429,7 @@ impl App {
             "Shutdown requested: no new connections; answering frames already received."
         );
         let _ = tx.send(true);
-        mllp.await.context("MLLP listener task")?;
+        mllp.task.await.context("MLLP listener task")?;
         // The listener's connections held the only other handles to the log.
         drop(self.ingest);
         if let Some(w) = self.log_writer {
@@ -449,19 +439,22 @@ impl App {
             k.flush();
         }
         if let Some(r) = router_task {
-            r.await.context("router task")?.context("router")?;
+            r.task.await.context("router task")?.context("router")?;
         }
         if let Some(d) = delivering {
-            d.await.context("delivery task")?;
+            d.task.await.context("delivery task")?;
         }
         if let Some(i) = intake {
-            i.await.context("Direct report intake")?;
+            i.task.await.context("Direct report intake")?;
         }
         if let Some((r, w)) = routing {
-            r.await.context("routing task")?;
-            w.await.context("rules watcher")?;
+            r.task.await.context("routing task")?;
+            w.task.await.context("rules watcher")?;
         }
-        http.await.context("HTTP task")?.context("HTTP server")?;
+        http.task
+            .await
+            .context("HTTP task")?
+            .context("HTTP server")?;
         self.store.close().await;
         if let Some(name) = failed {
             anyhow::bail!("the {name} stage ended while the service was running");
@@ -499,19 +492,33 @@ type IsFinished<'a> = Box<dyn Fn() -> bool + Send + 'a>;
 /// scrape sees it and the metric.
 const STAGE_FAILURE_GRACE: Duration = Duration::from_secs(2);
 
+/// A running stage: its name (in the log, `/readyz` and the metric) and its task.
+struct Stage<T> {
+    name: &'static str,
+    task: tokio::task::JoinHandle<T>,
+}
+
+impl<T: Send> Stage<T> {
+    /// The name, and whether the task has ended: what the stage watch polls.
+    fn watch(&self) -> (&'static str, IsFinished<'_>) {
+        (self.name, Box::new(|| self.task.is_finished()))
+    }
+}
+
 /// Spawns a stage. Debug builds honour `ADT_ROUTER_FAILPOINT=<stage>`, which panics the
 /// stage shortly after it starts: how the tests kill one task of the real binary.
-fn stage<F>(name: &'static str, fut: F) -> tokio::task::JoinHandle<F::Output>
+fn stage<F>(name: &'static str, fut: F) -> Stage<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         tokio::select! {
             out = fut => out,
             _ = failpoint(name) => unreachable!("a failpoint panics"),
         }
-    })
+    });
+    Stage { name, task }
 }
 
 async fn failpoint(name: &str) {
