@@ -9,7 +9,8 @@ pub mod roster;
 use crate::directory::npi::Npi;
 use crate::directory::{self, DirectoryEntry, ResolvePolicy};
 use crate::hl7::patient::PatientFacts;
-use crate::store::{placeholders, Store, StoreError};
+use crate::store::roster::RosterRow;
+use crate::store::{Store, StoreError};
 use matching::{Demographics, MatchPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -103,35 +104,7 @@ pub struct Attribution {
     pub unused_message_providers: Vec<Unused>,
 }
 
-/// Deserialised from a JSON array in [`ROW_COLUMNS`] order.
-#[derive(serde::Deserialize)]
-struct RosterRow {
-    source: String,
-    patient_id: String,
-    authority: String,
-    family: String,
-    given: String,
-    norm_family: String,
-    norm_given: String,
-    birth_date: String,
-    sex: String,
-    postal_code: String,
-    npi: String,
-    relationship: String,
-    effective_from: String,
-    effective_to: String,
-    import_id: i64,
-    line: i64,
-    loaded_at_us: i64,
-}
-
-const ROW_COLUMNS: &str = "source, patient_id, assigning_authority, family, given, norm_family, norm_given, birth_date, sex, postal_code, provider_npi, relationship, effective_from, effective_to, import_id, line, loaded_at_us";
-
-/// Positions in [`ROW_COLUMNS`] of what demographic matching compares: birth date,
-/// normalised family and given names, sex, postal code.
-const DEMOGRAPHICS: &[usize] = &[7, 5, 6, 8, 9];
-
-/// A filter on [`DEMOGRAPHICS`] passing the roster rows that can change the match of
+/// A filter on the demographic columns ([`crate::store::roster::DEMOGRAPHICS`]) passing the roster rows that can change the match of
 /// one of `patients` ([`matching::can_matter`]); the others cannot be chosen or make a
 /// choice ambiguous. Most rows sharing a birth date are nobody's match.
 fn could_match(patients: &[&PatientFacts], policy: MatchPolicy) -> crate::store::Keep {
@@ -233,18 +206,9 @@ pub async fn attribute_many(
     detail: Detail,
 ) -> Result<Vec<Attribution>, StoreError> {
     let mut matched = Vec::with_capacity(patients.len());
-    let active = directory::active_snapshots(store).await?;
+    let active = store.active_snapshots().await?;
     // Every source that has ever loaded a roster (a superset of those with rows).
-    let sources: Vec<String> = store
-        .select_reference::<(String,)>(
-            "source",
-            "(SELECT DISTINCT source FROM roster_import) s",
-            Vec::new(),
-        )
-        .await?
-        .into_iter()
-        .map(|(s,)| s)
-        .collect();
+    let sources: Vec<String> = store.roster_sources().await?;
     for chunk in patients.chunks(PATIENTS_PER_QUERY) {
         let ids: Vec<Vec<(&str, String, String)>> = chunk.iter().map(|f| roster_ids(f)).collect();
         // First by identifier (either half of the assigning authority; an empty half
@@ -261,17 +225,12 @@ pub async fn attribute_many(
         let mut args: Vec<String> = wanted.iter().map(|(id, _)| id.to_string()).collect();
         args.sort_unstable();
         args.dedup();
-        let id_rows: Vec<RosterRow> = match args.is_empty() {
-            true => Vec::new(),
-            false => {
-                let list = crate::store::in_list(1, &mut args);
-                let from = format!("roster_entry WHERE patient_id IN ({list})");
-                let rows: Vec<RosterRow> = store.select_reference(ROW_COLUMNS, &from, args).await?;
-                rows.into_iter()
-                    .filter(|r| wanted.contains(&(r.patient_id.as_str(), r.authority.as_str())))
-                    .collect()
-            }
-        };
+        let id_rows: Vec<RosterRow> = store
+            .roster_rows_by_patient_id(args)
+            .await?
+            .into_iter()
+            .filter(|r| wanted.contains(&(r.patient_id.as_str(), r.authority.as_str())))
+            .collect();
         let mut by_patient: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
         for r in &id_rows {
             by_patient.entry(&r.patient_id).or_default().push(r);
@@ -315,55 +274,24 @@ pub async fn attribute_many(
                     dates.push(d.clone());
                 }
             } else if sources.iter().any(|s| !matched.contains(&s.as_str())) {
-                let mut args = vec![d.clone()];
-                args.extend(matched.iter().map(|m| m.to_string()));
-                excluding.push(args);
+                let matched = matched.iter().map(|m| m.to_string()).collect();
+                excluding.push((d.clone(), matched));
             }
         }
         // Routing builds only the rows that can change some patient's decision;
         // explanations build them all.
-        let (pick, keep): (&'static [usize], crate::store::Keep) = match detail {
-            Detail::ProvidersOnly => (DEMOGRAPHICS, could_match(chunk, policy.matching)),
-            Detail::Full => (&[], std::sync::Arc::new(|_| true)),
+        let keep = match detail {
+            Detail::ProvidersOnly => Some(could_match(chunk, policy.matching)),
+            Detail::Full => None,
         };
-        // (the birth-date queries: clause and arguments)
-        let mut queries: Vec<(String, Vec<String>)> = Vec::new();
-        for (sex, mut args) in anywhere {
-            let list = crate::store::in_list(1, &mut args);
-            let mut from = format!("roster_entry WHERE birth_date IN ({list})");
-            if !sex.is_empty() {
-                // The roster keeps sex normalised: M, F, or empty for unknown.
-                args.push(sex.to_string());
-                from.push_str(&format!(" AND sex IN ('', ${})", args.len()));
-            }
-            queries.push((from, args));
+        let mut dob_rows: Vec<RosterRow> = Vec::new();
+        for (sex, dates) in anywhere {
+            // The roster keeps sex normalised: M, F, or empty for unknown.
+            let sex = (!sex.is_empty()).then_some(sex);
+            dob_rows.extend(store.roster_rows_born(dates, sex, keep.clone()).await?);
         }
         if !excluding.is_empty() {
-            let (mut conds, mut args) = (Vec::new(), Vec::new());
-            for a in excluding {
-                let k = args.len();
-                conds.push(format!(
-                    "(birth_date = ${} AND source NOT IN ({}))",
-                    k + 1,
-                    placeholders(k + 2, a.len() - 1)
-                ));
-                args.extend(a);
-            }
-            queries.push((format!("roster_entry WHERE {}", conds.join(" OR ")), args));
-        }
-        let mut dob_rows: Vec<RosterRow> = Vec::new();
-        for (from, args) in queries {
-            dob_rows.extend(
-                store
-                    .select_reference_where::<RosterRow>(
-                        ROW_COLUMNS,
-                        &from,
-                        args,
-                        pick,
-                        keep.clone(),
-                    )
-                    .await?,
-            );
+            dob_rows.extend(store.roster_rows_born_outside(excluding, keep).await?);
         }
         let mut by_dob: HashMap<&str, Vec<&RosterRow>> = HashMap::new();
         for r in id_rows.iter().chain(&dob_rows) {

@@ -7,7 +7,8 @@ use crate::directory::csvfile::{
     check_iso_date, describe_csv_error, optional, Field, FileError, HeaderMap,
 };
 use crate::directory::npi::Npi;
-use crate::store::bulk::{BulkConn, Columns, Param};
+use crate::store::bulk::{BulkConn, Columns};
+use crate::store::roster as sql;
 use crate::store::{now_us, StoreError};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -165,25 +166,11 @@ pub fn import(
     conn.begin()?;
     let result = (|| -> Result<(i64, u64), RosterError> {
         let now = now_us();
-        let import_id = conn
-            .query_i64(
-                "INSERT INTO roster_import (source, file_name, mode, loaded_at_us, rows_loaded) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                &[
-                    Param::Text(source),
-                    Param::Text(file),
-                    Param::Text(if replace { "replace" } else { "upsert" }),
-                    Param::Int(now),
-                    Param::Int(rows as i64),
-                ],
-            )?
-            .expect("RETURNING id");
-        let replaced = if replace {
-            conn.exec(
-                "DELETE FROM roster_entry WHERE source = $1",
-                &[Param::Text(source)],
-            )?
-        } else {
-            0
+        let mode = if replace { "replace" } else { "upsert" };
+        let import_id = sql::begin_import(conn, source, file, mode, now, rows)?;
+        let replaced = match replace {
+            true => sql::clear_source(conn, source)?,
+            false => 0,
         };
         let mut rdr = reader(open().map_err(io)?);
         headers(&mut rdr, file)?;
@@ -262,13 +249,7 @@ fn write(conn: &mut BulkConn, cols: &Columns) -> Result<(), StoreError> {
         .chain(&DERIVED_COLUMNS)
         .copied()
         .collect();
-    conn.insert(
-        "roster_entry",
-        &names,
-        &INT_COLUMNS,
-        cols,
-        "ON CONFLICT (source, patient_id, assigning_authority, birth_date, norm_family, norm_given, provider_npi, relationship) DO UPDATE SET family = excluded.family, given = excluded.given, sex = excluded.sex, postal_code = excluded.postal_code, effective_from = excluded.effective_from, effective_to = excluded.effective_to, import_id = excluded.import_id, line = excluded.line, loaded_at_us = excluded.loaded_at_us",
-    )
+    sql::write_entries(conn, &names, &INT_COLUMNS, cols)
 }
 
 fn reader(input: Box<dyn Read>) -> csv::Reader<Box<dyn Read>> {

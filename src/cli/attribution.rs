@@ -3,8 +3,6 @@
 use super::open_store;
 use adt_router::attribution;
 use adt_router::config::Settings;
-#[cfg(feature = "tools")]
-use adt_router::store::Store;
 use anyhow::{bail, Context};
 use std::path::Path;
 use std::process::ExitCode;
@@ -56,44 +54,12 @@ pub async fn attribution_explain(settings: &Settings, file: &Path) -> anyhow::Re
 /// by identifier and half by demographics only, and prints percentiles.
 pub async fn attribution_bench(settings: &Settings, samples: usize) -> anyhow::Result<ExitCode> {
     use adt_router::hl7::patient::{Identifier, PatientFacts};
-    use sqlx::Row;
     let store = open_store(settings).await?;
     let policy = settings.attribution_policy();
-    let sql = "SELECT patient_id, assigning_authority, family, given, birth_date, sex, postal_code FROM roster_entry WHERE line % {stride} = 0 LIMIT {samples}".to_string();
-    let total: i64 = match &store {
-        Store::Sqlite(p) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM roster_entry")
-                .fetch_one(p)
-                .await?
-        }
-        Store::Postgres(p) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM roster_entry")
-                .fetch_one(p)
-                .await?
-        }
-    };
-    if total == 0 {
+    let (total, rows) = store.roster_sample(samples).await?;
+    if rows.is_empty() {
         bail!("no roster loaded (adt-router roster synth, then roster import)");
     }
-    // Spread the sample over the whole table.
-    let stride = (total as usize / samples.max(1)).max(1);
-    let sql = sql
-        .replace("{stride}", &stride.to_string())
-        .replace("{samples}", &samples.to_string());
-    let rows: Vec<[String; 7]> = match &store {
-        Store::Sqlite(p) => sqlx::query(&sql)
-            .fetch_all(p)
-            .await?
-            .iter()
-            .map(|r| std::array::from_fn(|i| r.get::<String, _>(i)))
-            .collect(),
-        Store::Postgres(p) => sqlx::query(&sql)
-            .fetch_all(p)
-            .await?
-            .iter()
-            .map(|r| std::array::from_fn(|i| r.get::<String, _>(i)))
-            .collect(),
-    };
     let mut by_id = Vec::new();
     let mut by_demo = Vec::new();
     let mut providers = 0usize;

@@ -158,7 +158,7 @@ pub async fn directory_override(
         let name = file.display().to_string();
         match overrides::read_file(&bytes, &name, policy) {
             Ok(items) => {
-                overrides::save(&store, &items, &name).await?;
+                store.save_overrides(&items, &name).await?;
                 println!(
                     "{}",
                     serde_json::json!({"loaded": items.len(), "file": name})
@@ -174,7 +174,9 @@ pub async fn directory_override(
         let npi = npi.context("give --npi (or --file)")?;
         if remove {
             let n = Npi::parse(&npi).with_context(|| format!("'{npi}' is not a valid NPI"))?;
-            let removed = overrides::remove(&store, n, endpoint.as_deref()).await?;
+            let removed = store
+                .remove_overrides(n.as_str(), endpoint.as_deref())
+                .await?;
             println!("{}", serde_json::json!({"npi": npi, "removed": removed}));
             ExitCode::SUCCESS
         } else {
@@ -183,7 +185,9 @@ pub async fn directory_override(
             };
             match Override::new(&npi, &kind, &endpoint, secret, preferred, policy) {
                 Ok(o) => {
-                    overrides::save(&store, std::slice::from_ref(&o), "cli").await?;
+                    store
+                        .save_overrides(std::slice::from_ref(&o), "cli")
+                        .await?;
                     println!(
                         "{}",
                         serde_json::json!({"npi": npi, "type": o.kind.as_str(), "endpoint": o.endpoint, "preferred": o.preferred, "secret": o.secret.is_some()})

@@ -10,6 +10,7 @@ pub mod overrides;
 pub mod progress;
 pub mod synth;
 
+use crate::store::directory::{DirectoryRows, EndpointRow, OverrideRow, ProviderRow};
 use crate::store::{Store, StoreError};
 use endpoint::{EndpointKind, EndpointPolicy};
 use npi::Npi;
@@ -127,77 +128,8 @@ pub fn rfc3339_us(us: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Provider columns, in [`ProviderRow`] order.
-const PROVIDER_COLUMNS: &str = "p.npi, p.entity_type, p.replacement_npi, p.organization_name, p.last_name, p.first_name, p.middle_name, p.credential, p.primary_taxonomy, p.address_line1, p.city, p.state, p.postal_code, p.last_update_date, p.deactivation_reason, p.deactivation_date, p.reactivation_date, p.source_import, p.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us)";
-/// Endpoint columns, in [`EndpointRow`] order.
-const ENDPOINT_COLUMNS: &str = "e.npi, e.endpoint_type, e.endpoint, e.affiliation, e.affiliation_name, e.use_code, e.content_type, e.source_import, e.source_line, i.file_name, i.mode, COALESCE(i.finished_at_us, i.started_at_us)";
-/// Override columns, in [`OverrideRow`] order.
-const OVERRIDE_COLUMNS: &str =
-    "id, npi, endpoint_type, endpoint, secret, preferred, source, updated_at_us";
-
-#[derive(serde::Deserialize)]
-struct ProviderRow {
-    npi: String,
-    entity_type: String,
-    replacement_npi: String,
-    organization_name: String,
-    last_name: String,
-    first_name: String,
-    middle_name: String,
-    credential: String,
-    primary_taxonomy: String,
-    address_line1: String,
-    city: String,
-    state: String,
-    postal_code: String,
-    last_update_date: String,
-    deactivation_reason: String,
-    deactivation_date: String,
-    reactivation_date: String,
-    source_import: i64,
-    source_line: i64,
-    file_name: String,
-    mode: String,
-    loaded_at_us: i64,
-}
-
-#[derive(serde::Deserialize)]
-struct EndpointRow {
-    npi: String,
-    endpoint_type: String,
-    endpoint: String,
-    affiliation: String,
-    affiliation_name: String,
-    use_code: String,
-    content_type: String,
-    source_import: i64,
-    source_line: i64,
-    file_name: String,
-    mode: String,
-    loaded_at_us: i64,
-}
-
-#[derive(serde::Deserialize)]
-struct OverrideRow {
-    id: i64,
-    npi: String,
-    endpoint_type: String,
-    endpoint: String,
-    secret: Option<String>,
-    /// SQLite says 0/1, PostgreSQL true/false.
-    preferred: serde_json::Value,
-    source: String,
-    updated_at_us: i64,
-}
-
 /// The live snapshot ids, `(kind, import id)`.
-pub type ActiveSnapshots = Vec<(String, i64)>;
-
-pub async fn active_snapshots(store: &Store) -> Result<ActiveSnapshots, StoreError> {
-    store
-        .select_reference("kind, snapshot", "directory_active", Vec::new())
-        .await
-}
+pub use crate::store::directory::ActiveSnapshots;
 
 /// Everything the directory knows about one NPI, and the endpoint it would use.
 pub async fn lookup(
@@ -205,34 +137,9 @@ pub async fn lookup(
     npi: Npi,
     policy: &ResolvePolicy,
 ) -> Result<DirectoryEntry, StoreError> {
-    let active = active_snapshots(store).await?;
+    let active = store.active_snapshots().await?;
     let mut all = lookup_many(store, &active, &[npi], policy).await?;
     Ok(all.remove(0))
-}
-
-/// The rows for the NPIs in `list` (placeholders for `args`) of the live snapshot of
-/// `kind`, each with its import; none when nothing of that kind is loaded.
-async fn snapshot_rows<T: serde::de::DeserializeOwned + Send + 'static>(
-    store: &Store,
-    active: &ActiveSnapshots,
-    kind: nppes::FileKind,
-    columns: &str,
-    list: &str,
-    args: &[String],
-) -> Result<Vec<T>, StoreError> {
-    let Some((_, id)) = active.iter().find(|(k, _)| k == kind.as_str()) else {
-        return Ok(Vec::new());
-    };
-    let table = nppes::table(kind, *id);
-    // The columns are written against the alias `p` (providers) or `e` (endpoints).
-    let alias = match kind {
-        nppes::FileKind::Npidata => "p",
-        nppes::FileKind::Endpoints => "e",
-    };
-    let from = format!(
-        "{table} {alias} JOIN directory_import i ON i.id = {alias}.source_import WHERE {alias}.npi IN ({list})"
-    );
-    store.select_reference(columns, &from, args.to_vec()).await
 }
 
 /// [`lookup`] for several NPIs, in the same order, in one query (attribution resolves
@@ -247,36 +154,11 @@ pub async fn lookup_many(
         return Ok(Vec::new());
     }
     let keys: Vec<&str> = npis.iter().map(|n| n.as_str()).collect();
-    let mut args: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-    let list = crate::store::in_list(1, &mut args);
-    let mut providers: Vec<ProviderRow> = snapshot_rows(
-        store,
-        active,
-        nppes::FileKind::Npidata,
-        PROVIDER_COLUMNS,
-        &list,
-        &args,
-    )
-    .await?;
-    let mut nppes_endpoints: Vec<EndpointRow> = snapshot_rows(
-        store,
-        active,
-        nppes::FileKind::Endpoints,
-        ENDPOINT_COLUMNS,
-        &list,
-        &args,
-    )
-    .await?;
-    let mut overrides: Vec<OverrideRow> = store
-        .select_reference(
-            OVERRIDE_COLUMNS,
-            &format!("directory_override WHERE npi IN ({list})"),
-            args,
-        )
-        .await?;
-    providers.sort_by_key(|r| (r.source_import, r.source_line));
-    nppes_endpoints.sort_by_key(|r| (r.source_import, r.source_line));
-    overrides.sort_by_key(|r| r.id);
+    let DirectoryRows {
+        providers,
+        endpoints: nppes_endpoints,
+        overrides,
+    } = store.directory_rows(active, &keys).await?;
     // Each NPI's rows in load order (a page asks for hundreds of NPIs at once).
     let mut latest: HashMap<&str, &ProviderRow> = HashMap::new();
     for p in &providers {

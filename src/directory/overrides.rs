@@ -4,7 +4,7 @@
 use super::csvfile::{optional, required, Field, HeaderMap};
 use super::endpoint::{self, EndpointKind, EndpointPolicy};
 use super::npi::Npi;
-use crate::store::{now_us, on_pool, Store, StoreError};
+use crate::store::StoreError;
 
 #[derive(Clone, Debug)]
 pub struct Override {
@@ -58,66 +58,6 @@ impl Override {
             preferred,
         })
     }
-}
-
-const UPSERT: &str = "INSERT INTO directory_override (npi, endpoint_type, endpoint, secret, preferred, source, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (npi, endpoint_type, endpoint) DO UPDATE SET secret = excluded.secret, preferred = excluded.preferred, source = excluded.source, updated_at_us = excluded.updated_at_us";
-/// One preferred endpoint per NPI: setting one clears the others.
-const CLEAR_PREFERRED: &str =
-    "UPDATE directory_override SET preferred = FALSE WHERE npi = $1 AND NOT (endpoint_type = $2 AND endpoint = $3)";
-
-/// Stores overrides in one transaction: all or none.
-pub async fn save(store: &Store, items: &[Override], source: &str) -> Result<(), StoreError> {
-    let now = now_us();
-    on_pool!(store, |p, sql| {
-        let mut tx = p.begin().await?;
-        for o in items {
-            sqlx::query(&sql(UPSERT))
-                .bind(o.npi.as_str())
-                .bind(o.kind.as_str())
-                .bind(&o.endpoint)
-                .bind(
-                    o.secret
-                        .as_ref()
-                        .map(crate::config::ExposeSecret::expose_secret),
-                )
-                .bind(o.preferred)
-                .bind(source)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            if o.preferred {
-                sqlx::query(&sql(CLEAR_PREFERRED))
-                    .bind(o.npi.as_str())
-                    .bind(o.kind.as_str())
-                    .bind(&o.endpoint)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-    });
-    Ok(())
-}
-
-/// Removes one NPI's overrides (or just the one with this endpoint value).
-pub async fn remove(store: &Store, npi: Npi, endpoint: Option<&str>) -> Result<u64, StoreError> {
-    Ok(on_pool!(store, |p, sql| {
-        match endpoint {
-            Some(e) => sqlx::query(&sql(
-                "DELETE FROM directory_override WHERE npi = $1 AND lower(endpoint) = lower($2)",
-            ))
-            .bind(npi.as_str())
-            .bind(e.trim())
-            .execute(p)
-            .await?
-            .rows_affected(),
-            None => sqlx::query(&sql("DELETE FROM directory_override WHERE npi = $1"))
-                .bind(npi.as_str())
-                .execute(p)
-                .await?
-                .rows_affected(),
-        }
-    }))
 }
 
 const FILE_FIELDS: &[Field] = &[

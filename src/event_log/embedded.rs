@@ -163,9 +163,9 @@ impl EmbeddedLog {
     ) -> Result<(Self, WriterHandle), StoreError> {
         let (tx, rx) = mpsc::channel(opts.max_batch * 16);
         let handle = match store {
-            Store::Sqlite(_) => {
-                let path = store.sqlite_path().expect("sqlite store has a path");
-                let writer = SqliteWriter::open(&path, opts.busy_timeout, opts.max_batch)?;
+            Store::Sqlite(s) => {
+                let path = s.path().to_path_buf();
+                let writer = s.writer(opts.busy_timeout, opts.max_batch)?;
                 let opts = opts.clone();
                 WriterHandle::Thread(
                     std::thread::Builder::new()

@@ -78,9 +78,8 @@ impl BulkConn {
     /// A dedicated connection to the store's database. Call from a blocking thread.
     pub fn open(store: &Store, rt: tokio::runtime::Handle) -> Result<BulkConn, StoreError> {
         match store {
-            Store::Sqlite(_) => {
-                let path = store.sqlite_path().expect("sqlite store has a path");
-                let conn = rusqlite::Connection::open(path)?;
+            Store::Sqlite(s) => {
+                let conn = rusqlite::Connection::open(s.path())?;
                 conn.pragma_update(None, "journal_mode", "WAL")?;
                 conn.pragma_update(None, "synchronous", "FULL")?;
                 // 32 MiB of page cache (and of sorter memory for the index build).

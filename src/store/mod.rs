@@ -13,8 +13,11 @@
 pub mod bulk;
 pub mod delivery;
 pub mod direct;
+pub mod directory;
 pub mod fhir;
+pub mod nppes;
 pub mod outbox;
+pub mod roster;
 pub mod routing;
 pub mod sqlite_reads;
 pub mod sqlite_writer;
@@ -129,7 +132,8 @@ pub struct Origin {
 macro_rules! on_pool {
     ($store:expr, |$pool:ident, $sql:ident| $body:expr) => {
         match $store {
-            Store::Sqlite($pool) => {
+            Store::Sqlite(sqlite) => {
+                let $pool = sqlite.pool();
                 let $sql = |q: &str| q.replace('$', "?");
                 $body
             }
@@ -186,11 +190,68 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
 }
 
+/// The database and every connection adt-router holds to it. Clones share them.
 #[derive(Clone, Debug)]
 pub enum Store {
-    /// The pool serves migrations, reads and quarantine; appends use [`sqlite_writer`].
-    Sqlite(SqlitePool),
+    Sqlite(SqliteStore),
     Postgres(PgPool),
+}
+
+/// One SQLite file and all the connections to it: the sqlx pool (migrations, most reads,
+/// the outbox, quarantine) and the rusqlite connections of the hot paths, where sqlx's
+/// per-statement hand-off to its worker thread cost more than the statement: the read
+/// connections with the reference snapshot ([`sqlite_reads`]) and the routing commit's
+/// connection. The event-log writer ([`SqliteStore::writer`]) and the bulk loader
+/// ([`bulk::BulkConn`]) open theirs here too.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    reads: std::sync::Arc<sqlite_reads::ReadConns>,
+    /// Kept across routing commits: its prepared statements are most of the saving.
+    routing: std::sync::Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    fn new(pool: SqlitePool) -> Self {
+        let path = pool.connect_options().get_filename().to_path_buf();
+        SqliteStore {
+            pool,
+            reads: std::sync::Arc::new(sqlite_reads::ReadConns::new(path)),
+            routing: Default::default(),
+        }
+    }
+
+    /// The sqlx pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        self.reads.path()
+    }
+
+    /// The rusqlite read connections (shared with the blocking thread that reads).
+    fn reads(&self) -> std::sync::Arc<sqlite_reads::ReadConns> {
+        self.reads.clone()
+    }
+
+    /// A new connection for the event-log writer thread, which owns it from then on.
+    pub fn writer(
+        &self,
+        busy_timeout: Duration,
+        max_batch: usize,
+    ) -> Result<sqlite_writer::SqliteWriter, StoreError> {
+        sqlite_writer::SqliteWriter::open(self.path(), busy_timeout, max_batch)
+    }
 }
 
 const MESSAGE_COLUMNS: &str = "received_at_us, peer, sending_application, sending_facility, \
@@ -283,7 +344,7 @@ impl Store {
                 .connect_with(co)
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-            Ok(Store::Sqlite(pool))
+            Ok(Store::Sqlite(SqliteStore::new(pool)))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let co = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -319,7 +380,7 @@ impl Store {
     /// The SQLite file, for the writer thread to open.
     pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
         match self {
-            Store::Sqlite(p) => Some(p.connect_options().get_filename().to_path_buf()),
+            Store::Sqlite(s) => Some(s.path().to_path_buf()),
             Store::Postgres(_) => None,
         }
     }
@@ -334,7 +395,7 @@ impl Store {
     /// Readiness: can we run a query at all?
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(p) => p.execute("SELECT 1").await.map(|_| ())?,
+            Store::Sqlite(s) => s.pool().execute("SELECT 1").await.map(|_| ())?,
             Store::Postgres(p) => p.execute("SELECT 1").await.map(|_| ())?,
         }
         Ok(())
@@ -524,10 +585,10 @@ impl Store {
         columns: usize,
     ) -> Result<Vec<String>, StoreError> {
         match self {
-            Store::Sqlite(_) => {
-                let path = self.sqlite_path().expect("sqlite store has a path");
+            Store::Sqlite(s) => {
+                let conns = s.reads();
                 let sql = sql.replace('$', "?");
-                on_reader(move || sqlite_reads::text_row(&path, &sql, &args, columns)).await
+                on_reader(move || sqlite_reads::text_row(&conns, &sql, &args, columns)).await
             }
             Store::Postgres(p) => {
                 let mut q = sqlx::query(sql);
@@ -569,8 +630,8 @@ impl Store {
 
     /// Lets go of the reference snapshot (the router is idle), so the WAL can be reset.
     pub fn release_reference(&self) {
-        if let Some(path) = self.sqlite_path() {
-            sqlite_reads::reference::release(&path);
+        if let Store::Sqlite(s) = self {
+            sqlite_reads::reference::release(&s.reads);
         }
     }
 
@@ -582,10 +643,10 @@ impl Store {
         args: Vec<String>,
     ) -> Result<Vec<T>, StoreError> {
         match self {
-            Store::Sqlite(_) => {
-                let path = self.sqlite_path().expect("sqlite store has a path");
+            Store::Sqlite(s) => {
+                let conns = s.reads();
                 let sql = format!("SELECT {columns} FROM {from}").replace('$', "?");
-                on_reader(move || sqlite_reads::rows(reads, &path, &sql, &args)).await
+                on_reader(move || sqlite_reads::rows(reads, &conns, &sql, &args)).await
             }
             Store::Postgres(_) => {
                 let query = format!(
@@ -611,11 +672,13 @@ impl Store {
     ) -> Result<Vec<T>, StoreError> {
         let reads = Reads::Reference;
         match self {
-            Store::Sqlite(_) => {
-                let path = self.sqlite_path().expect("sqlite store has a path");
+            Store::Sqlite(s) => {
+                let conns = s.reads();
                 let sql = format!("SELECT {columns} FROM {from}").replace('$', "?");
-                on_reader(move || sqlite_reads::rows_where(reads, &path, &sql, &args, pick, &*keep))
-                    .await
+                on_reader(move || {
+                    sqlite_reads::rows_where(reads, &conns, &sql, &args, pick, &*keep)
+                })
+                .await
             }
             Store::Postgres(_) => {
                 let all: Vec<Vec<serde_json::Value>> =
@@ -642,14 +705,18 @@ impl Store {
         const SQL: &str =
             "SELECT (SELECT COUNT(*) FROM inbound_messages), (SELECT COUNT(*) FROM quarantine)";
         Ok(match self {
-            Store::Sqlite(p) => sqlx::query_as::<_, (i64, i64)>(SQL).fetch_one(p).await?,
+            Store::Sqlite(s) => {
+                sqlx::query_as::<_, (i64, i64)>(SQL)
+                    .fetch_one(s.pool())
+                    .await?
+            }
             Store::Postgres(p) => sqlx::query_as::<_, (i64, i64)>(SQL).fetch_one(p).await?,
         })
     }
 
     pub async fn close(&self) {
         match self {
-            Store::Sqlite(p) => p.close().await,
+            Store::Sqlite(s) => s.pool().close().await,
             Store::Postgres(p) => p.close().await,
         }
     }

@@ -243,11 +243,11 @@ impl Store {
         );
         let (from, to) = skip.unwrap_or((0, -1));
         match self {
-            Store::Sqlite(_) => {
-                let path = self.sqlite_path().expect("sqlite store has a path");
+            Store::Sqlite(s) => {
+                let conns = s.reads();
                 let sql = query.replace('$', "?");
                 super::on_reader(move || {
-                    super::sqlite_reads::messages(&path, &sql, &[limit, from, to])
+                    super::sqlite_reads::messages(&conns, &sql, &[limit, from, to])
                 })
                 .await
             }
@@ -295,9 +295,8 @@ impl Store {
     pub async fn commit_routing(&self, w: &RoutingWrite, now_us: i64) -> Result<(), StoreError> {
         let pool = match self {
             Store::Postgres(pool) => pool,
-            Store::Sqlite(_) => {
-                let path = self.sqlite_path().expect("sqlite store has a path");
-                let commit = || commit_sqlite(&path, w, now_us);
+            Store::Sqlite(s) => {
+                let commit = || commit_sqlite(s, w, now_us);
                 // Blocking: on the multi-threaded runtime let the other workers carry
                 // on; a current-thread runtime (the CLI) has nothing else to run.
                 return match tokio::runtime::Handle::current().runtime_flavor() {
@@ -402,21 +401,23 @@ impl Store {
     }
 }
 
-/// The SQLite commit, through one cached rusqlite connection with prepared statements:
+/// The SQLite commit, through the store's routing connection with prepared statements:
 /// a page routes into thousands of rows, and sqlx's per-statement hand-off to its worker
 /// thread cost more than the inserts (see docs/routing.md).
-fn commit_sqlite(path: &std::path::Path, w: &RoutingWrite, now_us: i64) -> Result<(), StoreError> {
-    static CONN: std::sync::Mutex<Option<(std::path::PathBuf, rusqlite::Connection)>> =
-        std::sync::Mutex::new(None);
-    let mut guard = CONN.lock().unwrap_or_else(|p| p.into_inner());
-    if guard.as_ref().is_none_or(|(p, _)| p != path) {
-        let c = rusqlite::Connection::open(path)?;
-        c.pragma_update(None, "synchronous", "FULL")?;
-        c.busy_timeout(std::time::Duration::from_secs(30))?;
-        *guard = Some((path.to_path_buf(), c));
-    }
-    let Some((_, c)) = guard.as_mut() else {
-        unreachable!("set above")
+fn commit_sqlite(
+    store: &super::SqliteStore,
+    w: &RoutingWrite,
+    now_us: i64,
+) -> Result<(), StoreError> {
+    let mut guard = store.routing.lock().unwrap_or_else(|p| p.into_inner());
+    let c = match guard.as_mut() {
+        Some(c) => c,
+        None => {
+            let c = rusqlite::Connection::open(store.path())?;
+            c.pragma_update(None, "synchronous", "FULL")?;
+            c.busy_timeout(std::time::Duration::from_secs(30))?;
+            guard.insert(c)
+        }
     };
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {

@@ -7,17 +7,34 @@
 
 use super::StoreError;
 use rusqlite::{Connection, OpenFlags};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// Idle connections kept per file.
+/// Idle connections kept.
 const KEEP: usize = 8;
 
-fn pool() -> &'static Mutex<HashMap<PathBuf, Vec<Connection>>> {
-    static POOL: OnceLock<Mutex<HashMap<PathBuf, Vec<Connection>>>> = OnceLock::new();
-    POOL.get_or_init(|| Mutex::new(HashMap::new()))
+/// The store's read connections to its SQLite file: a few idle ones kept for reuse, and
+/// the reference snapshot ([`reference`]). Owned by the [`super::Store`] (shared by its
+/// clones), so two stores never share a connection.
+pub struct ReadConns {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    snapshot: Mutex<Option<reference::Snapshot>>,
+}
+
+impl ReadConns {
+    pub fn new(path: PathBuf) -> Self {
+        ReadConns {
+            path,
+            idle: Mutex::new(Vec::new()),
+            snapshot: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -31,22 +48,18 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
-/// Runs `f` on a pooled connection for `path`.
+/// Runs `f` on an idle connection, or a new one.
 fn with_conn<T>(
-    path: &Path,
+    conns: &ReadConns,
     f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
 ) -> Result<T, StoreError> {
-    let taken = pool()
-        .lock()
-        .ok()
-        .and_then(|mut p| p.get_mut(path).and_then(Vec::pop));
+    let taken = conns.idle.lock().ok().and_then(|mut idle| idle.pop());
     let conn = match taken {
         Some(c) => c,
-        None => open(path)?,
+        None => open(&conns.path)?,
     };
     let result = f(&conn);
-    if let Ok(mut p) = pool().lock() {
-        let idle = p.entry(path.to_path_buf()).or_default();
+    if let Ok(mut idle) = conns.idle.lock() {
         if idle.len() < KEEP {
             idle.push(conn);
         }
@@ -57,12 +70,12 @@ fn with_conn<T>(
 /// Runs one statement (`?N` placeholders, text parameters) that returns one row, and
 /// returns its first `columns` values as text. Blocking: call from a blocking thread.
 pub fn text_row(
-    path: &Path,
+    conns: &ReadConns,
     sql: &str,
     args: &[String],
     columns: usize,
 ) -> Result<Vec<String>, StoreError> {
-    with_conn(path, |conn| {
+    with_conn(conns, |conn| {
         let mut stmt = conn.prepare_cached(sql)?;
         stmt.query_row(rusqlite::params_from_iter(args.iter()), |r| {
             (0..columns).map(|i| r.get::<_, String>(i)).collect()
@@ -74,11 +87,11 @@ pub fn text_row(
 /// `raw` (integer parameters): the routing page, read here rather than through sqlx,
 /// whose worker thread hand-off cost more than the read. Blocking.
 pub fn messages(
-    path: &Path,
+    conns: &ReadConns,
     sql: &str,
     args: &[i64],
 ) -> Result<Vec<super::StoredMessage>, StoreError> {
-    with_conn(path, |conn| {
+    with_conn(conns, |conn| {
         let mut stmt = conn.prepare_cached(sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
             Ok(super::StoredMessage {
@@ -110,11 +123,11 @@ pub fn messages(
 /// reals, NULL as `None`. Blocking: call from a blocking thread.
 pub fn rows<T: serde::de::DeserializeOwned>(
     reads: Reads,
-    path: &Path,
+    conns: &ReadConns,
     sql: &str,
     args: &[String],
 ) -> Result<Vec<T>, StoreError> {
-    rows_where(reads, path, sql, args, &[], &|_| true)
+    rows_where(reads, conns, sql, args, &[], &|_| true)
 }
 
 /// Columns [`rows_where`] can hand to its filter.
@@ -124,7 +137,7 @@ pub const MAX_PICKED: usize = 8;
 /// `pick` (at most [`MAX_PICKED`]; other values as empty text) borrowed from SQLite.
 pub fn rows_where<T: serde::de::DeserializeOwned>(
     reads: Reads,
-    path: &Path,
+    conns: &ReadConns,
     sql: &str,
     args: &[String],
     pick: &[usize],
@@ -136,8 +149,8 @@ pub fn rows_where<T: serde::de::DeserializeOwned>(
     );
     let query = |conn: &Connection| query_rows(conn, sql, args, pick, keep);
     match reads {
-        Reads::Fresh => with_conn(path, query),
-        Reads::Reference => reference::with_snapshot(path, query),
+        Reads::Fresh => with_conn(conns, query),
+        Reads::Reference => reference::with_snapshot(conns, query),
     }
 }
 
@@ -193,10 +206,7 @@ pub enum Reads {
 /// transaction keeps the WAL from being reset, so it is let go often, and whenever the
 /// router goes idle ([`release`]).
 pub mod reference {
-    use super::{open, with_conn, Connection, StoreError};
-    use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
-    use std::sync::{Mutex, OnceLock};
+    use super::{open, with_conn, Connection, ReadConns, StoreError};
     use std::time::{Duration, Instant};
 
     /// What the reference tables look like: it changes whenever a roster import, a
@@ -210,15 +220,10 @@ pub mod reference {
     /// The longest a snapshot is kept, changed or not.
     pub const MAX_AGE: Duration = Duration::from_secs(1);
 
-    struct Snapshot {
+    pub struct Snapshot {
         conn: Connection,
         version: String,
         since: Instant,
-    }
-
-    fn snapshots() -> &'static Mutex<HashMap<PathBuf, Snapshot>> {
-        static SNAPSHOTS: OnceLock<Mutex<HashMap<PathBuf, Snapshot>>> = OnceLock::new();
-        SNAPSHOTS.get_or_init(|| Mutex::new(HashMap::new()))
     }
 
     /// Asked before every reference read: cached, since preparing it cost more than
@@ -227,53 +232,50 @@ pub mod reference {
         conn.prepare_cached(VERSION)?.query_row([], |r| r.get(0))
     }
 
-    /// Runs `f` in the reference snapshot of `path`, begun again when the reference
-    /// tables have changed or it is older than [`MAX_AGE`]. When another call holds it,
-    /// or an import lands between the check and a new snapshot, `f` reads fresh.
+    /// Runs `f` in the reference snapshot, begun again when the reference tables have
+    /// changed or it is older than [`MAX_AGE`]. When another call holds it, or an import
+    /// lands between the check and a new snapshot, `f` reads fresh.
     pub fn with_snapshot<T>(
-        path: &Path,
+        conns: &ReadConns,
         f: impl Fn(&Connection) -> Result<T, rusqlite::Error>,
     ) -> Result<T, StoreError> {
-        let now = with_conn(path, version)?;
-        let Ok(mut all) = snapshots().try_lock() else {
-            return with_conn(path, f);
+        let now = with_conn(conns, version)?;
+        let Ok(mut held) = conns.snapshot.try_lock() else {
+            return with_conn(conns, f);
         };
-        let current = all
-            .get(path)
+        let current = held
+            .as_ref()
             .is_some_and(|s| s.version == now && s.since.elapsed() < MAX_AGE);
         if !current {
             // Dropping a connection ends its read transaction.
-            all.remove(path);
-            let conn = open(path)?;
+            *held = None;
+            let conn = open(conns.path())?;
             conn.execute_batch("BEGIN")?;
             // The first read fixes the snapshot; the version is read inside it.
             let version = version(&conn)?;
-            all.insert(
-                path.to_path_buf(),
-                Snapshot {
-                    conn,
-                    version,
-                    since: Instant::now(),
-                },
-            );
+            *held = Some(Snapshot {
+                conn,
+                version,
+                since: Instant::now(),
+            });
         }
-        if let Some(s) = all.get(path).filter(|s| s.version == now) {
+        if let Some(s) = held.as_ref().filter(|s| s.version == now) {
             let read = f(&s.conn);
             if read.is_err() {
-                all.remove(path);
+                *held = None;
             }
             return Ok(read?);
         }
         // An import committed between the check and the snapshot: read fresh now, and
         // the next call finds the snapshot current.
-        drop(all);
-        with_conn(path, f)
+        drop(held);
+        with_conn(conns, f)
     }
 
-    /// Ends the snapshot of `path`, if any, so the WAL can be reset.
-    pub fn release(path: &Path) {
-        if let Ok(mut all) = snapshots().lock() {
-            all.remove(path);
+    /// Ends the snapshot, if any, so the WAL can be reset.
+    pub fn release(conns: &ReadConns) {
+        if let Ok(mut held) = conns.snapshot.lock() {
+            *held = None;
         }
     }
 }

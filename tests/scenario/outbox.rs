@@ -120,14 +120,14 @@ async fn expired_lease_is_taken_over(store: Store) {
 /// One value from the test's own query (the store's pools are public).
 async fn scalar(store: &Store, q: &str) -> String {
     match store {
-        Store::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+        Store::Sqlite(s) => sqlx::query_scalar(q).fetch_one(s.pool()).await.unwrap(),
         Store::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
     }
 }
 
 async fn execute(store: &Store, q: &str) {
     match store {
-        Store::Sqlite(p) => sqlx::query(q).execute(p).await.map(|_| ()).unwrap(),
+        Store::Sqlite(s) => sqlx::query(q).execute(s.pool()).await.map(|_| ()).unwrap(),
         Store::Postgres(p) => sqlx::query(q).execute(p).await.map(|_| ()).unwrap(),
     }
 }

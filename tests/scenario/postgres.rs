@@ -393,7 +393,7 @@ async fn the_two_migration_sequences_match() {
             "SELECT m.name, c.name, c.type FROM sqlite_master m JOIN pragma_table_info(m.name) c \
              WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '_sqlx_migrations'",
         )
-        .fetch_all(p)
+        .fetch_all(p.pool())
         .await
         .unwrap(),
         _ => unreachable!(),
