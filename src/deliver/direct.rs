@@ -20,6 +20,8 @@ use super::report::{self, Signal};
 use super::Outcome;
 use crate::config::{DirectSettings, ExposeSecret};
 use crate::metrics::Metrics;
+use crate::routing::notification::Notification;
+use crate::routing::rules::ContentProfile;
 use crate::store::delivery::{AttemptRow, Outgoing, Settle};
 use crate::store::direct::{DirectRow, ReportRow};
 use crate::store::{Store, StoreError};
@@ -291,16 +293,13 @@ fn kind_words(kind: &str) -> &str {
     }
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+/// A value worth a line: present and not empty.
+fn text(v: Option<&str>) -> Option<String> {
+    v.filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 /// The readable body: one `Label: value` line per known fact, CRLF line breaks.
-fn body_text(p: &Value) -> String {
+fn body_text(p: &Notification) -> String {
     let mut lines = vec![
         "This is an electronic event notification from a hospital (CMS Conditions of Participation, 42 CFR 482.24(d)).".to_string(),
         String::new(),
@@ -310,39 +309,48 @@ fn body_text(p: &Value) -> String {
             lines.push(format!("{label}: {v}"));
         }
     };
-    let kind = p["kind"].as_str().unwrap_or("event");
-    line("Event", Some(kind_words(kind).to_string()));
-    if let Some(r) = p["retracts_kind"].as_str() {
+    line("Event", Some(kind_words(&p.kind).to_string()));
+    if let Some(r) = &p.retracts_kind {
         line("Cancels", Some(kind_words(r).to_string()));
     }
-    line("Event time", text(&p["event_time"]));
-    let pt = &p["patient"];
-    let name = [text(&pt["given"]), text(&pt["family"])]
+    line("Event time", text(Some(&p.event_time)));
+    let pt = &p.patient;
+    let name = [text(Some(&pt.given)), text(Some(&pt.family))]
         .into_iter()
         .flatten()
         .collect::<Vec<_>>()
         .join(" ");
     line("Patient", (!name.is_empty()).then_some(name));
-    line("Date of birth", text(&pt["birth_date"]));
-    line("Sex", text(&pt["sex"]));
-    line("Sending facility", text(&p["sending_facility"]));
-    line("Treating facility", text(&p["treating_facility"]));
-    let pr = &p["treating_practitioner"];
     line(
-        "Treating practitioner",
-        text(&pr["name"]).map(|n| match text(&pr["npi"]) {
-            Some(npi) => format!("{n} (NPI {npi})"),
-            None => n,
-        }),
+        "Date of birth",
+        text(pt.birth_date.clone().flatten().as_deref()),
     );
-    let enc = &p["encounter"];
-    line("Patient class", text(&enc["patient_class"]));
-    line("Admitted", text(&enc["admit_time"]));
-    line("Discharged", text(&enc["discharge_time"]));
-    line("Discharge disposition", text(&enc["discharge_disposition"]));
-    line("Discharged to", text(&enc["discharged_to"]));
-    line("Admit reason", text(&enc["admit_reason"]));
-    line("Notification id", text(&p["idempotency_key"]));
+    line("Sex", text(pt.sex.as_deref()));
+    line("Sending facility", text(Some(&p.sending_facility)));
+    line("Treating facility", text(Some(&p.treating_facility)));
+    if let Some(pr) = &p.treating_practitioner {
+        line(
+            "Treating practitioner",
+            text(Some(&pr.name)).map(|n| match text(pr.npi.as_deref()) {
+                Some(npi) => format!("{n} (NPI {npi})"),
+                None => n,
+            }),
+        );
+    }
+    let enc = &p.encounter;
+    line("Patient class", text(enc.patient_class.as_deref()));
+    line("Admitted", text(enc.admit_time.as_deref()));
+    line("Discharged", text(enc.discharge_time.as_deref()));
+    line(
+        "Discharge disposition",
+        text(enc.discharge_disposition.as_deref()),
+    );
+    line("Discharged to", text(enc.discharged_to.as_deref()));
+    line(
+        "Admit reason",
+        text(enc.admit_reason.clone().flatten().as_deref()),
+    );
+    line("Notification id", text(Some(&p.idempotency_key)));
     let mut s = lines.join("\r\n");
     s.push_str("\r\n");
     s
@@ -350,13 +358,13 @@ fn body_text(p: &Value) -> String {
 
 /// The Context attachment (Implementation Guide for Expressing Context in Direct
 /// Messaging): `name: value` lines.
-fn context(p: &Value, key: &str, hl7: bool) -> String {
-    let pt = &p["patient"];
+fn context(p: &Notification, key: &str, hl7: bool) -> String {
+    let pt = &p.patient;
     let mut lines = vec!["version: 1.0".to_string(), format!("id: {key}")];
-    if let Some(id) = pt["identifiers"].as_array().and_then(|a| a.first()) {
+    if let Some(id) = pt.identifiers.as_ref().and_then(|a| a.first()) {
         let v = [
-            text(&id["id"]),
-            text(&id["authority_namespace"]).or_else(|| text(&id["authority_universal"])),
+            text(Some(&id.id)),
+            text(Some(&id.authority_namespace)).or_else(|| text(Some(&id.authority_universal))),
         ]
         .into_iter()
         .flatten()
@@ -369,13 +377,14 @@ fn context(p: &Value, key: &str, hl7: bool) -> String {
     lines.push("type: general/notification".into());
     lines.push("purpose: treatment".into());
     let mut m = Vec::new();
-    for (k, f) in [
-        ("givenName", "given"),
-        ("surname", "family"),
-        ("dateOfBirth", "birth_date"),
-        ("gender", "sex"),
+    let birth_date = pt.birth_date.clone().flatten();
+    for (k, v) in [
+        ("givenName", Some(pt.given.as_str())),
+        ("surname", Some(pt.family.as_str())),
+        ("dateOfBirth", birth_date.as_deref()),
+        ("gender", pt.sex.as_deref()),
     ] {
-        if let Some(v) = text(&pt[f]) {
+        if let Some(v) = text(v) {
             m.push(format!("{k}={v}"));
         }
     }
@@ -396,7 +405,7 @@ pub fn compose(
     from: &Address,
     n: &Outgoing,
 ) -> Result<(Vec<u8>, String), String> {
-    let p: Value = serde_json::from_slice(&n.payload)
+    let p = Notification::from_json(&n.payload)
         .map_err(|e| format!("the notification body is not JSON: {e}"))?;
     let to: Address = n
         .endpoint
@@ -405,10 +414,11 @@ pub fn compose(
     let id = ids.make(&n.notification_key);
     let ctx_id = format!("<ctx.{}@{}>", n.notification_key, from.domain());
     // The HL7 v2 message goes only where the rule allows everything in it.
-    let hl7 = n.raw_hl7.as_ref().filter(|_| {
-        p["content_profile"] == "full" && p["redacted"].as_array().is_none_or(|r| r.is_empty())
-    });
-    let kind = p["kind"].as_str().unwrap_or("event");
+    let hl7 = n
+        .raw_hl7
+        .as_ref()
+        .filter(|_| p.content_profile == ContentProfile::Full && p.redacted.is_empty());
+    let kind = p.kind.as_str();
     let mut parts = MultiPart::mixed()
         .singlepart(SinglePart::plain(body_text(&p)))
         .singlepart(Attachment::new("notification.json".into()).body(

@@ -6,6 +6,7 @@
 
 use super::subscription::Filter;
 use super::{status_parameters, topic_of};
+use crate::routing::notification::Notification;
 use crate::store::fhir::{FanoutTransition, FhirEvent, SubscriptionRow};
 use crate::store::key_hash;
 use serde_json::{json, Value};
@@ -59,17 +60,18 @@ fn resources(
     pat_id: &str,
     at: &str,
 ) -> (Value, Value, Vec<Value>) {
-    let body: Value = t
+    // A transition without a body (or with one from elsewhere) gives bare resources.
+    let body: Notification = t
         .payload
         .as_deref()
-        .and_then(|p| serde_json::from_slice(p).ok())
-        .unwrap_or(Value::Null);
+        .and_then(|p| Notification::from_json(p).ok())
+        .unwrap_or_default();
     let (status, class) = match t.kind.as_str() {
         "ed-registration" => ("in-progress", "EMER"),
         "admission" => ("in-progress", "IMP"),
         _ => ("finished", "IMP"),
     };
-    let class = match body["encounter"]["patient_class"].as_str() {
+    let class = match body.encounter.patient_class.as_deref() {
         Some("E") => "EMER",
         Some("O") => "AMB",
         _ => class,
@@ -82,34 +84,43 @@ fn resources(
         "subject": { "reference": format!("Patient/{pat_id}") },
         "period": if status == "finished" { json!({ "end": at }) } else { json!({ "start": at }) },
     });
-    if let Some(d) = body["encounter"]["discharge_disposition"]
-        .as_str()
+    if let Some(d) = body
+        .encounter
+        .discharge_disposition
+        .as_deref()
         .filter(|d| !d.is_empty())
     {
         enc["hospitalization"] = json!({ "dischargeDisposition": { "text": d } });
     }
-    let p = &body["patient"];
+    let p = &body.patient;
     let mut name = json!({});
-    if let Some(f) = p["family"].as_str().filter(|f| !f.is_empty()) {
-        name["family"] = json!(f);
+    if !p.family.is_empty() {
+        name["family"] = json!(p.family);
     }
-    if let Some(g) = p["given"].as_str().filter(|g| !g.is_empty()) {
-        name["given"] = json!([g]);
+    if !p.given.is_empty() {
+        name["given"] = json!([p.given]);
     }
     let mut pat = json!({ "resourceType": "Patient", "id": pat_id });
     if name.as_object().is_some_and(|o| !o.is_empty()) {
         pat["name"] = json!([name]);
     }
-    if let Some(d) = p["birth_date"].as_str().filter(|d| is_date(d)) {
+    if let Some(d) = p
+        .birth_date
+        .as_ref()
+        .and_then(Option::as_deref)
+        .filter(|d| is_date(d))
+    {
         pat["birthDate"] = json!(d);
     }
-    if let Some(g) = p["sex"].as_str().and_then(gender) {
+    if let Some(g) = p.sex.as_deref().and_then(gender) {
         pat["gender"] = json!(g);
     }
     let mut more = Vec::new();
-    let doc = &body["treating_practitioner"];
-    let doc_name = doc["name"].as_str().filter(|n| !n.trim().is_empty());
-    let doc_npi = doc["npi"].as_str().filter(|n| !n.is_empty());
+    let doc = body.treating_practitioner.as_ref();
+    let doc_name = doc
+        .map(|d| d.name.as_str())
+        .filter(|n| !n.trim().is_empty());
+    let doc_npi = doc.and_then(|d| d.npi.as_deref()).filter(|n| !n.is_empty());
     if doc_name.is_some() || doc_npi.is_some() {
         let id = key_hash(&format!(
             "practitioner|{}",
@@ -128,9 +139,8 @@ fn resources(
         }]);
         more.push(r);
     }
-    let facility = [&body["treating_facility"], &body["sending_facility"]]
+    let facility = [&body.treating_facility, &body.sending_facility]
         .into_iter()
-        .filter_map(Value::as_str)
         .find(|f| !f.trim().is_empty());
     if let Some(f) = facility {
         let id = key_hash(&format!("organization|{f}"));

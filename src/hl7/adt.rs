@@ -41,7 +41,8 @@ pub struct Evn {
 
 /// One PID-3 (or MRG-1) repetition, with both parts of its assigning authority (HD:
 /// namespace and universal id), since rosters name either.
-#[derive(Clone, Serialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Identifier {
     pub id: String,
     pub authority_namespace: String,
@@ -90,7 +91,8 @@ impl NamedProvider {
     }
 }
 
-#[derive(Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Address {
     pub street: String,
     pub city: String,
@@ -123,7 +125,8 @@ pub struct Pd1 {
 }
 
 /// PL: point of care ^ room ^ bed ^ facility.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Location {
     pub point_of_care: String,
     pub room: String,
@@ -165,7 +168,8 @@ pub struct Pv2 {
     pub clinic_organization: String,
 }
 
-#[derive(Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Diagnosis {
     pub code: String,
     pub text: String,

@@ -11,7 +11,10 @@
 //! sender's resend of it, can never create a second notification.
 
 pub mod encounter;
+pub mod notification;
 pub mod rules;
+
+use notification::Notification;
 
 use crate::attribution::{self, AttributedProvider, AttributionPolicy};
 use crate::directory::endpoint::EndpointKind;
@@ -171,71 +174,6 @@ fn rank_endpoints(
     }
 }
 
-/// The notification body (schema `adt-router.notification/v1`, docs/routing.md).
-/// Fields in alphabetical order, as earlier releases wrote them; absent fields are
-/// left out by the content profile or a redaction.
-#[derive(Serialize)]
-struct Body<'a> {
-    content_profile: &'static str,
-    encounter: BodyEncounter<'a>,
-    event_time: String,
-    idempotency_key: &'a str,
-    kind: &'a str,
-    patient: BodyPatient<'a>,
-    redacted: &'a std::collections::BTreeSet<String>,
-    retracts_kind: Option<&'a str>,
-    schema: &'static str,
-    sending_facility: &'a str,
-    treating_facility: &'a str,
-    treating_practitioner: Option<Practitioner<'a>>,
-    trigger: &'a str,
-}
-
-#[derive(Serialize)]
-struct Practitioner<'a> {
-    name: String,
-    npi: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct BodyPatient<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    address: Option<&'a Option<crate::hl7::adt::Address>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    birth_date: Option<&'a Option<String>>,
-    family: &'a str,
-    given: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    identifiers: Option<&'a [crate::hl7::adt::Identifier]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    phone: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sex: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct BodyEncounter<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    admit_reason: Option<Option<&'a str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    admit_time: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    diagnoses: Option<Vec<&'a crate::hl7::adt::Diagnosis>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    discharge_disposition: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    discharge_time: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    discharged_to: Option<&'a str>,
-    id_hash: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    location: Option<&'a crate::hl7::adt::Location>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patient_class: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    visit_number: Option<&'a str>,
-}
-
 /// The notification body, cut to the content profile and the redactions.
 fn payload(
     ev: &AdtEvent,
@@ -251,58 +189,60 @@ fn payload(
     let standard = matches!(v.content, Standard | Full);
     let full = v.content == Full;
     let when = |on: bool, f: &str| on && keep(f);
-    let body = Body {
-        content_profile: v.content.as_str(),
-        encounter: BodyEncounter {
+    let owned = |s: &str| s.to_string();
+    let body = Notification {
+        content_profile: v.content,
+        encounter: notification::Encounter {
             admit_reason: when(full, "admit_reason")
-                .then(|| ev.pv2.as_ref().map(|p| p.admit_reason.as_str())),
-            admit_time: standard.then_some(pv1.admit_time.as_str()),
+                .then(|| ev.pv2.as_ref().map(|p| p.admit_reason.clone())),
+            admit_time: standard.then(|| owned(&pv1.admit_time)),
             diagnoses: when(full, "diagnosis").then(|| {
                 // DG1-18 = Y never leaves.
-                ev.diagnoses.iter().filter(|d| !d.confidential).collect()
+                ev.diagnoses
+                    .iter()
+                    .filter(|d| !d.confidential)
+                    .cloned()
+                    .collect()
             }),
             discharge_disposition: when(standard, "discharge_disposition")
-                .then_some(pv1.discharge_disposition.as_str()),
-            discharge_time: standard.then_some(pv1.discharge_time.as_str()),
-            discharged_to: when(standard, "discharged_to").then_some(pv1.discharged_to.as_str()),
+                .then(|| owned(&pv1.discharge_disposition)),
+            discharge_time: standard.then(|| owned(&pv1.discharge_time)),
+            discharged_to: when(standard, "discharged_to").then(|| owned(&pv1.discharged_to)),
             id_hash: key_hash(enc_id),
-            location: when(standard, "location").then_some(&pv1.location),
-            patient_class: standard.then_some(pv1.patient_class.as_str()),
-            visit_number: standard.then_some(pv1.visit_number.as_str()),
+            location: when(standard, "location").then(|| pv1.location.clone()),
+            patient_class: standard.then(|| owned(&pv1.patient_class)),
+            visit_number: standard.then(|| owned(&pv1.visit_number)),
         },
         event_time: crate::directory::rfc3339_us(t.at_us),
-        idempotency_key,
-        kind: &t.kind,
-        patient: BodyPatient {
-            address: when(full, "patient_address").then_some(&ev.pid.address),
-            birth_date: when(standard, "birth_date").then_some(&ev.pid.birth_date),
-            family: &ev.pid.family,
-            given: &ev.pid.given,
-            identifiers: standard.then_some(ev.pid.identifiers.as_slice()),
-            phone: when(full, "patient_phone").then_some(ev.pid.phone.as_str()),
-            sex: standard.then_some(ev.pid.sex.as_str()),
+        idempotency_key: owned(idempotency_key),
+        kind: t.kind.clone(),
+        patient: notification::Patient {
+            address: when(full, "patient_address").then(|| ev.pid.address.clone()),
+            birth_date: when(standard, "birth_date").then(|| ev.pid.birth_date.clone()),
+            family: ev.pid.family.clone(),
+            given: ev.pid.given.clone(),
+            identifiers: standard.then(|| ev.pid.identifiers.clone()),
+            phone: when(full, "patient_phone").then(|| ev.pid.phone.clone()),
+            sex: standard.then(|| ev.pid.sex.clone()),
         },
-        redacted: &v.redact,
-        retracts_kind: t.retracted_kind.as_deref(),
-        schema: "adt-router.notification/v1",
-        sending_facility: &ev.msh.sending_facility,
+        redacted: v.redact.clone(),
+        retracts_kind: t.retracted_kind.clone(),
+        schema: notification::SCHEMA.to_string(),
+        sending_facility: ev.msh.sending_facility.clone(),
         treating_facility: if ev.evn.event_facility.is_empty() {
-            &pv1.location.facility
+            pv1.location.facility.clone()
         } else {
-            &ev.evn.event_facility
+            ev.evn.event_facility.clone()
         },
-        treating_practitioner: ev.treating_practitioner().map(|p| Practitioner {
-            name: p.display_name(),
-            npi: p.labelled_npi.then_some(p.id.as_str()),
-        }),
-        trigger: &ev.msh.trigger,
+        treating_practitioner: ev
+            .treating_practitioner()
+            .map(|p| notification::Practitioner {
+                name: p.display_name(),
+                npi: p.labelled_npi.then(|| p.id.clone()),
+            }),
+        trigger: ev.msh.trigger.clone(),
     };
-    // Sized for a typical body, so it is not grown three times on the way.
-    let mut out = Vec::with_capacity(1024);
-    match serde_json::to_writer(&mut out, &body) {
-        Ok(()) => out,
-        Err(_) => Vec::new(),
-    }
+    body.to_json()
 }
 
 /// The message decoded and parsed, or why it cannot be routed.
