@@ -9,7 +9,7 @@ behaviour (docs/architecture.md, "Checking a refactor").
 
 Inputs, made once and given to both: a synthetic roster (`roster synth`, needs a build
 with the tools feature: NEW_BIN unless --tools-bin), encounters for its patients
-(scripts/gen-encounters.py), every message of ../shared/corpus/hl7 (valid and invalid),
+(scripts/gen-encounters.py) with every fifth discharge cancelled (A13), every message of ../shared/corpus/hl7 (valid and invalid),
 and REST overrides sending every roster provider's notifications to a webhook
 receiver on loopback. Each build gets a fresh SQLite database, the repository's routing-rules/, and
 `serve` with routing and delivery on; messages go one at a time, each ACK awaited.
@@ -199,7 +199,17 @@ def main():
         f.write("npi,type,endpoint\n")
         for n in npis:
             f.write(f"{n},REST,http://127.0.0.1:{port}/hook/{n}\n")
-    msgs = messages_of(enc)
+    msgs, discharges = [], 0
+    for m in messages_of(enc):
+        msgs.append(m)
+        discharges += b"|ADT^A03|" in m
+        # Every fifth discharge is cancelled an hour later (A13): a retraction to
+        # exactly the recipients of the discharge.
+        if b"|ADT^A03|" in m and discharges % 5 == 0:
+            t = re.search(rb"\|(\d{12})00\|", m).group(1)
+            later = t[:8] + b"%02d" % (int(t[8:10]) + 1) + t[10:]
+            c = m.replace(b"|ADT^A03|", b"|ADT^A13|").replace(b"EVN|A03|", b"EVN|A13|").replace(t, later)
+            msgs.append(re.sub(rb"\|(G\d{8})3\|", rb"|\g<1>9|", c))
     for p in sorted(glob.glob(os.path.join(SHARED, "corpus", "hl7", "*.hl7"))) + \
             sorted(glob.glob(os.path.join(SHARED, "corpus", "hl7", "invalid", "*.hl7"))):
         msgs.extend(messages_of(p))
@@ -212,7 +222,7 @@ def main():
         "ADT_ROUTER__DELIVERY__REQUIRE_HTTPS": "false",
         "ADT_ROUTER_LOG": "info",
     }
-    print(f"inputs: {len(msgs)} messages ({a.encounters} encounters x 4 and the shared corpus), "
+    print(f"inputs: {len(msgs)} messages ({a.encounters} encounters x 4, {discharges // 5} cancels, the shared corpus), "
           f"a 2,000-patient roster, {len(npis)} webhook overrides; work dir {work}")
     results = {}
     for label, binary in (("old", a.old), ("new", a.new)):

@@ -4,7 +4,7 @@
 use super::open_store;
 use adt_router::config::Settings;
 use adt_router::routing::rules::{self, RuleSet};
-use adt_router::routing::{Router, Sim};
+use adt_router::routing::{Router, Snapshot};
 use adt_router::store::{now_us, Store};
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -84,7 +84,7 @@ async fn replay(
     since: i64,
     until: i64,
 ) -> anyhow::Result<(BTreeMap<(String, String), String>, usize)> {
-    let mut sim = Sim::default();
+    let mut sim = Snapshot::default();
     let mut out = BTreeMap::new();
     let mut after = 0;
     let mut n = 0;

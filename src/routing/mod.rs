@@ -12,21 +12,20 @@
 
 pub mod encounter;
 pub mod notification;
+pub mod planner;
 pub mod rules;
 
-use notification::Notification;
+pub use planner::{Plan, Planner, RecipientDecision, Snapshot};
 
-use crate::attribution::{self, AttributedProvider, AttributionPolicy};
-use crate::directory::endpoint::EndpointKind;
-use crate::directory::DirectoryEntry;
+use crate::attribution::{self, AttributionPolicy};
 use crate::hl7::adt::AdtEvent;
 use crate::hl7::charset;
 use crate::hl7::patient::PatientFacts;
-use crate::store::routing::{DecisionRow, EncounterRow, OutboxRow, RoutingWrite, TransitionRow};
-use crate::store::{key_hash, now_us, Store, StoreError, StoredMessage};
-use encounter::{Encounter, EncounterConfig, Transition};
-use rules::{Candidate, Facts, RuleSet, Verdict};
-use serde::Serialize;
+use crate::store::routing::RoutingWrite;
+use crate::store::{now_us, Store, StoreError, StoredMessage};
+use encounter::{Encounter, EncounterConfig};
+use planner::{attribution_key, encounter_key, encounter_row, transition_row};
+use rules::RuleSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -48,203 +47,6 @@ pub struct Router {
     pub pipeline: Arc<tokio::sync::Mutex<Pipeline>>,
 }
 
-/// What routing one message decided, for `rules explain` and for the write.
-#[derive(Clone, Debug, Serialize, Default)]
-pub struct Plan {
-    pub control_id: String,
-    pub trigger: String,
-    pub sending_facility: String,
-    pub encounter: String,
-    pub status_before: String,
-    pub status_after: String,
-    pub transitions: Vec<Transition>,
-    pub rules_fired: Vec<String>,
-    pub recipients: Vec<RecipientDecision>,
-    /// Why nothing was routed at all (unparseable, duplicate, no patient).
-    pub skipped: Option<String>,
-    #[serde(skip)]
-    pub write: RoutingWrite,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct RecipientDecision {
-    pub transition: String,
-    pub kind: String,
-    pub npi: String,
-    pub relationships: Vec<String>,
-    /// notify, suppressed, not-selected, no-endpoint.
-    pub outcome: String,
-    pub reason: String,
-    pub rule_ids: Vec<String>,
-    pub channel: Option<String>,
-    pub endpoint: Option<String>,
-    pub content: Option<String>,
-    pub timing: Option<String>,
-    pub redacted: Vec<String>,
-}
-
-/// Encounters and who was sent what, held in memory: for `rules simulate` (which never
-/// touches or depends on what the live router stored) and, as an overlay on the store,
-/// for a batch of messages routed in one transaction.
-#[derive(Default)]
-pub struct Sim {
-    pub encounters: std::collections::HashMap<String, Encounter>,
-    pub sent: std::collections::HashMap<String, Vec<crate::store::routing::SentTo>>,
-    /// Read what is not in memory from the store (a batch) instead of starting empty.
-    pub overlay: bool,
-    /// Attributions already worked out in this batch, by the patient facts they were
-    /// worked out from (an encounter's messages usually arrive together).
-    /// Shared, not copied, by the messages that use them.
-    pub attributions: std::collections::HashMap<String, Arc<[AttributedProvider]>>,
-    /// Encounters looked up in the store already (found ones are in `encounters`).
-    pub fetched: std::collections::HashSet<String>,
-    /// Routing: the decisions are written, not explained ([`Plan::recipients`] stays
-    /// empty: a dozen strings per candidate recipient that nothing reads when routing).
-    pub write_only: bool,
-}
-
-/// The row that stores an encounter's state.
-fn encounter_row(enc: &Encounter) -> EncounterRow {
-    EncounterRow {
-        facility: enc.facility.clone(),
-        visit_number: enc.visit_number.clone(),
-        patient_key: enc.patient_key.clone(),
-        status: enc.status.clone(),
-        state: serde_json::to_string(enc).unwrap_or_default(),
-        last_event_us: enc.last_event_us,
-    }
-}
-
-/// The row that records a transition; `ev` is the message that caused it, if any.
-fn transition_row(
-    enc: &Encounter,
-    t: &Transition,
-    ev: Option<&AdtEvent>,
-    inbound_id: Option<i64>,
-) -> TransitionRow {
-    TransitionRow {
-        transition_key: t.key.clone(),
-        encounter: enc.id(),
-        kind: t.kind.clone(),
-        notifiable: t.notifiable,
-        retracts: t.retracts.clone(),
-        note: t.note.clone(),
-        inbound_id,
-        control_id: ev.map(|e| e.msh.control_id.clone()),
-        sending_facility: enc.facility.clone(),
-        trigger_event: ev.map(|e| e.msh.trigger.clone()).unwrap_or_default(),
-        event_at_us: t.at_us,
-    }
-}
-
-/// The usable endpoints, best first and one per channel: of the channels in `channels`
-/// (any deliverable one when the rule names none), overrides first, then by the rule's
-/// order. The first is used; the others are the fallbacks.
-fn rank_endpoints(
-    entry: &DirectoryEntry,
-    channels: &[String],
-) -> Result<Vec<(String, String)>, String> {
-    let rank = |kind: &str| {
-        if channels.is_empty() {
-            EndpointKind::parse(kind)
-                .filter(|k| k.deliverable())
-                .map(|_| 0)
-        } else {
-            channels.iter().position(|c| c.eq_ignore_ascii_case(kind))
-        }
-    };
-    let mut out: Vec<(String, String)> = Vec::new();
-    for e in crate::directory::ranked(&entry.endpoints, rank) {
-        if !out.iter().any(|(k, _)| *k == e.kind) {
-            out.push((
-                e.kind.clone(),
-                e.normalized.clone().unwrap_or_else(|| e.value.clone()),
-            ));
-        }
-    }
-    match out.is_empty() {
-        false => Ok(out),
-        true => Err(entry.no_endpoint_reason.clone().unwrap_or_else(|| {
-            if channels.is_empty() {
-                "no usable endpoint in the directory".into()
-            } else {
-                format!("no usable {} endpoint in the directory", channels.join("/"))
-            }
-        })),
-    }
-}
-
-/// The notification body, cut to the content profile and the redactions.
-fn payload(
-    ev: &AdtEvent,
-    t: &Transition,
-    enc_id: &str,
-    idempotency_key: &str,
-    v: &Verdict,
-) -> Vec<u8> {
-    use rules::ContentProfile::*;
-    let empty = crate::hl7::adt::Pv1::default();
-    let pv1 = ev.pv1.as_ref().unwrap_or(&empty);
-    let keep = |f: &str| !v.redact.contains(f);
-    let standard = matches!(v.content, Standard | Full);
-    let full = v.content == Full;
-    let when = |on: bool, f: &str| on && keep(f);
-    let owned = |s: &str| s.to_string();
-    let body = Notification {
-        content_profile: v.content,
-        encounter: notification::Encounter {
-            admit_reason: when(full, "admit_reason")
-                .then(|| ev.pv2.as_ref().map(|p| p.admit_reason.clone())),
-            admit_time: standard.then(|| owned(&pv1.admit_time)),
-            diagnoses: when(full, "diagnosis").then(|| {
-                // DG1-18 = Y never leaves.
-                ev.diagnoses
-                    .iter()
-                    .filter(|d| !d.confidential)
-                    .cloned()
-                    .collect()
-            }),
-            discharge_disposition: when(standard, "discharge_disposition")
-                .then(|| owned(&pv1.discharge_disposition)),
-            discharge_time: standard.then(|| owned(&pv1.discharge_time)),
-            discharged_to: when(standard, "discharged_to").then(|| owned(&pv1.discharged_to)),
-            id_hash: key_hash(enc_id),
-            location: when(standard, "location").then(|| pv1.location.clone()),
-            patient_class: standard.then(|| owned(&pv1.patient_class)),
-            visit_number: standard.then(|| owned(&pv1.visit_number)),
-        },
-        event_time: crate::directory::rfc3339_us(t.at_us),
-        idempotency_key: owned(idempotency_key),
-        kind: t.kind.clone(),
-        patient: notification::Patient {
-            address: when(full, "patient_address").then(|| ev.pid.address.clone()),
-            birth_date: when(standard, "birth_date").then(|| ev.pid.birth_date.clone()),
-            family: ev.pid.family.clone(),
-            given: ev.pid.given.clone(),
-            identifiers: standard.then(|| ev.pid.identifiers.clone()),
-            phone: when(full, "patient_phone").then(|| ev.pid.phone.clone()),
-            sex: standard.then(|| ev.pid.sex.clone()),
-        },
-        redacted: v.redact.clone(),
-        retracts_kind: t.retracted_kind.clone(),
-        schema: notification::SCHEMA.to_string(),
-        sending_facility: ev.msh.sending_facility.clone(),
-        treating_facility: if ev.evn.event_facility.is_empty() {
-            pv1.location.facility.clone()
-        } else {
-            ev.evn.event_facility.clone()
-        },
-        treating_practitioner: ev
-            .treating_practitioner()
-            .map(|p| notification::Practitioner {
-                name: p.display_name(),
-                npi: p.labelled_npi.then(|| p.id.clone()),
-            }),
-        trigger: ev.msh.trigger.clone(),
-    };
-    body.to_json()
-}
-
 /// The message decoded and parsed, or why it cannot be routed.
 /// Guarded like ingest's parse: should the parser ever panic on a stored message, that
 /// message is skipped with a reason instead of stopping the router (which would retry
@@ -260,39 +62,6 @@ fn routable(raw: &[u8], fallback: &'static encoding_rs::Encoding) -> Result<AdtE
             })
         })
         .map_err(|r| format!("not routable: {}", r.err.diagnostic))
-}
-
-/// (facility, visit, patient key) of the encounter a message belongs to: PV1-19, else
-/// PID-18, else one encounter per patient. `None` when the message names no patient.
-fn encounter_key(ev: &AdtEvent) -> Option<(String, String, String)> {
-    let patient_key = ev.patient_key()?;
-    let visit = ev
-        .pv1
-        .as_ref()
-        .map(|p| p.visit_number.as_str())
-        .into_iter()
-        .chain([ev.pid.account_number.as_str()])
-        .find(|v| !v.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("patient:{patient_key}"));
-    Some((ev.msh.sending_facility.clone(), visit, patient_key))
-}
-
-/// What attribution reads (the patient, the named providers, the date), as a key:
-/// messages with the same key get the same providers.
-fn attribution_key(facts: &PatientFacts) -> String {
-    serde_json::to_string(&(
-        &facts.identifiers,
-        &facts.family,
-        &facts.given,
-        &facts.birth_date,
-        &facts.sex,
-        &facts.postal_code,
-        &facts.providers,
-        &facts.event_date,
-        &facts.sending_facility,
-    ))
-    .unwrap_or_default()
 }
 
 impl Router {
@@ -317,34 +86,51 @@ impl Router {
         }
     }
 
-    fn rules(&self) -> Arc<RuleSet> {
-        self.rules
+    /// The planner with the rules as they are now (they reload while serving).
+    pub fn planner(&self) -> Planner {
+        let rules = self
+            .rules
             .read()
             .map(|r| r.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        Planner {
+            rules,
+            encounters: self.encounters.clone(),
+            digest_hour_utc: self.digest_hour_utc,
+        }
     }
 
-    /// Works out what one message changes, without writing anything.
+    /// Works out what one message changes, without writing anything: on top of the
+    /// store, or of `snap` (what earlier messages did; `rules simulate`).
     pub async fn plan(
         &self,
         raw: &[u8],
         inbound_id: Option<i64>,
         now: i64,
-        sim: Option<&mut Sim>,
+        snap: Option<&mut Snapshot>,
     ) -> Result<Plan, StoreError> {
-        match routable(raw, self.fallback) {
-            Ok(ev) => self.plan_event(&ev, inbound_id, now, sim).await,
-            Err(skipped) => Ok(Plan {
-                skipped: Some(skipped),
-                ..Plan::default()
-            }),
-        }
+        let ev = match routable(raw, self.fallback) {
+            Ok(ev) => ev,
+            Err(skipped) => {
+                return Ok(Plan {
+                    skipped: Some(skipped),
+                    ..Plan::default()
+                })
+            }
+        };
+        let mut own = Snapshot {
+            overlay: true,
+            ..Snapshot::default()
+        };
+        let snap = snap.unwrap_or(&mut own);
+        self.prefetch(&[&ev], snap).await?;
+        Ok(self.planner().plan_event(snap, &ev, inbound_id, now))
     }
 
-    /// Reads what a page of messages needs from the store in a few queries (each
-    /// encounter's state, each patient's attribution) into `sim`, where
-    /// [`Self::plan_event`] finds them.
-    async fn prefetch(&self, events: &[&AdtEvent], sim: &mut Sim) -> Result<(), StoreError> {
+    /// Reads what planning `events` needs from the store into `sim`, in a few queries:
+    /// each patient's attribution and, unless the snapshot starts empty, each
+    /// encounter's state and who was sent what a cancel among them can retract.
+    async fn prefetch(&self, events: &[&AdtEvent], sim: &mut Snapshot) -> Result<(), StoreError> {
         let mut keys: Vec<(String, String)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut patients: Vec<(String, PatientFacts)> = Vec::new();
@@ -353,7 +139,7 @@ impl Router {
                 continue;
             };
             let id = format!("{facility}|{visit}");
-            if !sim.encounters.contains_key(&id) && sim.fetched.insert(id) {
+            if sim.overlay && !sim.encounters.contains_key(&id) && sim.fetched.insert(id) {
                 keys.push((facility, visit));
             }
             let facts = PatientFacts::of(ev);
@@ -366,6 +152,29 @@ impl Router {
             for (facility, visit, state) in self.store.load_encounters(chunk).await? {
                 if let Ok(enc) = serde_json::from_str::<Encounter>(&state) {
                     sim.encounters.insert(format!("{facility}|{visit}"), enc);
+                }
+            }
+        }
+        if sim.overlay {
+            // Only a cancel retracts (encounter::Encounter::step), and only a live
+            // transition of its encounter.
+            let mut retractable = Vec::new();
+            for ev in events {
+                if !matches!(ev.msh.trigger.as_str(), "A11" | "A12" | "A13") {
+                    continue;
+                }
+                let Some((facility, visit, _)) = encounter_key(ev) else {
+                    continue;
+                };
+                if let Some(enc) = sim.encounters.get(&format!("{facility}|{visit}")) {
+                    retractable.extend(enc.live.values().map(|l| l.key.clone()));
+                }
+            }
+            for key in retractable {
+                if let std::collections::hash_map::Entry::Vacant(slot) = sim.stored_sent.entry(key)
+                {
+                    let sent = self.store.sent_to(slot.key()).await?;
+                    slot.insert(sent);
                 }
             }
         }
@@ -383,348 +192,6 @@ impl Router {
         Ok(())
     }
 
-    /// [`Self::plan`] for a parsed message.
-    pub async fn plan_event(
-        &self,
-        ev: &AdtEvent,
-        inbound_id: Option<i64>,
-        now: i64,
-        mut sim: Option<&mut Sim>,
-    ) -> Result<Plan, StoreError> {
-        let mut plan = Plan {
-            control_id: ev.msh.control_id.clone(),
-            trigger: ev.msh.trigger.clone(),
-            sending_facility: ev.msh.sending_facility.clone(),
-            ..Plan::default()
-        };
-        let Some((facility, visit, patient_key)) = encounter_key(ev) else {
-            plan.skipped = Some("no patient identifier (PID-3): nothing to route".into());
-            return Ok(plan);
-        };
-        let no_pv1 = crate::hl7::adt::Pv1::default();
-        let pv1 = ev.pv1.as_ref().unwrap_or(&no_pv1);
-        let id = format!("{facility}|{visit}");
-        // Taken out of the overlay, and put back (moved) once planned.
-        let cached = sim.as_deref_mut().and_then(|s| s.encounters.remove(&id));
-        let fetched = sim.as_deref().is_some_and(|s| s.fetched.contains(&id));
-        let stored = match (cached, sim.as_deref().is_none_or(|s| s.overlay) && !fetched) {
-            (Some(e), _) => Some(e),
-            (None, true) => self
-                .store
-                .load_encounter(&facility, &visit)
-                .await?
-                .and_then(|state| serde_json::from_str(&state).ok()),
-            (None, false) => None,
-        };
-        let mut enc = stored.unwrap_or_else(|| Encounter::new(&facility, &visit, &patient_key));
-        enc.patient_key = patient_key.clone();
-        plan.encounter = enc.id();
-        plan.status_before = enc.status.clone();
-        let transitions = enc.step(ev, &self.encounters, now);
-        plan.status_after = enc.status.clone();
-        if ev.msh.trigger == "A40" {
-            if let Some(m) = &ev.mrg {
-                for old in &m.prior_identifiers {
-                    if old.key() != patient_key {
-                        plan.write.merges.push((old.key(), patient_key.clone()));
-                    }
-                }
-            }
-        }
-        // Routing builds a page's encounter rows once, in `plan_page`; explaining
-        // builds the recipients' explanations, which routing does not read.
-        let explain = sim.as_deref().is_none_or(|s| !s.write_only);
-        if explain {
-            plan.write.encounters.push(encounter_row(&enc));
-        }
-        let rules = self.rules();
-        let opted_out = rules.opted_out(ev.pid.identifiers.iter().flat_map(|i| {
-            [
-                (i.id.as_str(), i.authority_namespace.as_str()),
-                (i.id.as_str(), i.authority_universal.as_str()),
-            ]
-        }));
-        let diagnoses: Vec<String> = ev.diagnoses.iter().map(|d| d.code.clone()).collect();
-        let mut attributed: Option<Arc<[AttributedProvider]>> = None;
-        let plan_encounter = plan.encounter.clone();
-        for t in &transitions {
-            plan.write
-                .transitions
-                .push(transition_row(&enc, t, Some(ev), inbound_id));
-            if !t.notifiable {
-                continue;
-            }
-            let facts = Facts {
-                facility: &facility,
-                event: &t.kind,
-                trigger: &ev.msh.trigger,
-                patient_class: &pv1.patient_class,
-                unit: &pv1.location.point_of_care,
-                service: &pv1.hospital_service,
-                diagnoses: &diagnoses,
-                age: ev.patient_age(),
-                sending_application: &ev.msh.sending_application,
-                opted_out,
-                protected: ev.pd1.as_ref().is_some_and(|p| p.protection_indicator),
-            };
-            for r in rules.fired(&facts) {
-                if !plan.rules_fired.contains(&r.id) {
-                    plan.rules_fired.push(r.id.clone());
-                }
-            }
-            if let Some(retracted) = &t.retracts {
-                let mut sent = match sim.as_deref() {
-                    Some(sim) => sim.sent.get(retracted).cloned().unwrap_or_default(),
-                    None => Vec::new(),
-                };
-                if sim.as_deref().is_none_or(|s| s.overlay) {
-                    // A page in flight may be in both, once committed.
-                    for s in self.store.sent_to(retracted).await? {
-                        if !sent.iter().any(|x| x.recipient_npi == s.recipient_npi) {
-                            sent.push(s);
-                        }
-                    }
-                }
-                self.plan_retraction(&mut plan, ev, t, sent, &plan_encounter, now);
-                continue;
-            }
-            if attributed.is_none() {
-                let facts = PatientFacts::of(ev);
-                let key = attribution_key(&facts);
-                let cached = sim
-                    .as_deref()
-                    .and_then(|s| s.attributions.get(&key).cloned());
-                let providers = match cached {
-                    Some(p) => p,
-                    None => {
-                        let a = attribution::attribute_many(
-                            &self.store,
-                            &[&facts],
-                            &self.attribution,
-                            attribution::Detail::ProvidersOnly,
-                        )
-                        .await?
-                        .remove(0);
-                        let providers: Arc<[AttributedProvider]> = a.providers.into();
-                        if let Some(s) = sim.as_deref_mut() {
-                            s.attributions.insert(key, providers.clone());
-                        }
-                        providers
-                    }
-                };
-                attributed = Some(providers);
-            }
-            for p in attributed.as_deref().unwrap_or_default() {
-                let sources: Vec<String> = p
-                    .provenance
-                    .iter()
-                    .filter_map(|pr| pr.source.clone())
-                    .collect();
-                let cand = Candidate {
-                    relationships: &p.relationships,
-                    roster_sources: &sources,
-                    from_message: p.provenance.iter().any(|pr| pr.kind == "message"),
-                };
-                let v = rules.evaluate(&facts, &cand);
-                self.decide(&mut plan, ev, t, &plan_encounter, p, &v, now, explain);
-            }
-        }
-        if let Some(sim) = sim {
-            sim.encounters.insert(plan_encounter, enc);
-            for o in plan.write.outbox.iter().filter(|o| o.status == "pending") {
-                sim.sent.entry(o.transition_key.clone()).or_default().push(
-                    crate::store::routing::SentTo {
-                        recipient_npi: o.recipient_npi.clone(),
-                        channel: o.channel.clone(),
-                        endpoint: o.endpoint.clone(),
-                        ordering_key: o.ordering_key.clone(),
-                        content_profile: o.content_profile.clone(),
-                    },
-                );
-            }
-        }
-        plan.transitions = transitions;
-        Ok(plan)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decide(
-        &self,
-        plan: &mut Plan,
-        ev: &AdtEvent,
-        t: &Transition,
-        enc_id: &str,
-        p: &AttributedProvider,
-        v: &Verdict,
-        now: i64,
-        explain: bool,
-    ) {
-        let ids = v.rule_ids();
-        let joined_ids = ids.join(",");
-        let key = key_hash(&format!("{}|{}", t.key, p.npi));
-        let mut row = OutboxRow {
-            notification_key: key.clone(),
-            ordering_key: key_hash(&format!("{enc_id}|{}", p.npi)),
-            channel: String::new(),
-            endpoint: String::new(),
-            payload: Vec::new(),
-            status: String::new(),
-            due_at_us: now,
-            last_error: None,
-            fallbacks: None,
-            transition_key: t.key.clone(),
-            kind: t.kind.clone(),
-            encounter: enc_id.to_string(),
-            control_id: Some(ev.msh.control_id.clone()),
-            sending_facility: ev.msh.sending_facility.clone(),
-            recipient_npi: p.npi.clone(),
-            rule_ids: joined_ids.clone(),
-            content_profile: v.content.as_str().to_string(),
-        };
-        let discharge_like = matches!(t.kind.as_str(), "discharge" | "transfer");
-        let (outcome, reason) = if v.selected_by.is_none() {
-            (
-                "not-selected",
-                format!(
-                    "no notify rule selects a {} for {}",
-                    p.relationships.join("/"),
-                    t.kind
-                ),
-            )
-        } else if let Some((rule, why)) = &v.suppressed_by {
-            row.status = "suppressed".into();
-            ("suppressed", format!("{why} (rule {rule})"))
-        } else if v.timing == rules::Timing::DischargeOnly && !discharge_like {
-            row.status = "suppressed".into();
-            (
-                "suppressed",
-                "recipient preference: discharge notifications only".to_string(),
-            )
-        } else {
-            match rank_endpoints(&p.directory, &v.channels) {
-                Ok(mut ranked) => {
-                    let (channel, endpoint) = ranked.remove(0);
-                    if !ranked.is_empty() {
-                        row.fallbacks = serde_json::to_string(&ranked).ok();
-                    }
-                    row.status = "pending".into();
-                    row.channel = channel;
-                    row.endpoint = endpoint;
-                    if v.timing == rules::Timing::DailyDigest {
-                        row.due_at_us = next_digest(now, self.digest_hour_utc);
-                    }
-                    (
-                        "notify",
-                        format!(
-                            "selected by rule {}",
-                            v.selected_by.as_deref().unwrap_or_default()
-                        ),
-                    )
-                }
-                Err(why) => {
-                    row.status = "dead".into();
-                    ("no-endpoint", why)
-                }
-            }
-        };
-        if explain {
-            let sent = outcome == "notify";
-            plan.recipients.push(RecipientDecision {
-                transition: key_hash(&t.key),
-                kind: t.kind.clone(),
-                npi: p.npi.clone(),
-                relationships: p.relationships.clone(),
-                outcome: outcome.into(),
-                reason: reason.clone(),
-                rule_ids: ids.clone(),
-                channel: sent.then(|| row.channel.clone()),
-                endpoint: sent.then(|| row.endpoint.clone()),
-                content: Some(v.content.as_str().into()),
-                timing: Some(v.timing.as_str().into()),
-                redacted: v.redact.iter().cloned().collect(),
-            });
-        }
-        if outcome != "not-selected" {
-            if row.status != "pending" {
-                row.last_error = Some(reason.clone());
-            }
-            row.payload = payload(ev, t, enc_id, &key, v);
-            plan.write.outbox.push(row);
-        }
-        plan.write.decisions.push(DecisionRow {
-            transition_key: t.key.clone(),
-            recipient_npi: p.npi.clone(),
-            outcome: outcome.into(),
-            reason,
-            rule_ids: joined_ids,
-        });
-    }
-
-    fn plan_retraction(
-        &self,
-        plan: &mut Plan,
-        ev: &AdtEvent,
-        t: &Transition,
-        sent: Vec<crate::store::routing::SentTo>,
-        enc_id: &str,
-        now: i64,
-    ) {
-        for s in sent {
-            let key = key_hash(&format!("{}|{}", t.key, s.recipient_npi));
-            let v = Verdict {
-                content: match s.content_profile.as_str() {
-                    "full" => rules::ContentProfile::Full,
-                    "standard" => rules::ContentProfile::Standard,
-                    _ => rules::ContentProfile::Minimum,
-                },
-                ..Verdict::default()
-            };
-            plan.write.decisions.push(DecisionRow {
-                transition_key: t.key.clone(),
-                recipient_npi: s.recipient_npi.clone(),
-                outcome: "notify".into(),
-                reason: format!(
-                    "retraction to a recipient of the {}",
-                    t.retracted_kind.clone().unwrap_or_default()
-                ),
-                rule_ids: String::new(),
-            });
-            plan.write.outbox.push(OutboxRow {
-                notification_key: key.clone(),
-                ordering_key: s.ordering_key.clone(),
-                channel: s.channel.clone(),
-                endpoint: s.endpoint.clone(),
-                payload: payload(ev, t, enc_id, &key, &v),
-                status: "pending".into(),
-                due_at_us: now,
-                last_error: None,
-                fallbacks: None,
-                transition_key: t.key.clone(),
-                kind: "retraction".into(),
-                encounter: enc_id.to_string(),
-                control_id: Some(ev.msh.control_id.clone()),
-                sending_facility: ev.msh.sending_facility.clone(),
-                recipient_npi: s.recipient_npi.clone(),
-                rule_ids: String::new(),
-                content_profile: s.content_profile.clone(),
-            });
-            plan.recipients.push(RecipientDecision {
-                transition: key_hash(&t.key),
-                kind: "retraction".into(),
-                npi: s.recipient_npi,
-                relationships: vec![],
-                outcome: "notify".into(),
-                reason: "was sent what this retracts".into(),
-                rule_ids: vec![],
-                channel: Some(s.channel),
-                endpoint: Some(s.endpoint),
-                content: Some(s.content_profile),
-                timing: Some("immediate".into()),
-                redacted: vec![],
-            });
-        }
-    }
-
     /// Works out a page of stored messages in order, on top of `sim` (what earlier
     /// messages, of this page or of pages not yet committed, did): the plans and the
     /// one write that records them all and marks the messages routed.
@@ -732,11 +199,12 @@ impl Router {
         &self,
         msgs: &[StoredMessage],
         now: i64,
-        sim: &mut Sim,
+        sim: &mut Snapshot,
     ) -> Result<(Vec<Plan>, RoutingWrite), StoreError> {
         let parsed = self.parse_page(msgs);
         let events: Vec<&AdtEvent> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
         self.prefetch(&events, sim).await?;
+        let planner = self.planner();
         let mut plans = Vec::with_capacity(msgs.len());
         let mut all = RoutingWrite::default();
         // Encounters in the order the page first touched them.
@@ -744,7 +212,7 @@ impl Router {
         let mut seen = std::collections::HashSet::new();
         for (m, ev) in msgs.iter().zip(&parsed) {
             let mut plan = match ev {
-                Ok(ev) => self.plan_event(ev, Some(m.id), now, Some(sim)).await?,
+                Ok(ev) => planner.plan_event(sim, ev, Some(m.id), now),
                 Err(skipped) => Plan {
                     skipped: Some(skipped.clone()),
                     ..Plan::default()
@@ -882,7 +350,7 @@ impl Router {
         if page.is_empty() {
             // Idle: everything is in the database; carry nothing into the next burst,
             // and hold no read snapshot open while nothing is routed.
-            pipe.sim = Sim::default();
+            pipe.sim = Snapshot::default();
             self.store.release_reference();
             pipe.finish().await?;
             return Ok(0);
@@ -908,7 +376,7 @@ impl Router {
         let (plans, write) = match (planned, flushed) {
             (Ok(p), Ok(())) => p,
             (Err(e), _) | (_, Err(e)) => {
-                pipe.sim = Sim::default();
+                pipe.sim = Snapshot::default();
                 return Err(e);
             }
         };
@@ -918,7 +386,7 @@ impl Router {
         );
         if pipe.sim.encounters.len() > CARRIED_ENCOUNTERS {
             // Bound the memory: commit this page in place and start afresh.
-            pipe.sim = Sim::default();
+            pipe.sim = Snapshot::default();
             commit_page(&self.store, &self.metrics, &write, &plans, now).await?;
             self.wake.routed.notify_one();
             return Ok(page.len());
@@ -939,7 +407,7 @@ impl Router {
     /// ED-timeout sweep changes encounters behind the router's back).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let mut pipe = self.pipeline.lock().await;
-        pipe.sim = Sim::default();
+        pipe.sim = Snapshot::default();
         pipe.finish().await
     }
 }
@@ -977,7 +445,7 @@ async fn commit_page(
 /// Pages planned but not yet known to be committed, and what they did.
 #[derive(Default)]
 pub struct Pipeline {
-    sim: Sim,
+    sim: Snapshot,
     inflight: Option<Inflight>,
 }
 
@@ -1010,17 +478,6 @@ impl Pipeline {
 
 /// Encounters carried between pages before the overlay is dropped (memory bound).
 const CARRIED_ENCOUNTERS: usize = 20_000;
-
-/// The next `hour`:00 UTC after `now`.
-fn next_digest(now: i64, hour: u32) -> i64 {
-    let day = 86_400_000_000i64;
-    let start = now - now.rem_euclid(day) + i64::from(hour) * 3_600_000_000;
-    if start > now {
-        start
-    } else {
-        start + day
-    }
-}
 
 /// What identifies the rules directory's content: names, sizes and modification times.
 fn fingerprint(
@@ -1075,15 +532,5 @@ pub async fn watch_rules(
                 metrics.rule_reloads.with_label_values(&["invalid"]).inc();
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn digest_is_the_next_hour() {
-        let h = 3_600_000_000i64;
-        assert_eq!(super::next_digest(0, 7), 7 * h);
-        assert_eq!(super::next_digest(8 * h, 7), 31 * h);
     }
 }
