@@ -5,6 +5,7 @@ use super::open_store;
 use adt_router::config::Settings;
 use adt_router::routing::rules::{self, RuleSet};
 use adt_router::routing::{Router, Snapshot};
+use adt_router::store::routing::Outcome;
 use adt_router::store::{now_us, Store};
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -83,7 +84,7 @@ async fn replay(
     store: &Store,
     since: i64,
     until: i64,
-) -> anyhow::Result<(BTreeMap<(String, String), String>, usize)> {
+) -> anyhow::Result<(BTreeMap<(String, String), Outcome>, usize)> {
     let mut sim = Snapshot::default();
     let mut out = BTreeMap::new();
     let mut after = 0;
@@ -143,8 +144,8 @@ pub async fn rules_simulate(
         lost: Vec<String>,
     }
     let mut per: BTreeMap<String, Change> = BTreeMap::new();
-    let notify = |m: &BTreeMap<(String, String), String>, k: &(String, String)| {
-        m.get(k).is_some_and(|o| o == "notify")
+    let notify = |m: &BTreeMap<(String, String), Outcome>, k: &(String, String)| {
+        m.get(k) == Some(&Outcome::Notify)
     };
     let keys: std::collections::BTreeSet<&(String, String)> =
         before.keys().chain(after.keys()).collect();
@@ -160,8 +161,8 @@ pub async fn rules_simulate(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
             "messages": messages,
-            "notifications_current": before.values().filter(|o| *o == "notify").count(),
-            "notifications_candidate": after.values().filter(|o| *o == "notify").count(),
+            "notifications_current": before.values().filter(|o| **o == Outcome::Notify).count(),
+            "notifications_candidate": after.values().filter(|o| **o == Outcome::Notify).count(),
             "changes_per_recipient": per,
         }))?
     );

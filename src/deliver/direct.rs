@@ -24,6 +24,7 @@ use crate::routing::notification::Notification;
 use crate::routing::rules::ContentProfile;
 use crate::store::delivery::{AttemptRow, Outgoing, Settle};
 use crate::store::direct::{DirectRow, ReportRow};
+use crate::store::outbox::Status;
 use crate::store::{Store, StoreError};
 use lettre::message::header::{ContentDisposition, ContentId, ContentType};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -465,17 +466,17 @@ pub fn compose(
 /// What a report does to a Direct notification now in `status`: its new status, or
 /// `None` (recorded only). Final states never change: a late MDN after a timeout is
 /// kept and flagged, not turned into a delivery.
-pub fn on_report(status: &str, signal: Signal, require_dispatched: bool) -> Option<&'static str> {
-    if !matches!(status, "submitted" | "processed") {
+pub fn on_report(status: Status, signal: Signal, require_dispatched: bool) -> Option<Status> {
+    if !matches!(status, Status::Submitted | Status::Processed) {
         return None;
     }
     match signal {
-        Signal::Failed => Some("failed"),
-        Signal::Dispatched => Some("delivered"),
-        Signal::Processed if status == "submitted" => Some(if require_dispatched {
-            "processed"
+        Signal::Failed => Some(Status::Failed),
+        Signal::Dispatched => Some(Status::Delivered),
+        Signal::Processed if status == Status::Submitted => Some(if require_dispatched {
+            Status::Processed
         } else {
-            "delivered"
+            Status::Delivered
         }),
         Signal::Processed | Signal::Informational => None,
     }
@@ -547,7 +548,8 @@ impl Mdns {
             .and_then(|m| self.ids.verify(m));
         // The HISP can answer before our own record of the submission is written. Wait
         // for it without holding the lock, so other reports are not held up meanwhile.
-        let sending = |row: &Option<DirectRow>| row.as_ref().is_some_and(|r| r.status == "sending");
+        let sending =
+            |row: &Option<DirectRow>| row.as_ref().is_some_and(|r| r.status == Status::Sending);
         if let Ok(k) = key {
             let mut tries = 0;
             while sending(&self.store.direct_row(k).await?) {
@@ -577,7 +579,7 @@ impl Mdns {
         let next = row
             .as_ref()
             .filter(|_| recipient_ok)
-            .and_then(|n| on_report(&n.status, r.signal, self.require_dispatched));
+            .and_then(|n| on_report(n.status, r.signal, self.require_dispatched));
         let (effect, label) = match (key, &row, next) {
             (Err(NotOurs::Foreign), _, _) => (
                 "refused: the Original-Message-ID is not of our domain".to_string(),
@@ -596,7 +598,7 @@ impl Mdns {
                 "wrong_recipient",
             ),
             (_, Some(n), Some(new)) => (format!("{} -> {new}", n.status), "applied"),
-            (_, Some(n), None) if matches!(n.status.as_str(), "submitted" | "processed") => {
+            (_, Some(n), None) if matches!(n.status, Status::Submitted | Status::Processed) => {
                 ("recorded; no change".to_string(), "recorded")
             }
             (_, Some(n), None) => (
@@ -675,8 +677,8 @@ impl Mdns {
                 }),
             );
             let outcome = match new {
-                "processed" => "processed",
-                "delivered" => "delivered",
+                Status::Processed => "processed",
+                Status::Delivered => "delivered",
                 _ => "failed",
             };
             self.settle(&n, new, outcome, &sha, &what, now, proof)
@@ -692,7 +694,7 @@ impl Mdns {
         let now = crate::store::now_us();
         let overdue = self.store.direct_overdue(now, 200).await?;
         for n in &overdue {
-            let what = if n.status == "submitted" {
+            let what = if n.status == Status::Submitted {
                 format!(
                     "no processed MDN within {} s of submission",
                     self.processed_timeout.as_secs()
@@ -709,7 +711,7 @@ impl Mdns {
                 "failure",
                 serde_json::json!({ "timeout": what, "at": crate::directory::rfc3339_us(now) }),
             );
-            self.settle(n, "failed", "timeout", "", &what, now, proof)
+            self.settle(n, Status::Failed, "timeout", "", &what, now, proof)
                 .await?;
         }
         Ok(overdue.len())
@@ -719,7 +721,7 @@ impl Mdns {
     async fn settle(
         &self,
         n: &DirectRow,
-        status: &str,
+        status: Status,
         outcome: &str,
         sha: &str,
         what: &str,
@@ -730,7 +732,7 @@ impl Mdns {
             .delivery_attempts
             .with_label_values(&["DIRECT", outcome])
             .inc();
-        let due = if status == "processed" {
+        let due = if status == Status::Processed {
             now + us(self.dispatched_timeout)
         } else {
             now
@@ -749,9 +751,9 @@ impl Mdns {
                 latency_us: 0,
             },
             owner: String::new(),
-            status: status.to_string(),
+            status,
             due_at_us: due,
-            error: (status == "failed").then(|| what.to_string()),
+            error: (status == Status::Failed).then(|| what.to_string()),
             proof: Some(proof),
             subscription: None,
         };
@@ -767,18 +769,21 @@ mod tests {
     #[test]
     fn reports_move_forward_only() {
         use Signal::*;
-        assert_eq!(on_report("submitted", Processed, true), Some("processed"));
-        assert_eq!(on_report("submitted", Processed, false), Some("delivered"));
-        assert_eq!(on_report("processed", Processed, true), None, "a repeat");
+        use Status::{Dead, Delivered, Pending, Sending, Submitted};
+        let failed = Status::Failed;
+        let processed = Status::Processed;
+        assert_eq!(on_report(Submitted, Processed, true), Some(processed));
+        assert_eq!(on_report(Submitted, Processed, false), Some(Delivered));
+        assert_eq!(on_report(processed, Processed, true), None, "a repeat");
         assert_eq!(
-            on_report("submitted", Dispatched, true),
-            Some("delivered"),
+            on_report(Submitted, Dispatched, true),
+            Some(Delivered),
             "out of order"
         );
-        assert_eq!(on_report("processed", Dispatched, true), Some("delivered"));
-        assert_eq!(on_report("processed", Failed, true), Some("failed"));
-        assert_eq!(on_report("submitted", Informational, true), None);
-        for done in ["delivered", "failed", "dead", "pending", "sending"] {
+        assert_eq!(on_report(processed, Dispatched, true), Some(Delivered));
+        assert_eq!(on_report(processed, Failed, true), Some(failed));
+        assert_eq!(on_report(Submitted, Informational, true), None);
+        for done in [Delivered, failed, Dead, Pending, Sending] {
             for sig in [Processed, Dispatched, Failed] {
                 assert_eq!(on_report(done, sig, true), None, "{done} {sig:?}");
             }

@@ -19,6 +19,7 @@ pub mod webhook;
 use crate::directory::endpoint::EndpointPolicy;
 use crate::metrics::Metrics;
 use crate::store::delivery::{AttemptRow, Outgoing, Settle, SubscriptionChange};
+use crate::store::outbox::Status;
 use crate::store::{now_us, Store, StoreError};
 use rand::Rng;
 use std::collections::HashMap;
@@ -535,7 +536,7 @@ impl Deliverer {
                 "delivered",
                 Some(*code),
                 String::new(),
-                "delivered",
+                Status::Delivered,
                 now,
                 Some(proof.clone()),
             ),
@@ -543,7 +544,7 @@ impl Deliverer {
                 "submitted",
                 Some(*code),
                 String::new(),
-                "submitted",
+                Status::Submitted,
                 now + self.direct.as_ref().map_or(3_600_000_000, |d| {
                     i64::try_from(d.processed_timeout.as_micros()).unwrap_or(i64::MAX / 4)
                 }),
@@ -557,18 +558,18 @@ impl Deliverer {
                 .policy
                 .next_due(n.attempts, n.created_at_us, now, *retry_after)
             {
-                Some(due) => ("retry", *code, reason.clone(), "pending", due, None),
+                Some(due) => ("retry", *code, reason.clone(), Status::Pending, due, None),
                 None => (
                     "dead",
                     *code,
                     format!("{reason}; out of retries after {} attempts", n.attempts),
-                    "dead",
+                    Status::Dead,
                     now,
                     None,
                 ),
             },
             Outcome::Permanent { code, reason } => {
-                ("failed", *code, reason.clone(), "failed", now, None)
+                ("failed", *code, reason.clone(), Status::Failed, now, None)
             }
         };
         self.metrics
@@ -599,7 +600,7 @@ impl Deliverer {
         let settle = Settle {
             attempt,
             owner: self.owner.clone(),
-            status: status.to_string(),
+            status,
             due_at_us: due,
             error: (!text.is_empty()).then_some(text),
             proof,

@@ -13,8 +13,9 @@ use crate::directory::DirectoryEntry;
 use crate::hl7::adt::AdtEvent;
 use crate::hl7::patient::PatientFacts;
 use crate::store::key_hash;
+use crate::store::outbox::Status;
 use crate::store::routing::{
-    DecisionRow, EncounterRow, OutboxRow, RoutingWrite, SentTo, TransitionRow,
+    DecisionRow, EncounterRow, OutboxRow, Outcome, RoutingWrite, SentTo, TransitionRow,
 };
 use serde::Serialize;
 use std::sync::Arc;
@@ -53,8 +54,7 @@ pub struct RecipientDecision {
     pub kind: String,
     pub npi: String,
     pub relationships: Vec<String>,
-    /// notify, suppressed, not-selected, no-endpoint.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub reason: String,
     pub rule_ids: Vec<String>,
     pub channel: Option<String>,
@@ -387,7 +387,12 @@ impl Planner {
             }
         }
         snap.encounters.insert(plan_encounter, enc);
-        for o in plan.write.outbox.iter().filter(|o| o.status == "pending") {
+        for o in plan
+            .write
+            .outbox
+            .iter()
+            .filter(|o| o.status == Status::Pending)
+        {
             snap.sent
                 .entry(o.transition_key.clone())
                 .or_default()
@@ -424,7 +429,8 @@ impl Planner {
             channel: String::new(),
             endpoint: String::new(),
             payload: Vec::new(),
-            status: String::new(),
+            // Each decision below sets it; a row not selected is not written.
+            status: Status::Pending,
             due_at_us: now,
             last_error: None,
             fallbacks: None,
@@ -440,7 +446,7 @@ impl Planner {
         let discharge_like = matches!(t.kind.as_str(), "discharge" | "transfer");
         let (outcome, reason) = if v.selected_by.is_none() {
             (
-                "not-selected",
+                Outcome::NotSelected,
                 format!(
                     "no notify rule selects a {} for {}",
                     p.relationships.join("/"),
@@ -448,12 +454,12 @@ impl Planner {
                 ),
             )
         } else if let Some((rule, why)) = &v.suppressed_by {
-            row.status = "suppressed".into();
-            ("suppressed", format!("{why} (rule {rule})"))
+            row.status = Status::Suppressed;
+            (Outcome::Suppressed, format!("{why} (rule {rule})"))
         } else if v.timing == rules::Timing::DischargeOnly && !discharge_like {
-            row.status = "suppressed".into();
+            row.status = Status::Suppressed;
             (
-                "suppressed",
+                Outcome::Suppressed,
                 "recipient preference: discharge notifications only".to_string(),
             )
         } else {
@@ -463,14 +469,14 @@ impl Planner {
                     if !ranked.is_empty() {
                         row.fallbacks = serde_json::to_string(&ranked).ok();
                     }
-                    row.status = "pending".into();
+                    row.status = Status::Pending;
                     row.channel = channel;
                     row.endpoint = endpoint;
                     if v.timing == rules::Timing::DailyDigest {
                         row.due_at_us = next_digest(now, self.digest_hour_utc);
                     }
                     (
-                        "notify",
+                        Outcome::Notify,
                         format!(
                             "selected by rule {}",
                             v.selected_by.as_deref().unwrap_or_default()
@@ -478,19 +484,19 @@ impl Planner {
                     )
                 }
                 Err(why) => {
-                    row.status = "dead".into();
-                    ("no-endpoint", why)
+                    row.status = Status::Dead;
+                    (Outcome::NoEndpoint, why)
                 }
             }
         };
         if explain {
-            let sent = outcome == "notify";
+            let sent = outcome == Outcome::Notify;
             plan.recipients.push(RecipientDecision {
                 transition: key_hash(&t.key),
                 kind: t.kind.clone(),
                 npi: p.npi.clone(),
                 relationships: p.relationships.clone(),
-                outcome: outcome.into(),
+                outcome,
                 reason: reason.clone(),
                 rule_ids: ids.clone(),
                 channel: sent.then(|| row.channel.clone()),
@@ -500,8 +506,8 @@ impl Planner {
                 redacted: v.redact.iter().cloned().collect(),
             });
         }
-        if outcome != "not-selected" {
-            if row.status != "pending" {
+        if outcome != Outcome::NotSelected {
+            if row.status != Status::Pending {
                 row.last_error = Some(reason.clone());
             }
             row.payload = payload(ev, t, enc_id, &key, v);
@@ -510,7 +516,7 @@ impl Planner {
         plan.write.decisions.push(DecisionRow {
             transition_key: t.key.clone(),
             recipient_npi: p.npi.clone(),
-            outcome: outcome.into(),
+            outcome,
             reason,
             rule_ids: joined_ids,
         });
@@ -538,7 +544,7 @@ impl Planner {
             plan.write.decisions.push(DecisionRow {
                 transition_key: t.key.clone(),
                 recipient_npi: s.recipient_npi.clone(),
-                outcome: "notify".into(),
+                outcome: Outcome::Notify,
                 reason: format!(
                     "retraction to a recipient of the {}",
                     t.retracted_kind.clone().unwrap_or_default()
@@ -551,7 +557,7 @@ impl Planner {
                 channel: s.channel.clone(),
                 endpoint: s.endpoint.clone(),
                 payload: payload(ev, t, enc_id, &key, &v),
-                status: "pending".into(),
+                status: Status::Pending,
                 due_at_us: now,
                 last_error: None,
                 fallbacks: None,
@@ -569,7 +575,7 @@ impl Planner {
                 kind: "retraction".into(),
                 npi: s.recipient_npi,
                 relationships: vec![],
-                outcome: "notify".into(),
+                outcome: Outcome::Notify,
                 reason: "was sent what this retracts".into(),
                 rule_ids: vec![],
                 channel: Some(s.channel),
@@ -823,7 +829,7 @@ content = "standard"
         );
         let plan = planner().plan_event(&mut snap, &ev, Some(1), NOW);
         let d = decision(&plan, "1234567893");
-        assert_eq!(d.outcome, "not-selected");
+        assert_eq!(d.outcome, Outcome::NotSelected);
         assert!(d.reason.contains("specialist"), "{}", d.reason);
         assert!(plan.write.outbox.is_empty());
     }
@@ -838,7 +844,7 @@ content = "standard"
             (d.outcome.as_str(), d.reason.as_str()),
             ("suppressed", "patient opted out (rule opt-out)")
         );
-        assert_eq!(plan.write.outbox[0].status, "suppressed");
+        assert_eq!(plan.write.outbox[0].status, Status::Suppressed);
         assert_eq!(
             plan.write.outbox[0].last_error.as_deref(),
             Some(d.reason.as_str())
@@ -859,7 +865,7 @@ content = "standard"
             (d.outcome.as_str(), d.reason.as_str()),
             ("no-endpoint", "no endpoint in the directory")
         );
-        assert_eq!(plan.write.outbox[0].status, "dead");
+        assert_eq!(plan.write.outbox[0].status, Status::Dead);
     }
 
     #[test]
@@ -910,7 +916,7 @@ content = "standard"
             )
         );
         let plan = p.plan_event(&mut snap, &discharge, Some(2), NOW);
-        assert_eq!(decision(&plan, "1234567893").outcome, "notify");
+        assert_eq!(decision(&plan, "1234567893").outcome, Outcome::Notify);
         assert_eq!(plan.write.outbox[0].content_profile, "full");
     }
 

@@ -2,6 +2,7 @@
 //! secret from the directory override), and each attempt with the row's new status in
 //! one transaction, so the attempt log and the outbox never disagree.
 
+use super::outbox::Status;
 use super::{on_pool, Store, StoreError};
 use sqlx::Row;
 
@@ -49,7 +50,7 @@ pub struct Settle {
     /// The lease holder settling its claim; empty for a Direct row awaiting its MDNs
     /// (settled by a report or its timeout, from `submitted` or `processed` only).
     pub owner: String,
-    pub status: String,
+    pub status: super::outbox::Status,
     pub due_at_us: i64,
     pub error: Option<String>,
     pub proof: Option<String>,
@@ -134,7 +135,7 @@ impl Store {
                 // ran out cannot add a fallback for a row another worker delivered.
                 let mut error = st.error.clone();
                 let mut fallback = None;
-                if matches!(st.status.as_str(), "dead" | "failed") {
+                if matches!(st.status, Status::Dead | Status::Failed) {
                     let row: Option<(Option<String>, String)> = sqlx::query_as(&sql(FALLBACKS))
                         .bind(a.outbox_id)
                         .fetch_optional(&mut *tx)
@@ -169,7 +170,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 let held = sqlx::query(&sql(SETTLE))
-                    .bind(&st.status)
+                    .bind(st.status.as_str())
                     .bind(st.due_at_us)
                     .bind(&error)
                     .bind(&st.proof)

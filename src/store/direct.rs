@@ -1,13 +1,14 @@
 //! Direct's second half: the notifications waiting for their MDNs, and the reports
 //! (MDNs, DSNs, anything else the HISP sends back), each kept raw with its effect.
 
+use super::outbox::Status;
 use super::{on_pool, Store, StoreError};
 
 /// A Direct notification as a report or a timeout sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectRow {
     pub id: i64,
-    pub status: String,
+    pub status: Status,
     pub attempts: i32,
     pub endpoint: String,
     pub proof: Option<String>,
@@ -31,14 +32,14 @@ pub struct ReportRow {
 
 type Row = (i64, String, i32, String, Option<String>);
 
-fn row(r: Row) -> DirectRow {
-    DirectRow {
+fn row(r: Row) -> Result<DirectRow, StoreError> {
+    Ok(DirectRow {
         id: r.0,
-        status: r.1,
+        status: Status::decode(&r.1)?,
         attempts: r.2,
         endpoint: r.3,
         proof: r.4,
-    }
+    })
 }
 
 impl Store {
@@ -52,7 +53,7 @@ impl Store {
                 .fetch_optional(p)
                 .await?
         });
-        Ok(r.map(row))
+        r.map(row).transpose()
     }
 
     /// Direct notifications whose MDN did not come in time.
@@ -71,7 +72,7 @@ impl Store {
                 .fetch_all(p)
                 .await?
         });
-        Ok(rows.into_iter().map(row).collect())
+        rows.into_iter().map(row).collect()
     }
 
     /// Keeps a report. Returns its id. Refused reports beyond the newest `keep_refused`

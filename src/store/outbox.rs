@@ -16,6 +16,71 @@
 use super::{on_pool, Store, StoreError};
 use sqlx::Row;
 
+/// Where a notification is in its life: the outbox's `status` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Due now or later; a worker may claim it.
+    Pending,
+    /// Leased to a worker.
+    Sending,
+    /// Direct: the HISP took it; its MDN is awaited.
+    Submitted,
+    /// Direct: the recipient's system processed it; `dispatched` is awaited.
+    Processed,
+    Delivered,
+    /// Refused for good by the endpoint (or a failure report).
+    Failed,
+    /// Out of retries, or there was no endpoint to try.
+    Dead,
+    /// A rule or a recipient preference decided not to send it: recorded, never sent.
+    Suppressed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Sending => "sending",
+            Status::Submitted => "submitted",
+            Status::Processed => "processed",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+            Status::Dead => "dead",
+            Status::Suppressed => "suppressed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "sending" => Status::Sending,
+            "submitted" => Status::Submitted,
+            "processed" => Status::Processed,
+            "delivered" => Status::Delivered,
+            "failed" => Status::Failed,
+            "dead" => Status::Dead,
+            "suppressed" => Status::Suppressed,
+            _ => return None,
+        })
+    }
+
+    /// Reads the column: a value this build does not know is a decode error.
+    pub(crate) fn decode(s: &str) -> Result<Status, StoreError> {
+        Status::parse(s).ok_or_else(|| {
+            StoreError::Db(sqlx::Error::Decode(
+                format!("unknown outbox status '{s}'").into(),
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NewNotification {
     pub notification_key: String,
@@ -161,14 +226,14 @@ impl Store {
         &self,
         id: i64,
         owner: &str,
-        status: &str,
+        status: Status,
         due_at_us: i64,
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
         const SQL: &str = "UPDATE outbox SET status = $1, due_at_us = $2, last_error = $3, lease_owner = NULL, lease_until_us = NULL \
              WHERE id = $4 AND lease_owner = $5 AND status = 'sending'";
         let affected = on_pool!(self, |p, sql| sqlx::query(&sql(SQL))
-            .bind(status)
+            .bind(status.as_str())
             .bind(due_at_us)
             .bind(error)
             .bind(id)

@@ -30,11 +30,42 @@ pub struct TransitionRow {
     pub event_at_us: i64,
 }
 
+/// What routing decided for one candidate recipient of a transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Selected by a rule and queued on a channel.
+    Notify,
+    /// Selected, then suppressed by a rule or a recipient preference.
+    Suppressed,
+    /// No notify rule selects this recipient for this event.
+    NotSelected,
+    /// Selected, but the directory has no usable endpoint on the rule's channels.
+    NoEndpoint,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Notify => "notify",
+            Outcome::Suppressed => "suppressed",
+            Outcome::NotSelected => "not-selected",
+            Outcome::NoEndpoint => "no-endpoint",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct DecisionRow {
     pub transition_key: String,
     pub recipient_npi: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub reason: String,
     pub rule_ids: String,
 }
@@ -46,7 +77,7 @@ pub struct OutboxRow {
     pub channel: String,
     pub endpoint: String,
     pub payload: Vec<u8>,
-    pub status: String,
+    pub status: super::outbox::Status,
     pub due_at_us: i64,
     pub last_error: Option<String>,
     /// Channels to fall back to, JSON `[[channel, endpoint], ...]`.
@@ -154,12 +185,12 @@ macro_rules! routing_rows {
                 t.event_at_us, $now);
         }
         for d in &$w.decisions {
-            $run!(DEC; &d.transition_key, &d.recipient_npi, &d.outcome, &d.reason,
+            $run!(DEC; &d.transition_key, &d.recipient_npi, d.outcome.as_str(), &d.reason,
                 &d.rule_ids, $now);
         }
         for o in &$w.outbox {
             $run!(OUT; &o.notification_key, &o.ordering_key, &o.channel, &o.endpoint,
-                &o.payload, &o.status, o.due_at_us, &o.last_error, $now, &o.transition_key,
+                &o.payload, o.status.as_str(), o.due_at_us, &o.last_error, $now, &o.transition_key,
                 &o.kind, &o.encounter, &o.control_id, &o.sending_facility, &o.recipient_npi,
                 &o.rule_ids, &o.content_profile, &o.fallbacks);
         }

@@ -4,7 +4,7 @@
 
 use crate::helpers::tempdir;
 use crate::postgres::TestDb;
-use adt_router::store::outbox::NewNotification;
+use adt_router::store::outbox::{NewNotification, Status};
 use adt_router::store::{Store, StoreOptions};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,7 +55,7 @@ async fn claimers_share_the_work_in_order(store: Store, workers: usize) {
                 for c in claimed {
                     log.lock().unwrap().push((c.id, c.ordering_key.clone()));
                     assert!(store
-                        .finish_claim(c.id, &owner, "delivered", 10, None)
+                        .finish_claim(c.id, &owner, Status::Delivered, 10, None)
                         .await
                         .unwrap());
                 }
@@ -106,13 +106,13 @@ async fn expired_lease_is_taken_over(store: Store) {
     assert_eq!(again[0].attempts, 2);
     assert!(
         !store
-            .finish_claim(again[0].id, "dead-worker", "delivered", 0, None)
+            .finish_claim(again[0].id, "dead-worker", Status::Delivered, 0, None)
             .await
             .unwrap(),
         "the old owner lost its lease"
     );
     assert!(store
-        .finish_claim(again[0].id, "other", "delivered", 0, None)
+        .finish_claim(again[0].id, "other", Status::Delivered, 0, None)
         .await
         .unwrap());
 }
@@ -178,7 +178,7 @@ async fn a_lapsed_lease_changes_nothing_else(store: Store) {
     let first = store.claim_due("lapsed", 100, 200, 10).await.unwrap();
     let again = store.claim_due("other", 300, 1_000, 10).await.unwrap();
     assert_eq!((first.len(), again.len()), (1, 1));
-    let settle = |owner: &str, status: &str, change: Option<SubscriptionChange>| Settle {
+    let settle = |owner: &str, status: Status, change: Option<SubscriptionChange>| Settle {
         attempt: AttemptRow {
             outbox_id: first[0].id,
             attempt: 1,
@@ -186,13 +186,13 @@ async fn a_lapsed_lease_changes_nothing_else(store: Store) {
             channel: "REST".into(),
             endpoint: n.endpoint.clone(),
             request_sha256: String::new(),
-            outcome: status.into(),
+            outcome: status.as_str().into(),
             response_code: None,
             response_text: String::new(),
             latency_us: 0,
         },
         owner: owner.into(),
-        status: status.into(),
+        status,
         due_at_us: 0,
         error: None,
         proof: None,
@@ -200,14 +200,14 @@ async fn a_lapsed_lease_changes_nothing_else(store: Store) {
     };
     assert_eq!(
         store
-            .record_attempts(&[settle("other", "delivered", None)])
+            .record_attempts(&[settle("other", Status::Delivered, None)])
             .await
             .unwrap(),
         [true]
     );
     let late = settle(
         "lapsed",
-        "failed",
+        Status::Failed,
         Some(SubscriptionChange {
             id: "sub-lapse".into(),
             status: "error",
