@@ -380,8 +380,8 @@ fn context(p: &Notification, key: &str, hl7: bool) -> String {
     let mut m = Vec::new();
     let birth_date = pt.birth_date.clone().flatten();
     for (k, v) in [
-        ("givenName", Some(pt.given.as_str())),
-        ("surname", Some(pt.family.as_str())),
+        ("givenName", Some(pt.given.as_ref())),
+        ("surname", Some(pt.family.as_ref())),
         ("dateOfBirth", birth_date.as_deref()),
         ("gender", pt.sex.as_deref()),
     ] {
@@ -419,7 +419,7 @@ pub fn compose(
         .raw_hl7
         .as_ref()
         .filter(|_| p.content_profile == ContentProfile::Full && p.redacted.is_empty());
-    let kind = p.kind.as_str();
+    let kind: &str = &p.kind;
     let mut parts = MultiPart::mixed()
         .singlepart(SinglePart::plain(body_text(&p)))
         .singlepart(Attachment::new("notification.json".into()).body(

@@ -18,6 +18,7 @@ use crate::store::routing::{
     DecisionRow, EncounterRow, OutboxRow, Outcome, RoutingWrite, SentTo, TransitionRow,
 };
 use serde::Serialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What planning decides by: the rules, the encounter state machine's settings and
@@ -178,58 +179,61 @@ pub(super) fn payload(
     let standard = matches!(v.content, Standard | Full);
     let full = v.content == Full;
     let when = |on: bool, f: &str| on && keep(f);
-    let owned = |s: &str| s.to_string();
+    fn b(s: &str) -> Cow<'_, str> {
+        Cow::Borrowed(s)
+    }
     let body = Notification {
         content_profile: v.content,
         encounter: notification::Encounter {
             admit_reason: when(full, "admit_reason")
-                .then(|| ev.pv2.as_ref().map(|p| p.admit_reason.clone())),
-            admit_time: standard.then(|| owned(&pv1.admit_time)),
+                .then(|| ev.pv2.as_ref().map(|p| b(&p.admit_reason))),
+            admit_time: standard.then(|| b(&pv1.admit_time)),
             diagnoses: when(full, "diagnosis").then(|| {
                 // DG1-18 = Y never leaves.
                 ev.diagnoses
                     .iter()
                     .filter(|d| !d.confidential)
-                    .cloned()
+                    .map(Cow::Borrowed)
                     .collect()
             }),
             discharge_disposition: when(standard, "discharge_disposition")
-                .then(|| owned(&pv1.discharge_disposition)),
-            discharge_time: standard.then(|| owned(&pv1.discharge_time)),
-            discharged_to: when(standard, "discharged_to").then(|| owned(&pv1.discharged_to)),
+                .then(|| b(&pv1.discharge_disposition)),
+            discharge_time: standard.then(|| b(&pv1.discharge_time)),
+            discharged_to: when(standard, "discharged_to").then(|| b(&pv1.discharged_to)),
             id_hash: key_hash(enc_id),
-            location: when(standard, "location").then(|| pv1.location.clone()),
-            patient_class: standard.then(|| owned(&pv1.patient_class)),
-            visit_number: standard.then(|| owned(&pv1.visit_number)),
+            location: when(standard, "location").then_some(Cow::Borrowed(&pv1.location)),
+            patient_class: standard.then(|| b(&pv1.patient_class)),
+            visit_number: standard.then(|| b(&pv1.visit_number)),
         },
         event_time: crate::directory::rfc3339_us(t.at_us),
-        idempotency_key: owned(idempotency_key),
-        kind: t.kind.clone(),
+        idempotency_key: b(idempotency_key),
+        kind: b(&t.kind),
         patient: notification::Patient {
-            address: when(full, "patient_address").then(|| ev.pid.address.clone()),
-            birth_date: when(standard, "birth_date").then(|| ev.pid.birth_date.clone()),
-            family: ev.pid.family.clone(),
-            given: ev.pid.given.clone(),
-            identifiers: standard.then(|| ev.pid.identifiers.clone()),
-            phone: when(full, "patient_phone").then(|| ev.pid.phone.clone()),
-            sex: standard.then(|| ev.pid.sex.clone()),
+            address: when(full, "patient_address")
+                .then(|| ev.pid.address.as_ref().map(Cow::Borrowed)),
+            birth_date: when(standard, "birth_date").then(|| ev.pid.birth_date.as_deref().map(b)),
+            family: b(&ev.pid.family),
+            given: b(&ev.pid.given),
+            identifiers: standard.then_some(Cow::Borrowed(ev.pid.identifiers.as_slice())),
+            phone: when(full, "patient_phone").then(|| b(&ev.pid.phone)),
+            sex: standard.then(|| b(&ev.pid.sex)),
         },
-        redacted: v.redact.clone(),
-        retracts_kind: t.retracted_kind.clone(),
-        schema: notification::SCHEMA.to_string(),
-        sending_facility: ev.msh.sending_facility.clone(),
+        redacted: Cow::Borrowed(&v.redact),
+        retracts_kind: t.retracted_kind.as_deref().map(b),
+        schema: b(notification::SCHEMA),
+        sending_facility: b(&ev.msh.sending_facility),
         treating_facility: if ev.evn.event_facility.is_empty() {
-            pv1.location.facility.clone()
+            b(&pv1.location.facility)
         } else {
-            ev.evn.event_facility.clone()
+            b(&ev.evn.event_facility)
         },
         treating_practitioner: ev
             .treating_practitioner()
             .map(|p| notification::Practitioner {
                 name: p.display_name(),
-                npi: p.labelled_npi.then(|| p.id.clone()),
+                npi: p.labelled_npi.then(|| b(&p.id)),
             }),
-        trigger: ev.msh.trigger.clone(),
+        trigger: b(&ev.msh.trigger),
     };
     body.to_json()
 }
@@ -804,7 +808,7 @@ content = "standard"
         assert_eq!(o.due_at_us, NOW);
         let body = Notification::from_json(&o.payload).expect("the body reads back");
         assert_eq!(
-            (body.kind.as_str(), body.content_profile),
+            (body.kind.as_ref(), body.content_profile),
             ("admission", rules::ContentProfile::Standard)
         );
         assert_eq!(body.idempotency_key, o.notification_key);
