@@ -1,7 +1,7 @@
 //! Attacks on the trust boundaries, against the real binary over the network (issue 19;
 //! docs/security.md). Each test asserts that the attack fails and nothing changed.
 
-use crate::helpers::*;
+use crate::support::*;
 use adt_router::mllp::client::{summarize_ack, MllpClient};
 use std::time::Duration;
 

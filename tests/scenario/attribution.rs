@@ -3,8 +3,8 @@
 //! assigning authorities), providers named in PD1/ROL, and the explanation that says
 //! why each provider was chosen. SQLite and PostgreSQL.
 
-use crate::helpers::*;
 use crate::postgres::TestDb;
+use crate::support::*;
 use adt_router::directory::npi::Npi;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

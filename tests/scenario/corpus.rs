@@ -1,7 +1,7 @@
 //! The shared HL7 corpus through three clients: `adt-router send`, python-hl7's
 //! `mllp_send` (written by others), and raw bytes, checking ACKs and stored bytes.
 
-use crate::helpers::*;
+use crate::support::*;
 use adt_router::mllp::client::{summarize_ack, MllpClient};
 use adt_router::mllp::codec::frame;
 use std::collections::{HashMap, HashSet};

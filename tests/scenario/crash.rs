@@ -1,6 +1,6 @@
 //! kill -9 under load: every control id that was answered AA survives the restart.
 
-use crate::helpers::*;
+use crate::support::*;
 use adt_router::mllp::client::{summarize_ack, MllpClient};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! verifies every signature) misbehave in three ways: one fails twice with 503 and
 //! Retry-After, one answers 410, one hangs. SQLite and PostgreSQL.
 
-use crate::helpers::*;
+use crate::support::*;
 use adt_router::directory::npi::Npi;
 use serde_json::Value;
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! failed MDN, nothing at all, or an SMTP 550. SQLite and PostgreSQL.
 
 use crate::delivery::{admit, export, npi, on_both_backends, setup, start, Receiver};
-use crate::helpers::*;
+use crate::support::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Child;

@@ -2,8 +2,8 @@
 //! SQLite and PostgreSQL, malformed files refused with the directory untouched, weekly
 //! incremental files, overrides, and endpoint checks.
 
-use crate::helpers::*;
 use crate::postgres::TestDb;
+use crate::support::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

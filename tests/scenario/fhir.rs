@@ -4,7 +4,7 @@
 //! OperationOutcome with the right status.
 
 use crate::delivery::npi;
-use crate::helpers::*;
+use crate::support::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! MLLP framing quirks and limits, over a real socket.
 
-use crate::helpers::*;
+use crate::support::*;
 use adt_router::mllp::client::{summarize_ack, MllpClient};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,8 +1,8 @@
 //! Scale-out mode against a real Kafka-protocol broker (tansu, started per test by the
 //! test itself; `scripts/test.sh` installs it) and a real PostgreSQL.
 
-use crate::helpers::*;
 use crate::postgres::TestDb;
+use crate::support::*;
 use adt_router::mllp::client::{summarize_ack, MllpClient};
 use adt_router::mllp::codec::frame;
 use rdkafka::consumer::{BaseConsumer, Consumer};

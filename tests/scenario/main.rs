@@ -1,7 +1,7 @@
 //! Scenario tests: the real binary, real clients, real databases.
 //! Each test starts its own server on free ports with its own database.
 
-mod helpers;
+mod support;
 
 mod attacks;
 mod attribution;

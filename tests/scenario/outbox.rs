@@ -2,8 +2,8 @@
 //! per-key order kept, an expired lease taken over. PostgreSQL (FOR UPDATE SKIP LOCKED)
 //! and SQLite (single writer).
 
-use crate::helpers::tempdir;
 use crate::postgres::TestDb;
+use crate::support::tempdir;
 use adt_router::store::outbox::{NewNotification, Status};
 use adt_router::store::{Store, StoreOptions};
 use std::collections::HashMap;

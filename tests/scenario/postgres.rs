@@ -1,10 +1,10 @@
 //! The same guarantees on PostgreSQL: a database of our own per test.
 
-use crate::helpers::*;
 use crate::storage_failure::{
     assert_closes_while_down, assert_record_matches_engine, assert_rejects_while_down, send_code,
     start_engine, wait_engine, wait_rows, wait_until_accepting,
 };
+use crate::support::*;
 use adt_router::mllp::client::MllpClient;
 use sqlx::Connection;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! the shipped default rules (plus test-specific ones), and the exact notifications read
 //! back with `adt-router notifications export`. SQLite and PostgreSQL.
 
-use crate::helpers::*;
 use crate::postgres::TestDb;
+use crate::support::*;
 use adt_router::directory::npi::Npi;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -16,33 +16,15 @@ fn npi(n: u32) -> String {
 const PCP: u32 = 1;
 const SNF: u32 = 2;
 
-/// One ADT message for patient `mrn`, visit `visit`.
-#[allow(clippy::too_many_arguments)]
-fn adt(
-    id: &str,
-    trigger: &str,
-    time: &str,
-    mrn: &str,
-    visit: &str,
-    class: &str,
-    unit: &str,
-    extra: &str,
-) -> String {
-    format!(
-        "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|{time}||ADT^{trigger}|{id}|P|2.5.1\r\
-EVN|{trigger}|{time}\r\
-PID|1||{mrn}^^^GENHOSP^MR||DOE^JANE||{dob}|F\r\
-PD1||||{pcp}^WELBY^MARCUS^^^^^^NPI\r\
-PV1|1|{class}|{unit}^1^A^GENHOSP||||{pcp}^WELBY^MARCUS^^^^^^NPI|||MED|||||||||{visit}{extra}\r",
-        pcp = npi(PCP),
-        // Only the SNF's roster patient shares the roster's birth date, so nobody else
-        // matches that roster by demographics.
-        dob = if mrn == "MRN-SNF" {
-            "19800505"
-        } else {
-            "19700101"
-        },
-    )
+/// An ADT message for patient `mrn` of the practice's PCP (PD1-4, attending).
+fn adt(trigger: &str, mrn: &str) -> AdtMessage {
+    let msg = AdtMessage::new(trigger).patient(mrn).pcp(&npi(PCP));
+    // Only the SNF's roster patient shares the roster's birth date, so nobody else
+    // matches that roster by demographics.
+    match mrn {
+        "MRN-SNF" => msg.born("19800505"),
+        _ => msg,
+    }
 }
 
 /// PV1 fields after PV1-19, up to PV1-36 (discharge disposition).
@@ -222,110 +204,141 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
 
     // 1. ED visit, admission, internal transfer, discharge to a SNF (a transfer).
     h.send(&[
-        adt("E1", "A04", "202611280800", "MRN-SNF", "V1", "E", "ED", ""),
-        adt("E2", "A06", "202611281000", "MRN-SNF", "V1", "I", "4W", ""),
-        adt("E3", "A02", "202611281200", "MRN-SNF", "V1", "I", "ICU", ""),
-        adt(
-            "E4",
-            "A03",
-            "202611300900",
-            "MRN-SNF",
-            "V1",
-            "I",
-            "ICU",
-            &disposition("03"),
-        ),
+        adt("A04", "MRN-SNF")
+            .id("E1")
+            .at("202611280800")
+            .visit("V1")
+            .class("E")
+            .unit("ED")
+            .text(),
+        adt("A06", "MRN-SNF")
+            .id("E2")
+            .at("202611281000")
+            .visit("V1")
+            .class("I")
+            .unit("4W")
+            .text(),
+        adt("A02", "MRN-SNF")
+            .id("E3")
+            .at("202611281200")
+            .visit("V1")
+            .class("I")
+            .unit("ICU")
+            .text(),
+        adt("A03", "MRN-SNF")
+            .id("E4")
+            .at("202611300900")
+            .visit("V1")
+            .class("I")
+            .unit("ICU")
+            .pv1_after_visit(&disposition("03"))
+            .text(),
     ]);
     // 2. A cancelled admission.
     h.send(&[
-        adt("C1", "A01", "202611280800", "MRN-C", "V2", "I", "4W", ""),
-        adt("C2", "A11", "202611280900", "MRN-C", "V2", "I", "4W", ""),
+        adt("A01", "MRN-C")
+            .id("C1")
+            .at("202611280800")
+            .visit("V2")
+            .class("I")
+            .unit("4W")
+            .text(),
+        adt("A11", "MRN-C")
+            .id("C2")
+            .at("202611280900")
+            .visit("V2")
+            .class("I")
+            .unit("4W")
+            .text(),
     ]);
     // 3. An A08 storm: twenty repeats change nothing, one unit change is one update.
-    let mut storm = vec![adt(
-        "S0",
-        "A01",
-        "202611280800",
-        "MRN-S",
-        "V3",
-        "I",
-        "4W",
-        "",
-    )];
+    let mut storm = vec![adt("A01", "MRN-S")
+        .id("S0")
+        .at("202611280800")
+        .visit("V3")
+        .class("I")
+        .unit("4W")
+        .text()];
     for i in 0..20 {
-        storm.push(adt(
-            &format!("S{}", i + 1),
-            "A08",
-            &format!("2026112809{i:02}"),
-            "MRN-S",
-            "V3",
-            "I",
-            "4W",
-            "",
-        ));
+        storm.push(
+            adt("A08", "MRN-S")
+                .id(&format!("S{}", i + 1))
+                .at(&format!("2026112809{i:02}"))
+                .visit("V3")
+                .class("I")
+                .unit("4W")
+                .text(),
+        );
     }
-    storm.push(adt(
-        "S99",
-        "A08",
-        "202611281000",
-        "MRN-S",
-        "V3",
-        "I",
-        "5E",
-        "",
-    ));
+    storm.push(
+        adt("A08", "MRN-S")
+            .id("S99")
+            .at("202611281000")
+            .visit("V3")
+            .class("I")
+            .unit("5E")
+            .text(),
+    );
     h.send(&storm);
     // 4. Reordered and repeated: the discharge arrives first, then the admission, then
     //    the discharge again under a new control id.
     h.send(&[
-        adt(
-            "R1",
-            "A03",
-            "202611300900",
-            "MRN-R",
-            "V4",
-            "I",
-            "4W",
-            &disposition("01"),
-        ),
-        adt("R2", "A01", "202611280800", "MRN-R", "V4", "I", "4W", ""),
-        adt(
-            "R3",
-            "A03",
-            "202611300900",
-            "MRN-R",
-            "V4",
-            "I",
-            "4W",
-            &disposition("01"),
-        ),
+        adt("A03", "MRN-R")
+            .id("R1")
+            .at("202611300900")
+            .visit("V4")
+            .class("I")
+            .unit("4W")
+            .pv1_after_visit(&disposition("01"))
+            .text(),
+        adt("A01", "MRN-R")
+            .id("R2")
+            .at("202611280800")
+            .visit("V4")
+            .class("I")
+            .unit("4W")
+            .text(),
+        adt("A03", "MRN-R")
+            .id("R3")
+            .at("202611300900")
+            .visit("V4")
+            .class("I")
+            .unit("4W")
+            .pv1_after_visit(&disposition("01"))
+            .text(),
     ]);
     // 5. An opted-out patient, and 6. a Part 2 unit.
     h.send(&[
-        adt("O1", "A01", "202611280800", "MRN-OPT", "V5", "I", "4W", ""),
-        adt("P1", "A01", "202611280800", "MRN-P", "V6", "I", "SUD1", ""),
+        adt("A01", "MRN-OPT")
+            .id("O1")
+            .at("202611280800")
+            .visit("V5")
+            .class("I")
+            .unit("4W")
+            .text(),
+        adt("A01", "MRN-P")
+            .id("P1")
+            .at("202611280800")
+            .visit("V6")
+            .class("I")
+            .unit("SUD1")
+            .text(),
     ]);
     // 7. A message sent twice with the same control id is routed once.
-    h.send(&[adt(
-        "D1",
-        "A04",
-        "202611280800",
-        "MRN-D",
-        "V7",
-        "E",
-        "ED",
-        "",
-    )]);
-    h.send(&[adt(
-        "D1",
-        "A04",
-        "202611280800",
-        "MRN-D",
-        "V7",
-        "E",
-        "ED",
-        "",
-    )]);
+    h.send(&[adt("A04", "MRN-D")
+        .id("D1")
+        .at("202611280800")
+        .visit("V7")
+        .class("E")
+        .unit("ED")
+        .text()]);
+    h.send(&[adt("A04", "MRN-D")
+        .id("D1")
+        .at("202611280800")
+        .visit("V7")
+        .class("E")
+        .unit("ED")
+        .text()]);
 
     let ns = h.notifications();
     assert_eq!(
@@ -414,16 +427,13 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
         "{}",
         h.server.log()
     );
-    h.send(&[adt(
-        "K1",
-        "A01",
-        "202611280800",
-        "MRN-K",
-        "V8",
-        "I",
-        "4W",
-        "",
-    )]);
+    h.send(&[adt("A01", "MRN-K")
+        .id("K1")
+        .at("202611280800")
+        .visit("V8")
+        .class("I")
+        .unit("4W")
+        .text()]);
     assert_eq!(
         of(&h.notifications(), "V8"),
         [row("admission", PCP, "pending")]
@@ -444,16 +454,13 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
             .metric("adt_router_routing_rule_loads_total{outcome=\"ok\"}")
             > ok_before
     });
-    h.send(&[adt(
-        "K2",
-        "A01",
-        "202611280800",
-        "MRN-K2",
-        "V9",
-        "I",
-        "4W",
-        "",
-    )]);
+    h.send(&[adt("A01", "MRN-K2")
+        .id("K2")
+        .at("202611280800")
+        .visit("V9")
+        .class("I")
+        .unit("4W")
+        .text()]);
     assert_eq!(
         of(&h.notifications(), "V9"),
         [row("admission", PCP, "suppressed")]
@@ -487,16 +494,13 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
 
     // 8. A merge (A40): the encounter opened under the old identifier now belongs to the
     //    surviving one.
-    h.send(&[adt(
-        "M1",
-        "A01",
-        "202611280800",
-        "MRN-OLD",
-        "V10",
-        "I",
-        "4W",
-        "",
-    )]);
+    h.send(&[adt("A01", "MRN-OLD")
+        .id("M1")
+        .at("202611280800")
+        .visit("V10")
+        .class("I")
+        .unit("4W")
+        .text()]);
     h.send(&[
         ("MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611281200||ADT^A40^ADT_A39|M2|P|2.5.1\r\
 EVN|A40|202611281200\r\
@@ -592,7 +596,13 @@ fn rules_check_and_explain() {
     let f = dir.path().join("a01.hl7");
     std::fs::write(
         &f,
-        adt("X1", "A01", "202611280800", "MRN-X", "V9", "I", "4W", ""),
+        adt("A01", "MRN-X")
+            .id("X1")
+            .at("202611280800")
+            .visit("V9")
+            .class("I")
+            .unit("4W")
+            .text(),
     )
     .unwrap();
     let plan = cli.json(&[
@@ -779,16 +789,16 @@ fn page_size_changes_no_notification() {
     let mut msgs = Vec::new();
     for (i, (trigger, class, unit, extra)) in steps.iter().enumerate() {
         for e in 0..4 {
-            msgs.push(adt(
-                &format!("PG{e}-{i}"),
-                trigger,
-                &format!("202611{:02}{:02}0000", 20 + e, 8 + i),
-                &format!("MRN-PG{e}"),
-                &format!("VPG{e}"),
-                class,
-                unit,
-                extra,
-            ));
+            msgs.push(
+                adt(trigger, &format!("MRN-PG{e}"))
+                    .id(&format!("PG{e}-{i}"))
+                    .at(&format!("202611{:02}{:02}0000", 20 + e, 8 + i))
+                    .visit(&format!("VPG{e}"))
+                    .class(class)
+                    .unit(unit)
+                    .pv1_after_visit(extra)
+                    .text(),
+            );
         }
     }
     let mut results = Vec::new();

@@ -1,6 +1,6 @@
 //! SIGTERM: stop accepting, answer what was received, exit 0. Plus the CLI contract.
 
-use crate::helpers::*;
+use crate::support::*;
 use adt_router::mllp::client::{summarize_ack, MllpClient};
 use std::process::Command;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! checked against the log of an engine-like sender built on python-hl7
 //! (`tests/peers/engine_sender.py`).
 
-use crate::helpers::*;
+use crate::support::*;
 use adt_router::mllp::client::{summarize_ack, ClientError, MllpClient};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,7 @@
 //! MLLP over TLS and mutual TLS: certificates made by openssl, the client is Python's ssl
 //! module (OpenSSL), both written by others.
 
-use crate::helpers::*;
+use crate::support::*;
 use std::path::Path;
 use std::process::Command;
 
