@@ -295,7 +295,9 @@ impl App {
         };
         let routing = self.settings.routing.enabled.then(|| {
             let mut r = crate::routing::Router::new(
-                &self.settings,
+                &self.settings.routing,
+                self.settings.attribution_policy(),
+                self.settings.fallback_charset(),
                 self.store.clone(),
                 self.rules.clone(),
                 self.metrics.clone(),

@@ -61,6 +61,8 @@ pub mod metrics;
 #[cfg(feature = "server")]
 pub mod routing;
 #[cfg(feature = "server")]
+pub mod secret;
+#[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
 pub mod wake;

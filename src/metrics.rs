@@ -5,6 +5,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use serde::{Deserialize, Serialize};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -380,5 +381,22 @@ mod tests {
         let text = m.render();
         assert!(text.contains("adt_router_messages_received_total{ack_code=\"AA\",sending_facility=\"GENHOSP\",trigger_event=\"A01\"} 1"), "{text}");
         assert!(text.contains("adt_router_mllp_frame_errors_total{kind=\"oversize\"} 1"));
+    }
+}
+
+/// `/metrics`: bounds on what message content can add to it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Distinct sending facilities (MSH-4), and distinct triggers, that get a series of
+    /// their own; later ones are counted as `other`.
+    pub max_label_values: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            max_label_values: DEFAULT_MAX_LABEL_VALUES,
+        }
     }
 }

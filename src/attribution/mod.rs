@@ -3,6 +3,7 @@
 //! directory would use for each. Wrong recipient is a privacy breach and no recipient a
 //! missed CoP notification, so every decision carries its reason.
 
+pub mod config;
 pub mod matching;
 pub mod roster;
 

@@ -45,7 +45,9 @@ pub fn rules_check(settings: &Settings, dir: Option<PathBuf>) -> anyhow::Result<
 
 fn router(settings: &Settings, store: Store, set: RuleSet) -> Router {
     Router::new(
-        settings,
+        &settings.routing,
+        settings.attribution_policy(),
+        settings.fallback_charset(),
         store,
         Arc::new(RwLock::new(Arc::new(set))),
         Arc::new(adt_router::metrics::Metrics::new()),

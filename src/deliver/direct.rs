@@ -16,12 +16,13 @@
 //! notification only by quoting the message we sent; the key alone (published in
 //! every message) is not enough.
 
+use super::config::DirectSettings;
 use super::report::{self, Signal};
 use super::Outcome;
-use crate::config::{DirectSettings, ExposeSecret};
 use crate::metrics::Metrics;
 use crate::routing::notification::Notification;
 use crate::routing::rules::ContentProfile;
+use crate::secret::ExposeSecret;
 use crate::store::delivery::{AttemptRow, Outgoing, Settle};
 use crate::store::direct::{DirectRow, ReportRow};
 use crate::store::outbox::Status;

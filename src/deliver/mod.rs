@@ -10,6 +10,7 @@
 //! one, until the notification is older than `max_age` or has had `max_attempts`.
 //! Other 4xx answers and unusable endpoints fail at once.
 
+pub mod config;
 pub mod direct;
 pub mod intake;
 pub mod report;

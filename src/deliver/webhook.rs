@@ -203,7 +203,7 @@ pub async fn send(
     if let Some(secret) = n
         .secret
         .as_ref()
-        .map(crate::config::ExposeSecret::expose_secret)
+        .map(crate::secret::ExposeSecret::expose_secret)
         .filter(|s| !s.is_empty())
     {
         req = req.header(

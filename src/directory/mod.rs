@@ -2,6 +2,7 @@
 //! `endpoint_pfile`), and local overrides that win over both. Resolution picks one
 //! endpoint per provider and says why; every value is checked before it can be chosen.
 
+pub mod config;
 pub mod csvfile;
 pub mod endpoint;
 pub mod npi;

@@ -13,7 +13,7 @@ pub struct Override {
     /// Checked and normalised.
     pub endpoint: String,
     /// Per-endpoint secret (webhook signing); never printed.
-    pub secret: Option<crate::config::SecretString>,
+    pub secret: Option<crate::secret::SecretString>,
     pub preferred: bool,
 }
 
@@ -54,7 +54,7 @@ impl Override {
             endpoint,
             secret: secret
                 .filter(|s| !s.is_empty())
-                .map(crate::config::SecretString::from),
+                .map(crate::secret::SecretString::from),
             preferred,
         })
     }

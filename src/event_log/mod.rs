@@ -6,6 +6,7 @@
 //! [`EventLog::append`]; an `Ok` means the message is durable, and only then may the
 //! sender hear AA/CA.
 
+pub mod config;
 pub mod embedded;
 pub mod kafka;
 

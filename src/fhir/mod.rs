@@ -3,6 +3,7 @@
 //! what the server acts on (or an OperationOutcome saying what is wrong), and the
 //! resources the server answers with. The HTTP side is `http/fhir.rs`.
 
+pub mod config;
 pub mod event;
 pub mod subscription;
 

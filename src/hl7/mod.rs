@@ -11,6 +11,8 @@
 pub mod ack;
 pub mod adt;
 pub mod charset;
+#[cfg(feature = "server")]
+pub mod config;
 pub mod escape;
 pub mod parse;
 pub mod patient;

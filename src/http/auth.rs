@@ -2,7 +2,8 @@
 //! compared digest to digest, so neither a memory dump nor response timing gives a
 //! token away. SMART on FHIR scopes or OIDC can slot in behind [`Caller`] later.
 
-use crate::config::{ExposeSecret, TokenSettings};
+use super::config::TokenSettings;
+use crate::secret::ExposeSecret;
 use axum::http::{header, HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 

@@ -4,6 +4,7 @@
 //! Subscriptions, see [`fhir`]).
 
 pub mod auth;
+pub mod config;
 pub mod fhir;
 pub mod rosters;
 pub mod serve;
@@ -28,13 +29,13 @@ pub struct HttpState {
     /// The FHIR API's base URL (`fhir.base_url`, or `http://<http.listen>/fhir`).
     pub fhir_base: String,
     /// Per-token subscription limit and minimum heartbeat (`[fhir]`).
-    pub fhir: crate::config::FhirSettings,
+    pub fhir: crate::fhir::config::FhirSettings,
     /// What subscription endpoints must satisfy (`[delivery]`).
     pub endpoints: crate::directory::endpoint::EndpointPolicy,
     /// SMART Backend Services keys (their public halves at `/.well-known/jwks.json`).
     pub smart: Arc<crate::deliver::smart::SmartClients>,
     /// Limits and timeouts (`[http]`).
-    pub http: crate::config::HttpSettings,
+    pub http: config::HttpSettings,
     /// Which stage, if any, ended while the service was running.
     pub stages: Arc<crate::app::StageHealth>,
 }

@@ -6,6 +6,8 @@
 pub mod client;
 pub mod codec;
 #[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
 pub mod listener;
 #[cfg(feature = "server")]
 pub mod tls;

@@ -94,10 +94,10 @@ pub fn identities(der: &[u8]) -> Vec<String> {
 
 /// `mllp.tls_senders`: which MSH-4 values each client certificate identity may send.
 #[derive(Clone, Debug, Default)]
-pub struct Senders(Vec<crate::config::TlsSender>);
+pub struct Senders(Vec<super::config::TlsSender>);
 
 impl Senders {
-    pub fn new(list: &[crate::config::TlsSender]) -> Senders {
+    pub fn new(list: &[super::config::TlsSender]) -> Senders {
         Senders(list.to_vec())
     }
 
@@ -147,7 +147,7 @@ impl Allowed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TlsSender;
+    use crate::mllp::config::TlsSender;
 
     #[test]
     fn senders_map_identities_to_facilities() {

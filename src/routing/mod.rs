@@ -10,6 +10,7 @@
 //! Notification identity is (transition key, recipient): reprocessing a message, or a
 //! sender's resend of it, can never create a second notification.
 
+pub mod config;
 pub mod encounter;
 pub mod notification;
 pub mod planner;
@@ -65,9 +66,12 @@ fn routable(raw: &[u8], fallback: &'static encoding_rs::Encoding) -> Result<AdtE
 }
 
 impl Router {
-    /// A router with the settings' policies.
+    /// A router with its settings, how attribution decides, and the charset of
+    /// messages that do not say (MSH-18).
     pub fn new(
-        settings: &crate::config::Settings,
+        settings: &config::RoutingSettings,
+        attribution: AttributionPolicy,
+        fallback: &'static encoding_rs::Encoding,
         store: Store,
         rules: Arc<RwLock<Arc<RuleSet>>>,
         metrics: Arc<crate::metrics::Metrics>,
@@ -75,11 +79,11 @@ impl Router {
         Router {
             store,
             rules,
-            attribution: settings.attribution_policy(),
+            attribution,
             encounters: settings.encounter_config(),
-            fallback: settings.fallback_charset(),
-            digest_hour_utc: settings.routing.digest_hour_utc,
-            page_size: settings.routing.page_size.into(),
+            fallback,
+            digest_hour_utc: settings.digest_hour_utc,
+            page_size: settings.page_size.into(),
             metrics,
             wake: crate::wake::Wakers::default(),
             pipeline: Arc::default(),

@@ -17,7 +17,7 @@ pub struct Outgoing {
     pub attempts: i32,
     pub created_at_us: i64,
     /// The directory override's secret for this endpoint (webhook signing).
-    pub secret: Option<crate::config::SecretString>,
+    pub secret: Option<crate::secret::SecretString>,
     /// Direct only: the inbound HL7 v2 message behind the notification.
     pub raw_hl7: Option<Vec<u8>>,
     /// FHIR only: the subscription, and the headers it asked for.
@@ -91,7 +91,7 @@ impl Store {
                     created_at_us: r.try_get(6)?,
                     secret: r
                         .try_get::<Option<String>, _>(7)?
-                        .map(crate::config::SecretString::from),
+                        .map(crate::secret::SecretString::from),
                     raw_hl7: r.try_get(8)?,
                     subscription_id: r.try_get(9)?,
                     headers: r

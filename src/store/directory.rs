@@ -160,7 +160,7 @@ impl Store {
                     .bind(
                         o.secret
                             .as_ref()
-                            .map(crate::config::ExposeSecret::expose_secret),
+                            .map(crate::secret::ExposeSecret::expose_secret),
                     )
                     .bind(o.preferred)
                     .bind(source)

@@ -11,6 +11,7 @@
 //! docs/benchmarks.md. Everything else (migrations, reads, quarantine) is sqlx.
 
 pub mod bulk;
+pub mod config;
 pub mod delivery;
 pub mod direct;
 pub mod directory;

@@ -10,7 +10,7 @@
 
 use super::producer::{client_config, create, headers};
 use super::records::{Processed, RecordMeta, RecordProcessor};
-use crate::config::KafkaSettings;
+use crate::event_log::config::KafkaSettings;
 use crate::metrics::Metrics;
 use crate::store::Origin;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};

@@ -10,9 +10,10 @@
 //! partition and keep their order. Value = the raw bytes. Headers carry what ingest knew
 //! (see [`headers`]); the router re-parses the bytes itself.
 
-use crate::config::{ExposeSecret, KafkaSettings};
+use crate::event_log::config::KafkaSettings;
 use crate::event_log::LogError;
 use crate::metrics::Metrics;
+use crate::secret::ExposeSecret;
 use crate::store::{Appended, NewMessage};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};

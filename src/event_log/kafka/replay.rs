@@ -8,7 +8,7 @@
 
 use super::consumer::process_until_done;
 use super::records::RecordProcessor;
-use crate::config::KafkaSettings;
+use crate::event_log::config::KafkaSettings;
 use crate::event_log::kafka::{client_config, create};
 use crate::metrics::Metrics;
 use anyhow::{bail, Context};
