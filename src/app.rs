@@ -150,7 +150,6 @@ impl App {
             Duration::from_millis(settings.delivery.timeout_ms.max(1)),
             direct_secret,
         )
-        .map_err(anyhow::Error::msg)
         .context("setting up Direct")?;
         let d = &settings.direct;
         let intake_tls = if d.inbound_tls_cert.is_empty() {

@@ -270,7 +270,7 @@ impl Settings {
         }
         for f in &self.hl7.required_fields {
             if let Err(reason) = FieldSpec::parse(f) {
-                return bad("hl7.required_fields", reason);
+                return bad("hl7.required_fields", reason.to_string());
             }
         }
         if self.kafka.enabled() {

@@ -58,6 +58,37 @@ impl std::fmt::Debug for DirectSender {
     }
 }
 
+/// Why Direct cannot be set up from its settings (`serve` stops with it).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("direct.from '{from}': {source}")]
+    From {
+        from: String,
+        source: lettre::address::AddressError,
+    },
+    #[error("direct.smtp_url: {0}")]
+    SmtpUrl(String),
+    #[error("direct.smtp_url has no host")]
+    NoHost,
+    #[error("direct.tls_ca_file {file}: {reason}")]
+    CaFile { file: String, reason: String },
+    #[error("direct TLS: {0}")]
+    Tls(lettre::transport::smtp::Error),
+}
+
+/// Why a notification cannot become a message (the attempt fails for good).
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("the notification body is not JSON: {0}")]
+    Body(#[from] serde_json::Error),
+    #[error("not a Direct address: {0}")]
+    Address(#[from] lettre::address::AddressError),
+    #[error("{0}")]
+    ContentType(#[from] lettre::message::header::ContentTypeErr),
+    #[error("cannot build the message: {0}")]
+    Build(#[from] lettre::error::Error),
+}
+
 impl DirectSender {
     /// `None` when Direct is not configured (`direct.smtp_url` empty). `secret` keys
     /// the Message-ID nonces ([`MessageIds`]).
@@ -65,16 +96,16 @@ impl DirectSender {
         s: &DirectSettings,
         timeout: Duration,
         secret: Vec<u8>,
-    ) -> Result<Option<DirectSender>, String> {
+    ) -> Result<Option<DirectSender>, SetupError> {
         if s.smtp_url.is_empty() {
             return Ok(None);
         }
-        let from: Address = s
-            .from
-            .parse()
-            .map_err(|e| format!("direct.from '{}': {e}", s.from))?;
+        let from: Address = s.from.parse().map_err(|source| SetupError::From {
+            from: s.from.clone(),
+            source,
+        })?;
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::from_url(s.smtp_url.expose())
-            .map_err(|e| format!("direct.smtp_url: {e}"))?
+            .map_err(|e| SetupError::SmtpUrl(e.to_string()))?
             .timeout(Some(timeout));
         if !s.tls_ca_file.is_empty() {
             b = b.tls(private_ca_tls(s.smtp_url.expose(), &s.tls_ca_file)?);
@@ -97,7 +128,7 @@ impl DirectSender {
     }
 
     /// Builds the RFC 5322 message for a notification.
-    pub fn compose(&self, n: &Outgoing) -> Result<(Vec<u8>, String), String> {
+    pub fn compose(&self, n: &Outgoing) -> Result<(Vec<u8>, String), ComposeError> {
         compose(&self.ids, &self.from, n)
     }
 
@@ -115,7 +146,7 @@ impl DirectSender {
         };
         let (bytes, message_id) = match self.compose(n) {
             Ok(m) => m,
-            Err(e) => return (permanent(e), String::new()),
+            Err(e) => return (permanent(e.to_string()), String::new()),
         };
         let hash = hex::encode(Sha256::digest(&bytes));
         let envelope = match lettre::address::Envelope::new(Some(self.from.clone()), vec![to]) {
@@ -181,16 +212,19 @@ impl DirectSender {
 /// TLS towards a HISP whose certificate a private CA signed: the URL's mode
 /// (`smtps://` wraps, `?tls=opportunistic` may fall back to plain, otherwise STARTTLS
 /// is required), trusting that CA.
-fn private_ca_tls(smtp_url: &str, ca_file: &str) -> Result<Tls, String> {
-    let url = url::Url::parse(smtp_url).map_err(|e| format!("direct.smtp_url: {e}"))?;
-    let host = url.host_str().ok_or("direct.smtp_url has no host")?;
-    let pem = std::fs::read(ca_file).map_err(|e| format!("direct.tls_ca_file {ca_file}: {e}"))?;
-    let ca =
-        Certificate::from_pem(&pem).map_err(|e| format!("direct.tls_ca_file {ca_file}: {e}"))?;
+fn private_ca_tls(smtp_url: &str, ca_file: &str) -> Result<Tls, SetupError> {
+    let url = url::Url::parse(smtp_url).map_err(|e| SetupError::SmtpUrl(e.to_string()))?;
+    let host = url.host_str().ok_or(SetupError::NoHost)?;
+    let ca_error = |reason: String| SetupError::CaFile {
+        file: ca_file.to_string(),
+        reason,
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| ca_error(e.to_string()))?;
+    let ca = Certificate::from_pem(&pem).map_err(|e| ca_error(e.to_string()))?;
     let params = TlsParameters::builder(host.to_string())
         .add_root_certificate(ca)
         .build_rustls()
-        .map_err(|e| format!("direct TLS: {e}"))?;
+        .map_err(SetupError::Tls)?;
     let mode = url
         .query_pairs()
         .find(|(k, _)| k == "tls")
@@ -406,13 +440,9 @@ pub fn compose(
     ids: &MessageIds,
     from: &Address,
     n: &Outgoing,
-) -> Result<(Vec<u8>, String), String> {
-    let p = Notification::from_json(&n.payload)
-        .map_err(|e| format!("the notification body is not JSON: {e}"))?;
-    let to: Address = n
-        .endpoint
-        .parse()
-        .map_err(|e| format!("not a Direct address: {e}"))?;
+) -> Result<(Vec<u8>, String), ComposeError> {
+    let p = Notification::from_json(&n.payload)?;
+    let to: Address = n.endpoint.parse()?;
     let id = ids.make(&n.notification_key);
     let ctx_id = format!("<ctx.{}@{}>", n.notification_key, from.domain());
     // The HL7 v2 message goes only where the rule allows everything in it.
@@ -423,15 +453,15 @@ pub fn compose(
     let kind: &str = &p.kind;
     let mut parts = MultiPart::mixed()
         .singlepart(SinglePart::plain(body_text(&p)))
-        .singlepart(Attachment::new("notification.json".into()).body(
-            n.payload.clone(),
-            ContentType::parse("application/json").map_err(|e| e.to_string())?,
-        ));
+        .singlepart(
+            Attachment::new("notification.json".into())
+                .body(n.payload.clone(), ContentType::parse("application/json")?),
+        );
     if let Some(raw) = hl7 {
-        parts = parts.singlepart(Attachment::new("notification.hl7".into()).body(
-            raw.clone(),
-            ContentType::parse("x-application/hl7-v2+er7").map_err(|e| e.to_string())?,
-        ));
+        parts = parts.singlepart(
+            Attachment::new("notification.hl7".into())
+                .body(raw.clone(), ContentType::parse("x-application/hl7-v2+er7")?),
+        );
     }
     parts = parts.singlepart(
         SinglePart::builder()
@@ -459,8 +489,7 @@ pub fn compose(
         ))
         .raw_header(raw("X-Direct-Context", ctx_id))
         .raw_header(raw("X-ADT-Router-Notification", n.notification_key.clone()))
-        .multipart(parts)
-        .map_err(|e| format!("cannot build the message: {e}"))?;
+        .multipart(parts)?;
     Ok((msg.formatted(), id))
 }
 

@@ -56,7 +56,7 @@ impl reqwest::dns::Resolve for CheckedResolver {
                 .filter(|a| match check_ip(a.ip(), policy) {
                     Ok(()) => true,
                     Err(e) => {
-                        refused = Some(e);
+                        refused = Some(e.to_string());
                         false
                     }
                 })
@@ -153,7 +153,7 @@ pub async fn send(
         _ => None,
     };
     if let Some(Err(e)) = literal.map(|ip| check_ip(ip, policy)) {
-        return (permanent(e), body_hash);
+        return (permanent(e.to_string()), body_hash);
     }
     // A SMART-registered endpoint gets a bearer token; without one nothing is sent.
     let bearer = match auth {

@@ -68,40 +68,79 @@ impl Default for EndpointPolicy {
     }
 }
 
+/// Why an endpoint value cannot be used. The text is what `directory show` and the
+/// routing decision say.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("endpoint is empty")]
+    Empty,
+    #[error("{0} endpoints are not a delivery channel adt-router supports")]
+    NotDeliverable(&'static str),
+    #[error("Direct address is not ASCII")]
+    NotAscii,
+    #[error("Direct address has no '@'")]
+    NoAt,
+    #[error("Direct address local part is empty or longer than 64 characters")]
+    LocalPartLength,
+    #[error("Direct address local part has characters a mailbox cannot have")]
+    LocalPartCharacters,
+    #[error("Direct address uses an IP literal, not a domain")]
+    IpLiteral,
+    #[error("domain is empty or too long")]
+    DomainLength,
+    #[error("'{0}' is not a fully qualified domain")]
+    NotQualified(String),
+    #[error("'{0}' is not a valid domain name")]
+    InvalidDomain(String),
+    #[error("'{0}' names a local or internal host (set delivery.allow_private_networks to allow)")]
+    LocalHost(String),
+    #[error("not a URL: {0}")]
+    NotUrl(#[from] url::ParseError),
+    #[error("plain http is refused (https required)")]
+    PlainHttp,
+    #[error("URL scheme '{0}' is not http(s)")]
+    Scheme(String),
+    #[error("URL carries credentials")]
+    Credentials,
+    #[error("URL has no host")]
+    NoHost,
+    #[error("{0} is a loopback, link-local or private address (set delivery.allow_private_networks to allow)")]
+    PrivateAddress(IpAddr),
+}
+
 /// Checks an endpoint value and returns its normalised form, or why it cannot be used.
 /// Host names are not resolved here; the deliverer checks the resolved address again
 /// before it connects, since DNS can point a public name at a private address.
-pub fn check(kind: EndpointKind, value: &str, policy: EndpointPolicy) -> Result<String, String> {
+pub fn check(
+    kind: EndpointKind,
+    value: &str,
+    policy: EndpointPolicy,
+) -> Result<String, EndpointError> {
     let value = value.trim();
     if value.is_empty() {
-        return Err("endpoint is empty".into());
+        return Err(EndpointError::Empty);
     }
     match kind {
         EndpointKind::Direct => check_direct(value, policy),
         EndpointKind::Fhir | EndpointKind::Rest => check_url(value, policy),
-        other => Err(format!(
-            "{} endpoints are not a delivery channel adt-router supports",
-            other.as_str()
-        )),
+        other => Err(EndpointError::NotDeliverable(other.as_str())),
     }
 }
 
 /// A Direct address is an email address (RFC 5321 mailbox) on a real domain; NPPES
 /// values sometimes carry a `mailto:` prefix or upper case.
-fn check_direct(value: &str, policy: EndpointPolicy) -> Result<String, String> {
+fn check_direct(value: &str, policy: EndpointPolicy) -> Result<String, EndpointError> {
     let v = value
         .strip_prefix("mailto:")
         .or_else(|| value.strip_prefix("MAILTO:"))
         .unwrap_or(value)
         .to_ascii_lowercase();
     if !v.is_ascii() {
-        return Err("Direct address is not ASCII".into());
+        return Err(EndpointError::NotAscii);
     }
-    let (local, domain) = v
-        .rsplit_once('@')
-        .ok_or("Direct address has no '@'".to_string())?;
+    let (local, domain) = v.rsplit_once('@').ok_or(EndpointError::NoAt)?;
     if local.is_empty() || local.len() > 64 {
-        return Err("Direct address local part is empty or longer than 64 characters".into());
+        return Err(EndpointError::LocalPartLength);
     }
     let atom_ok = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
     if local.starts_with('.')
@@ -109,23 +148,23 @@ fn check_direct(value: &str, policy: EndpointPolicy) -> Result<String, String> {
         || local.contains("..")
         || !local.chars().all(|c| c == '.' || atom_ok(c))
     {
-        return Err("Direct address local part has characters a mailbox cannot have".into());
+        return Err(EndpointError::LocalPartCharacters);
     }
     if domain.starts_with('[') {
-        return Err("Direct address uses an IP literal, not a domain".into());
+        return Err(EndpointError::IpLiteral);
     }
     check_domain(domain, policy)?;
     Ok(v)
 }
 
-fn check_domain(domain: &str, policy: EndpointPolicy) -> Result<(), String> {
+fn check_domain(domain: &str, policy: EndpointPolicy) -> Result<(), EndpointError> {
     let d = domain.trim_end_matches('.');
     if d.is_empty() || d.len() > 253 {
-        return Err("domain is empty or too long".into());
+        return Err(EndpointError::DomainLength);
     }
     let labels: Vec<&str> = d.split('.').collect();
     if labels.len() < 2 {
-        return Err(format!("'{d}' is not a fully qualified domain"));
+        return Err(EndpointError::NotQualified(d.to_string()));
     }
     for l in &labels {
         if l.is_empty()
@@ -134,13 +173,11 @@ fn check_domain(domain: &str, policy: EndpointPolicy) -> Result<(), String> {
             || l.ends_with('-')
             || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
-            return Err(format!("'{d}' is not a valid domain name"));
+            return Err(EndpointError::InvalidDomain(d.to_string()));
         }
     }
     if !policy.allow_private_networks && is_local_name(d) {
-        return Err(format!(
-            "'{d}' names a local or internal host (set delivery.allow_private_networks to allow)"
-        ));
+        return Err(EndpointError::LocalHost(d.to_string()));
     }
     Ok(())
 }
@@ -155,24 +192,22 @@ fn is_local_name(host: &str) -> bool {
             .any(|s| h.ends_with(s))
 }
 
-fn check_url(value: &str, policy: EndpointPolicy) -> Result<String, String> {
-    let url = url::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+fn check_url(value: &str, policy: EndpointPolicy) -> Result<String, EndpointError> {
+    let url = url::Url::parse(value)?;
     match url.scheme() {
         "https" => {}
         "http" if !policy.require_https => {}
-        "http" => return Err("plain http is refused (https required)".into()),
-        s => return Err(format!("URL scheme '{s}' is not http(s)")),
+        "http" => return Err(EndpointError::PlainHttp),
+        s => return Err(EndpointError::Scheme(s.to_string())),
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("URL carries credentials".into());
+        return Err(EndpointError::Credentials);
     }
     match url.host() {
-        None => return Err("URL has no host".into()),
+        None => return Err(EndpointError::NoHost),
         Some(url::Host::Domain(d)) => {
             if !policy.allow_private_networks && is_local_name(d) {
-                return Err(format!(
-                    "'{d}' names a local or internal host (set delivery.allow_private_networks to allow)"
-                ));
+                return Err(EndpointError::LocalHost(d.to_string()));
             }
         }
         Some(url::Host::Ipv4(ip)) => check_ip(IpAddr::V4(ip), policy)?,
@@ -182,7 +217,7 @@ fn check_url(value: &str, policy: EndpointPolicy) -> Result<String, String> {
 }
 
 /// Refuses loopback, link-local, private, shared and unspecified addresses unless allowed.
-pub fn check_ip(ip: IpAddr, policy: EndpointPolicy) -> Result<(), String> {
+pub fn check_ip(ip: IpAddr, policy: EndpointPolicy) -> Result<(), EndpointError> {
     if policy.allow_private_networks {
         return Ok(());
     }
@@ -194,9 +229,7 @@ pub fn check_ip(ip: IpAddr, policy: EndpointPolicy) -> Result<(), String> {
         },
     };
     if bad {
-        Err(format!(
-            "{ip} is a loopback, link-local or private address (set delivery.allow_private_networks to allow)"
-        ))
+        Err(EndpointError::PrivateAddress(ip))
     } else {
         Ok(())
     }

@@ -295,7 +295,7 @@ fn endpoint(
         Some(k) if !policy.channel_order.contains(&k) => {
             Err(format!("{} is not in delivery.channel_order", k.as_str()))
         }
-        Some(k) => endpoint::check(k, &value, policy.endpoints),
+        Some(k) => endpoint::check(k, &value, policy.endpoints).map_err(|e| e.to_string()),
         None => Err(format!("unknown endpoint type '{kind}'")),
     };
     let (affiliation, affiliation_name, use_code, content_type) = match nppes {

@@ -47,7 +47,7 @@ impl Override {
             Some(k) if k.deliverable() => k,
             _ => return Err(format!("type '{kind}' must be DIRECT, FHIR or REST")),
         };
-        let endpoint = endpoint::check(kind, value, policy)?;
+        let endpoint = endpoint::check(kind, value, policy).map_err(|e| e.to_string())?;
         Ok(Override {
             npi,
             kind,

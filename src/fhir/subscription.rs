@@ -21,30 +21,47 @@ pub enum Filter {
 
 pub const NPI_SYSTEM: &str = "http://hl7.org/fhir/sid/us-npi";
 
+/// Why a `backport-filter-criteria` value cannot be used (the OperationOutcome says it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("filters apply to Encounter: Encounter?param=value")]
+    NotEncounter,
+    #[error("a filter is param=value")]
+    NoValue,
+    #[error("one parameter per filter (give several filters to AND them)")]
+    SeveralParameters,
+    #[error("not an NPI: {0}")]
+    NotNpi(String),
+    #[error("patient.identifier needs AUTHORITY|ID")]
+    NotAuthorityAndId,
+    #[error("filter parameter '{0}' is not supported (patient.identifier, attributed-practitioner, attributed-organization)")]
+    Unsupported(String),
+}
+
 impl Filter {
     /// Reads one `backport-filter-criteria` value.
-    pub fn parse(v: &str) -> Result<Filter, String> {
+    pub fn parse(v: &str) -> Result<Filter, FilterError> {
         let q = v
             .strip_prefix("Encounter?")
-            .ok_or("filters apply to Encounter: Encounter?param=value")?;
-        let (param, value) = q.split_once('=').ok_or("a filter is param=value")?;
+            .ok_or(FilterError::NotEncounter)?;
+        let (param, value) = q.split_once('=').ok_or(FilterError::NoValue)?;
         if value.contains('&') {
-            return Err("one parameter per filter (give several filters to AND them)".into());
+            return Err(FilterError::SeveralParameters);
         }
-        let npi = |value: &str| -> Result<String, String> {
+        let npi = |value: &str| -> Result<String, FilterError> {
             let n = value
                 .strip_prefix(&format!("{NPI_SYSTEM}|"))
                 .unwrap_or(value);
             crate::directory::npi::Npi::parse(n)
                 .map(|n| n.to_string())
-                .map_err(|e| format!("not an NPI: {e}"))
+                .map_err(|e| FilterError::NotNpi(e.to_string()))
         };
         match param {
             "patient.identifier" => {
                 let (authority, id) = value
                     .split_once('|')
                     .filter(|(a, i)| !a.is_empty() && !i.is_empty())
-                    .ok_or("patient.identifier needs AUTHORITY|ID")?;
+                    .ok_or(FilterError::NotAuthorityAndId)?;
                 Ok(Filter::PatientIdentifier {
                     authority: authority.to_string(),
                     id: id.to_string(),
@@ -52,9 +69,7 @@ impl Filter {
             }
             "attributed-practitioner" => Ok(Filter::AttributedPractitioner(npi(value)?)),
             "attributed-organization" => Ok(Filter::AttributedOrganization(npi(value)?)),
-            other => Err(format!(
-                "filter parameter '{other}' is not supported (patient.identifier, attributed-practitioner, attributed-organization)"
-            )),
+            other => Err(FilterError::Unsupported(other.to_string())),
         }
     }
 
@@ -157,7 +172,7 @@ pub fn read(
             Some(Ok(f)) => filters.push(f),
             Some(Err(e)) => issues.push(Issue::new(
                 "not-supported",
-                e,
+                e.to_string(),
                 Some("Subscription.criteria.extension"),
             )),
             None => issues.push(Issue::new(

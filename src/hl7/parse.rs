@@ -44,23 +44,34 @@ pub struct FieldSpec {
     pub field: Option<usize>,
 }
 
+/// Why a `hl7.required_fields` entry is not `SEG` or `SEG-N`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FieldSpecError {
+    #[error("bad field number in '{0}'")]
+    FieldNumber(String),
+    #[error("'{0}' is not SEG or SEG-N")]
+    Segment(String),
+    #[error("'{0}': fields are numbered from 1")]
+    FieldZero(String),
+}
+
 impl FieldSpec {
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, FieldSpecError> {
         let (seg, field) = match spec.split_once('-') {
             Some((s, f)) => (
                 s,
                 Some(
                     f.parse::<usize>()
-                        .map_err(|_| format!("bad field number in '{spec}'"))?,
+                        .map_err(|_| FieldSpecError::FieldNumber(spec.to_string()))?,
                 ),
             ),
             None => (spec, None),
         };
         if seg.len() != 3 || !seg.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(format!("'{spec}' is not SEG or SEG-N"));
+            return Err(FieldSpecError::Segment(spec.to_string()));
         }
         if field == Some(0) {
-            return Err(format!("'{spec}': fields are numbered from 1"));
+            return Err(FieldSpecError::FieldZero(spec.to_string()));
         }
         Ok(FieldSpec {
             segment: seg.to_ascii_uppercase(),
