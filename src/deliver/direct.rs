@@ -19,6 +19,7 @@
 use super::config::DirectSettings;
 use super::report::{self, Signal};
 use super::Outcome;
+use crate::directory::endpoint::EndpointKind;
 use crate::metrics::Metrics;
 use crate::routing::notification::Notification;
 use crate::routing::rules::ContentProfile;
@@ -772,7 +773,7 @@ impl Mdns {
                 outbox_id: n.id,
                 attempt: n.attempts,
                 started_at_us: now,
-                channel: "DIRECT".into(),
+                channel: EndpointKind::Direct,
                 endpoint: n.endpoint.clone(),
                 request_sha256: sha.to_string(),
                 outcome: outcome.to_string(),
@@ -824,7 +825,7 @@ mod tests {
         Outgoing {
             id: 1,
             notification_key: "k1".into(),
-            channel: "DIRECT".into(),
+            channel: EndpointKind::Direct,
             endpoint: "Dr.Smith@direct.example.org".into(),
             payload: serde_json::to_vec(&serde_json::json!({
                 "schema": "adt-router.notification/v1", "idempotency_key": "k1",

@@ -17,7 +17,7 @@ pub mod report;
 pub mod smart;
 pub mod webhook;
 
-use crate::directory::endpoint::EndpointPolicy;
+use crate::directory::endpoint::{EndpointKind, EndpointPolicy};
 use crate::metrics::Metrics;
 use crate::store::delivery::{AttemptRow, Outgoing, Settle, SubscriptionChange};
 use crate::store::outbox::Status;
@@ -401,12 +401,12 @@ impl Deliverer {
         };
         let started = now_us();
         let clock = std::time::Instant::now();
-        let (outcome, request_sha256) = match n.channel.as_str() {
-            "REST" | "FHIR" => {
+        let (outcome, request_sha256) = match n.channel {
+            EndpointKind::Rest | EndpointKind::Fhir => {
                 let auth = self.smart.for_endpoint(&n.endpoint);
                 webhook::send(&self.http, &n, self.endpoints, self.policy.timeout, auth).await
             }
-            "DIRECT" => match &self.direct {
+            EndpointKind::Direct => match &self.direct {
                 Some(d) => d.send(&n).await,
                 None => (
                     Outcome::Transient {
@@ -580,7 +580,7 @@ impl Deliverer {
         if !matches!(label, "delivered" | "submitted") {
             tracing::info!(
                 notification = n.id,
-                channel = n.channel,
+                channel = %n.channel,
                 outcome = label,
                 code,
                 "Delivery attempt did not deliver."
@@ -590,7 +590,7 @@ impl Deliverer {
             outbox_id: n.id,
             attempt: n.attempts,
             started_at_us: started,
-            channel: n.channel.clone(),
+            channel: n.channel,
             endpoint: n.endpoint.clone(),
             request_sha256,
             outcome: label.to_string(),

@@ -8,7 +8,7 @@
 //! request goes to a checked address only.
 
 use super::Outcome;
-use crate::directory::endpoint::{check_ip, EndpointPolicy};
+use crate::directory::endpoint::{check_ip, EndpointKind, EndpointPolicy};
 use crate::store::delivery::Outgoing;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -179,7 +179,7 @@ pub async fn send(
     };
     let ts = crate::store::now_us() / 1_000_000;
     // FHIR notifications are FHIR JSON, with the headers their subscription asked for.
-    let content_type = if n.channel == "FHIR" {
+    let content_type = if n.channel == EndpointKind::Fhir {
         "application/fhir+json"
     } else {
         "application/json"
@@ -275,7 +275,7 @@ pub async fn send(
                 proof["smart_client_id"] = serde_json::json!(c.client_id());
             }
             // A FHIR notification's proof names what it carried: its type and event numbers.
-            if n.channel == "FHIR" {
+            if n.channel == EndpointKind::Fhir {
                 if let Some(f) = crate::fhir::event::proof_of(&n.payload) {
                     proof["fhir"] = f;
                 }

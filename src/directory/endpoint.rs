@@ -19,6 +19,12 @@ pub enum EndpointKind {
     Others,
 }
 
+impl std::fmt::Display for EndpointKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl EndpointKind {
     pub fn parse(s: &str) -> Option<EndpointKind> {
         Some(match s.trim().to_ascii_uppercase().as_str() {
@@ -41,6 +47,15 @@ impl EndpointKind {
             EndpointKind::Connect => "CONNECT",
             EndpointKind::Others => "OTHERS",
         }
+    }
+
+    /// Reads a stored channel (the outbox's `channel` column).
+    pub fn decode(s: &str) -> Result<EndpointKind, crate::store::StoreError> {
+        EndpointKind::parse(s).ok_or_else(|| {
+            crate::store::StoreError::Db(sqlx::Error::Decode(
+                format!("unknown channel '{s}'").into(),
+            ))
+        })
     }
 
     /// Can adt-router deliver over this kind at all?

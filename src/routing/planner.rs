@@ -58,7 +58,7 @@ pub struct RecipientDecision {
     pub outcome: Outcome,
     pub reason: String,
     pub rule_ids: Vec<String>,
-    pub channel: Option<String>,
+    pub channel: Option<EndpointKind>,
     pub endpoint: Option<String>,
     pub content: Option<String>,
     pub timing: Option<String>,
@@ -133,7 +133,7 @@ pub(super) fn transition_row(
 fn rank_endpoints(
     entry: &DirectoryEntry,
     channels: &[String],
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(EndpointKind, String)>, String> {
     let rank = |kind: &str| {
         if channels.is_empty() {
             EndpointKind::parse(kind)
@@ -143,11 +143,14 @@ fn rank_endpoints(
             channels.iter().position(|c| c.eq_ignore_ascii_case(kind))
         }
     };
-    let mut out: Vec<(String, String)> = Vec::new();
+    let mut out: Vec<(EndpointKind, String)> = Vec::new();
     for e in crate::directory::ranked(&entry.endpoints, rank) {
-        if !out.iter().any(|(k, _)| *k == e.kind) {
+        let Some(kind) = EndpointKind::parse(&e.kind).filter(|k| k.deliverable()) else {
+            continue; // a rule naming a channel adt-router cannot send on
+        };
+        if !out.iter().any(|(k, _)| *k == kind) {
             out.push((
-                e.kind.clone(),
+                kind,
                 e.normalized.clone().unwrap_or_else(|| e.value.clone()),
             ));
         }
@@ -397,12 +400,15 @@ impl Planner {
             .iter()
             .filter(|o| o.status == Status::Pending)
         {
+            let Some(channel) = o.channel else {
+                continue; // a pending row always has its channel
+            };
             snap.sent
                 .entry(o.transition_key.clone())
                 .or_default()
                 .push(SentTo {
                     recipient_npi: o.recipient_npi.clone(),
-                    channel: o.channel.clone(),
+                    channel,
                     endpoint: o.endpoint.clone(),
                     ordering_key: o.ordering_key.clone(),
                     content_profile: o.content_profile.clone(),
@@ -430,7 +436,7 @@ impl Planner {
         let mut row = OutboxRow {
             notification_key: key.clone(),
             ordering_key: key_hash(&format!("{enc_id}|{}", p.npi)),
-            channel: String::new(),
+            channel: None,
             endpoint: String::new(),
             payload: Vec::new(),
             // Each decision below sets it; a row not selected is not written.
@@ -474,7 +480,7 @@ impl Planner {
                         row.fallbacks = serde_json::to_string(&ranked).ok();
                     }
                     row.status = Status::Pending;
-                    row.channel = channel;
+                    row.channel = Some(channel);
                     row.endpoint = endpoint;
                     if v.timing == rules::Timing::DailyDigest {
                         row.due_at_us = next_digest(now, self.digest_hour_utc);
@@ -503,7 +509,7 @@ impl Planner {
                 outcome,
                 reason: reason.clone(),
                 rule_ids: ids.clone(),
-                channel: sent.then(|| row.channel.clone()),
+                channel: row.channel.filter(|_| sent),
                 endpoint: sent.then(|| row.endpoint.clone()),
                 content: Some(v.content.as_str().into()),
                 timing: Some(v.timing.as_str().into()),
@@ -558,7 +564,7 @@ impl Planner {
             plan.write.outbox.push(OutboxRow {
                 notification_key: key.clone(),
                 ordering_key: s.ordering_key.clone(),
-                channel: s.channel.clone(),
+                channel: Some(s.channel),
                 endpoint: s.endpoint.clone(),
                 payload: payload(ev, t, enc_id, &key, &v),
                 status: Status::Pending,
@@ -797,7 +803,10 @@ content = "standard"
             panic!("one outbox row")
         };
         assert_eq!(
-            (o.status.as_str(), o.channel.as_str()),
+            (
+                o.status.as_str(),
+                o.channel.map_or("", EndpointKind::as_str)
+            ),
             ("pending", "DIRECT")
         );
         assert_eq!(o.endpoint, "dr@direct.clinic.example");
@@ -887,7 +896,7 @@ content = "standard"
         assert_eq!(
             (
                 o.status.as_str(),
-                o.channel.as_str(),
+                o.channel.map_or("", EndpointKind::as_str),
                 o.content_profile.as_str()
             ),
             ("pending", "REST", "minimum")
@@ -985,7 +994,10 @@ content = "standard"
             ("retraction", "1234567893")
         );
         assert_eq!(
-            (o.channel.as_str(), o.endpoint.as_str()),
+            (
+                o.channel.map_or("", EndpointKind::as_str),
+                o.endpoint.as_str()
+            ),
             ("DIRECT", "dr@direct.clinic.example")
         );
         assert_eq!(

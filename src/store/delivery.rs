@@ -4,6 +4,7 @@
 
 use super::outbox::Status;
 use super::{on_pool, Store, StoreError};
+use crate::directory::endpoint::EndpointKind;
 use sqlx::Row;
 
 /// A claimed notification, ready to send.
@@ -11,7 +12,7 @@ use sqlx::Row;
 pub struct Outgoing {
     pub id: i64,
     pub notification_key: String,
-    pub channel: String,
+    pub channel: EndpointKind,
     pub endpoint: String,
     pub payload: Vec<u8>,
     pub attempts: i32,
@@ -34,7 +35,7 @@ pub struct AttemptRow {
     pub outbox_id: i64,
     pub attempt: i32,
     pub started_at_us: i64,
-    pub channel: String,
+    pub channel: EndpointKind,
     pub endpoint: String,
     pub request_sha256: String,
     pub outcome: String,
@@ -82,9 +83,9 @@ impl Store {
             let row = sqlx::query(&sql(SQL)).bind(id).fetch_optional(p).await?;
             row.map(|r| {
                 Ok(Outgoing {
-                    id: r.try_get(0)?,
+                    id: r.try_get::<i64, _>(0)?,
                     notification_key: r.try_get(1)?,
-                    channel: r.try_get(2)?,
+                    channel: EndpointKind::decode(&r.try_get::<String, _>(2)?)?,
                     endpoint: r.try_get(3)?,
                     payload: r.try_get(4)?,
                     attempts: r.try_get(5)?,
@@ -103,7 +104,7 @@ impl Store {
                 })
             })
             .transpose()
-            .map_err(|e: sqlx::Error| StoreError::from(e))
+            .map_err(|e: StoreError| e)
         })
     }
 
@@ -160,7 +161,7 @@ impl Store {
                     .bind(a.outbox_id)
                     .bind(a.attempt)
                     .bind(a.started_at_us)
-                    .bind(&a.channel)
+                    .bind(a.channel.as_str())
                     .bind(&a.endpoint)
                     .bind(&a.request_sha256)
                     .bind(&a.outcome)

@@ -3,6 +3,7 @@
 //! of a message's consequences or none (and a replay then redoes them idempotently).
 
 use super::{on_pool, Store, StoreError};
+use crate::directory::endpoint::EndpointKind;
 use sqlx::Row;
 
 #[derive(Clone, Debug)]
@@ -74,7 +75,8 @@ pub struct DecisionRow {
 pub struct OutboxRow {
     pub notification_key: String,
     pub ordering_key: String,
-    pub channel: String,
+    /// None when nothing is sent (suppressed, or no endpoint).
+    pub channel: Option<EndpointKind>,
     pub endpoint: String,
     pub payload: Vec<u8>,
     pub status: super::outbox::Status,
@@ -135,7 +137,7 @@ pub struct ExportedNotification {
 #[derive(Clone, Debug)]
 pub struct SentTo {
     pub recipient_npi: String,
-    pub channel: String,
+    pub channel: EndpointKind,
     pub endpoint: String,
     pub ordering_key: String,
     pub content_profile: String,
@@ -189,7 +191,7 @@ macro_rules! routing_rows {
                 &d.rule_ids, $now);
         }
         for o in &$w.outbox {
-            $run!(OUT; &o.notification_key, &o.ordering_key, &o.channel, &o.endpoint,
+            $run!(OUT; &o.notification_key, &o.ordering_key, o.channel.map_or("", EndpointKind::as_str), &o.endpoint,
                 &o.payload, o.status.as_str(), o.due_at_us, &o.last_error, $now, &o.transition_key,
                 &o.kind, &o.encounter, &o.control_id, &o.sending_facility, &o.recipient_npi,
                 &o.rule_ids, &o.content_profile, &o.fallbacks);
@@ -310,14 +312,13 @@ impl Store {
                 .map(|r| {
                     Ok(SentTo {
                         recipient_npi: r.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
-                        channel: r.try_get(1)?,
+                        channel: EndpointKind::decode(&r.try_get::<String, _>(1)?)?,
                         endpoint: r.try_get(2)?,
                         ordering_key: r.try_get(3)?,
                         content_profile: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
                     })
                 })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(StoreError::from)
+                .collect::<Result<Vec<_>, StoreError>>()
         })
     }
 
@@ -398,8 +399,7 @@ impl Store {
                         resends: r.try_get(18)?,
                     })
                 })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(StoreError::from)
+                .collect::<Result<Vec<_>, StoreError>>()
         })
     }
 }

@@ -183,7 +183,7 @@ async fn a_lapsed_lease_changes_nothing_else(store: Store) {
             outbox_id: first[0].id,
             attempt: 1,
             started_at_us: 0,
-            channel: "REST".into(),
+            channel: adt_router::directory::endpoint::EndpointKind::Rest,
             endpoint: n.endpoint.clone(),
             request_sha256: String::new(),
             outcome: status.as_str().into(),
