@@ -5,9 +5,8 @@
 //! Pure and panic-free on any input that [`parse_message`] accepts; the `Debug` output
 //! of the patient parts is not redacted, so never log these structs.
 
-use super::escape::unescape;
 use super::parse::{normalize, ParseRules, Rejection};
-use hl7_parser::message::Separators;
+use super::read::FieldReader;
 use serde::Serialize;
 
 /// The NPI's OID, used as an assigning authority by some feeds.
@@ -212,7 +211,7 @@ impl AdtEvent {
         static RULES: std::sync::LazyLock<ParseRules> =
             std::sync::LazyLock::new(ParseRules::default);
         let (seps, _, header) = super::parse::head(&segments, &RULES)?;
-        let r = Reader { seps };
+        let r = FieldReader { seps };
         let h = &header;
         let mut ev = AdtEvent {
             msh: Msh {
@@ -476,48 +475,8 @@ pub fn hl7_time_us(ts: &str) -> Option<i64> {
     Some(utc.unix_timestamp() * 1_000_000 - offset_min * 60_000_000 + micros)
 }
 
-/// Field access by position, with escapes decoded.
-struct Reader {
-    seps: Separators,
-}
-
-impl Reader {
-    fn repeats<'a>(&self, field: &'a str) -> impl Iterator<Item = &'a str> {
-        field.split(self.seps.repetition).filter(|r| !r.is_empty())
-    }
-
-    fn raw_component<'a>(&self, rep: &'a str, n: usize) -> &'a str {
-        rep.split(self.seps.component).nth(n - 1).unwrap_or("")
-    }
-
-    /// Component `n` (1-based), its first subcomponent, unescaped and trimmed.
-    fn component(&self, rep: &str, n: usize) -> String {
-        self.sub(self.raw_component(rep, n), 1)
-    }
-
-    fn sub(&self, comp: &str, n: usize) -> String {
-        let raw = comp.split(self.seps.subcomponent).nth(n - 1).unwrap_or("");
-        unescape(raw, &self.seps).trim().to_string()
-    }
-
-    fn identifiers(&self, field: &str) -> Vec<Identifier> {
-        self.repeats(field)
-            .filter_map(|rep| {
-                let id = self.component(rep, 1);
-                if id.is_empty() {
-                    return None;
-                }
-                let hd = self.raw_component(rep, 4);
-                Some(Identifier {
-                    id,
-                    authority_namespace: self.sub(hd, 1),
-                    authority_universal: self.sub(hd, 2),
-                    type_code: self.component(rep, 5),
-                })
-            })
-            .collect()
-    }
-
+/// The ADT segments, read with the one field reader ([`FieldReader`]).
+impl FieldReader {
     fn pid<'a>(&self, f: &dyn Fn(usize) -> &'a str) -> Pid {
         let mut pid = Pid {
             identifiers: self.identifiers(f(3)),

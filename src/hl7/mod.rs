@@ -16,9 +16,10 @@ pub mod config;
 pub mod escape;
 pub mod parse;
 pub mod patient;
+pub mod read;
 pub mod types;
 
 pub use ack::{ack_code as ack_code_for, AcceptAck, AckCode, Disposition, ErrDetail, ErrLocation};
 pub use charset::Charset;
 pub use parse::{parse_message, ParseRules, ParsedMessage, Rejection};
-pub use types::{AckCondition, AckMode, ControlId, MessageType, PatientId};
+pub use types::{AckCondition, AckMode, ControlId, MessageType};

@@ -11,8 +11,10 @@
 //! We parse by segment id and position, not by a rigid grammar: real feeds vary too much.
 
 use super::ack::{ErrDetail, ErrLocation};
+use super::adt::Identifier;
 use super::escape::unescape;
-use super::types::{AckMode, ControlId, MessageType, PatientId};
+use super::read::FieldReader;
+use super::types::{AckMode, ControlId, MessageType};
 use hl7_parser::message::{Field, Separators};
 use std::borrow::Cow;
 
@@ -102,7 +104,7 @@ pub struct RoutingFields {
     /// EVN-2, recorded date/time.
     pub event_time: Option<String>,
     /// PID-3 repetitions in order; the first is the primary identifier.
-    pub patient_ids: Vec<PatientId>,
+    pub patient_ids: Vec<Identifier>,
     /// PV1-2.
     pub patient_class: Option<String>,
     /// PV1-19.1.
@@ -495,33 +497,18 @@ fn read_routing_fields(
     seps: &Separators,
 ) -> RoutingFields {
     let mut out = RoutingFields::default();
-    if let Some(evn) = evn {
-        out.event_time = Some(decoded(evn.field(2).as_ref(), seps)).filter(|s| !s.is_empty());
+    let r = FieldReader { seps: *seps };
+    fn raw<'m>(segment: Option<&RawSegment<'m>>, n: usize) -> &'m str {
+        segment
+            .and_then(|s| s.field(n))
+            .map(|f| f.raw_value())
+            .unwrap_or("")
     }
-    if let Some(pid3) = pid.and_then(|s| s.field(3)) {
-        for rep in pid3.repeats() {
-            let c = |n: usize| {
-                rep.component(n)
-                    .map(|c| unescape(c.raw_value(), seps).into_owned())
-                    .unwrap_or_default()
-            };
-            let id = c(1);
-            if id.trim().is_empty() {
-                continue;
-            }
-            out.patient_ids.push(PatientId {
-                id,
-                authority: c(4),
-                type_code: c(5),
-            });
-        }
-    }
-    if let Some(pv1) = pv1 {
-        out.patient_class =
-            Some(component(pv1.field(2).as_ref(), 1, seps)).filter(|s| !s.is_empty());
-        out.visit_number =
-            Some(component(pv1.field(19).as_ref(), 1, seps)).filter(|s| !s.is_empty());
-    }
+    let filled = |v: String| Some(v).filter(|v| !v.is_empty());
+    out.event_time = filled(r.component(raw(evn, 2), 1));
+    out.patient_ids = r.identifiers(raw(pid, 3));
+    out.patient_class = filled(r.component(raw(pv1, 2), 1).to_ascii_uppercase());
+    out.visit_number = filled(r.component(raw(pv1, 19), 1));
     out
 }
 
@@ -547,6 +534,28 @@ mod tests {
         assert_eq!(m.routing.visit_number.as_deref(), Some("V123"));
         assert!(m.problems.is_empty());
         assert_eq!(m.segment_count, 4);
+    }
+
+    /// Ingest and routing read the same fields through one reader: the patient key
+    /// ingest stores (and keys Kafka records by) is the one routing keys encounters by,
+    /// even for an identifier with spaces, escapes and an assigning authority given as
+    /// namespace&universal id, and a lower-case patient class.
+    #[test]
+    fn ingest_and_routing_read_the_same_fields_the_same_way() {
+        let t = "MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|20261101080000||ADT^A01|C1|P|2.5.1\r\
+                 EVN|A01|20261101080000\r\
+                 PID|1|| MRN\\T\\1 ^^^GENHOSP&1.2.3&ISO^MR~X9^^^OTHER^MR||DOE^JANE\r\
+                 PV1|1|i|4W|||||||||||||||| V1 \r";
+        let m = parse_message(t, &ParseRules::default()).unwrap();
+        let ev = crate::hl7::adt::AdtEvent::parse(t).unwrap();
+        let key = ev.patient_key().unwrap();
+        assert_eq!(key, "MRN&1^GENHOSP");
+        assert_eq!(m.routing.patient_ids[0].key(), key);
+        assert_eq!(m.routing.patient_ids.len(), ev.pid.identifiers.len());
+        let pv1 = ev.pv1.unwrap();
+        assert_eq!(m.routing.patient_class.as_deref(), Some(pv1.patient_class.as_str()));
+        assert_eq!(m.routing.visit_number.as_deref(), Some(pv1.visit_number.as_str()));
+        assert_eq!(m.routing.visit_number.as_deref(), Some("V1"));
     }
 
     #[test]

@@ -43,32 +43,6 @@ impl fmt::Display for MessageType {
     }
 }
 
-/// One PID-3 repetition (CX): the identifier, who assigned it, and its type code.
-/// The `Debug` output hides the identifier: it is PHI.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PatientId {
-    pub id: String,
-    pub authority: String,
-    pub type_code: String,
-}
-
-impl PatientId {
-    /// `id^authority`, the form used for keys (Kafka record key, ordering).
-    pub fn key(&self) -> String {
-        format!("{}^{}", self.id, self.authority)
-    }
-}
-
-impl fmt::Debug for PatientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "PatientId(<redacted>^{}^{})",
-            self.authority, self.type_code
-        )
-    }
-}
-
 /// Table 0155 values for MSH-15/MSH-16.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckCondition {
