@@ -553,8 +553,14 @@ mod tests {
         assert_eq!(m.routing.patient_ids[0].key(), key);
         assert_eq!(m.routing.patient_ids.len(), ev.pid.identifiers.len());
         let pv1 = ev.pv1.unwrap();
-        assert_eq!(m.routing.patient_class.as_deref(), Some(pv1.patient_class.as_str()));
-        assert_eq!(m.routing.visit_number.as_deref(), Some(pv1.visit_number.as_str()));
+        assert_eq!(
+            m.routing.patient_class.as_deref(),
+            Some(pv1.patient_class.as_str())
+        );
+        assert_eq!(
+            m.routing.visit_number.as_deref(),
+            Some(pv1.visit_number.as_str())
+        );
         assert_eq!(m.routing.visit_number.as_deref(), Some("V1"));
     }
 

@@ -16,33 +16,6 @@ pub(crate) fn npi(n: u32) -> String {
     Npi::from_base(400_000_000 + n).to_string()
 }
 
-/// A scenario `fn(dir, database url)` as two tests: on SQLite and on a PostgreSQL
-/// database of its own.
-macro_rules! on_both_backends {
-    ($name:ident, $scenario:ident) => {
-        mod $name {
-            use super::*;
-
-            #[test]
-            fn sqlite() {
-                let dir = tempdir();
-                $scenario(dir.path(), None);
-            }
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn postgres() {
-                let db = crate::postgres::TestDb::create().await;
-                let dir = tempdir();
-                let url = db.url.clone();
-                tokio::task::spawn_blocking(move || $scenario(dir.path(), Some(&url)))
-                    .await
-                    .unwrap();
-            }
-        }
-    };
-}
-pub(crate) use on_both_backends;
-
 pub(crate) struct Receiver {
     child: Child,
     pub port: u16,

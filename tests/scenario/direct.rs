@@ -4,7 +4,7 @@
 //! HISP would: processed and dispatched MDNs, a processed MDN only, a failure DSN, a
 //! failed MDN, nothing at all, or an SMTP 550. SQLite and PostgreSQL.
 
-use crate::delivery::{admit, export, npi, on_both_backends, setup, start, Receiver};
+use crate::delivery::{admit, export, npi, setup, start, Receiver};
 use crate::support::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -434,7 +434,7 @@ pub(crate) fn http_request_json(
     )
 }
 
-crate::delivery::on_both_backends!(
+crate::support::on_both_backends!(
     handshake_activates_and_heartbeats_follow,
     handshake_scenario
 );

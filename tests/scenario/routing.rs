@@ -197,12 +197,29 @@ fn row(kind: &str, who: u32, status: &str) -> (String, String, String) {
     (kind.to_string(), npi(who), status.to_string())
 }
 
-fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
-    let opt_outs = "patient_id,assigning_authority\nMRN-OPT,GENHOSP\n";
-    let rules = rules_dir(&[("opt-outs.csv", opt_outs)]);
-    let mut h = Harness::start(dir, rules.path(), db_url);
+/// A harness with the default rules and MRN-OPT on the opt-out list.
+fn harness(dir: &Path, db_url: Option<&str>) -> (Harness, tempfile::TempDir) {
+    let rules = rules_dir(&[("opt-outs.csv", OPT_OUTS)]);
+    (Harness::start(dir, rules.path(), db_url), rules)
+}
 
-    // 1. ED visit, admission, internal transfer, discharge to a SNF (a transfer).
+const OPT_OUTS: &str = "patient_id,assigning_authority\nMRN-OPT,GENHOSP\n";
+
+/// An inpatient message of `mrn`'s visit `visit` on 4W.
+fn inpatient(trigger: &str, mrn: &str, id: &str, at: &str, visit: &str) -> AdtMessage {
+    adt(trigger, mrn)
+        .id(id)
+        .at(at)
+        .visit(visit)
+        .class("I")
+        .unit("4W")
+}
+
+fn an_ed_visit_admission_and_discharge_to_a_snf_reach_the_pcp_and_the_snf(
+    dir: &Path,
+    db_url: Option<&str>,
+) {
+    let (mut h, _rules) = harness(dir, db_url);
     h.send(&[
         adt("A04", "MRN-SNF")
             .id("E1")
@@ -215,132 +232,24 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
             .id("E2")
             .at("202611281000")
             .visit("V1")
-            .class("I")
             .unit("4W")
             .text(),
         adt("A02", "MRN-SNF")
             .id("E3")
             .at("202611281200")
             .visit("V1")
-            .class("I")
             .unit("ICU")
             .text(),
         adt("A03", "MRN-SNF")
             .id("E4")
             .at("202611300900")
             .visit("V1")
-            .class("I")
             .unit("ICU")
             .pv1_after_visit(&disposition("03"))
             .text(),
     ]);
-    // 2. A cancelled admission.
-    h.send(&[
-        adt("A01", "MRN-C")
-            .id("C1")
-            .at("202611280800")
-            .visit("V2")
-            .class("I")
-            .unit("4W")
-            .text(),
-        adt("A11", "MRN-C")
-            .id("C2")
-            .at("202611280900")
-            .visit("V2")
-            .class("I")
-            .unit("4W")
-            .text(),
-    ]);
-    // 3. An A08 storm: twenty repeats change nothing, one unit change is one update.
-    let mut storm = vec![adt("A01", "MRN-S")
-        .id("S0")
-        .at("202611280800")
-        .visit("V3")
-        .class("I")
-        .unit("4W")
-        .text()];
-    for i in 0..20 {
-        storm.push(
-            adt("A08", "MRN-S")
-                .id(&format!("S{}", i + 1))
-                .at(&format!("2026112809{i:02}"))
-                .visit("V3")
-                .class("I")
-                .unit("4W")
-                .text(),
-        );
-    }
-    storm.push(
-        adt("A08", "MRN-S")
-            .id("S99")
-            .at("202611281000")
-            .visit("V3")
-            .class("I")
-            .unit("5E")
-            .text(),
-    );
-    h.send(&storm);
-    // 4. Reordered and repeated: the discharge arrives first, then the admission, then
-    //    the discharge again under a new control id.
-    h.send(&[
-        adt("A03", "MRN-R")
-            .id("R1")
-            .at("202611300900")
-            .visit("V4")
-            .class("I")
-            .unit("4W")
-            .pv1_after_visit(&disposition("01"))
-            .text(),
-        adt("A01", "MRN-R")
-            .id("R2")
-            .at("202611280800")
-            .visit("V4")
-            .class("I")
-            .unit("4W")
-            .text(),
-        adt("A03", "MRN-R")
-            .id("R3")
-            .at("202611300900")
-            .visit("V4")
-            .class("I")
-            .unit("4W")
-            .pv1_after_visit(&disposition("01"))
-            .text(),
-    ]);
-    // 5. An opted-out patient, and 6. a Part 2 unit.
-    h.send(&[
-        adt("A01", "MRN-OPT")
-            .id("O1")
-            .at("202611280800")
-            .visit("V5")
-            .class("I")
-            .unit("4W")
-            .text(),
-        adt("A01", "MRN-P")
-            .id("P1")
-            .at("202611280800")
-            .visit("V6")
-            .class("I")
-            .unit("SUD1")
-            .text(),
-    ]);
-    // 7. A message sent twice with the same control id is routed once.
-    h.send(&[adt("A04", "MRN-D")
-        .id("D1")
-        .at("202611280800")
-        .visit("V7")
-        .class("E")
-        .unit("ED")
-        .text()]);
-    h.send(&[adt("A04", "MRN-D")
-        .id("D1")
-        .at("202611280800")
-        .visit("V7")
-        .class("E")
-        .unit("ED")
-        .text()]);
-
     let ns = h.notifications();
+    // The internal transfer (A02) tells nobody; the discharge to a SNF is a transfer.
     assert_eq!(
         of(&ns, "V1"),
         [
@@ -362,30 +271,105 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
     assert_eq!(v1["sending_facility"], "GENHOSP");
     assert_eq!(v1["rule_ids"], serde_json::json!(["cop-events"]));
     assert_eq!(v1["idempotency_key"].as_str().unwrap().len(), 32);
+    // The log names no patient.
+    let log = h.server.log();
+    assert!(
+        !log.contains("DOE") && !log.contains("MRN-"),
+        "PHI in the log"
+    );
+}
+on_both_backends!(
+    an_ed_visit_admission_and_discharge_to_a_snf_reach_the_pcp_and_the_snf,
+    an_ed_visit_admission_and_discharge_to_a_snf_reach_the_pcp_and_the_snf
+);
 
+fn a_cancelled_admission_is_retracted_from_whoever_was_told(dir: &Path, db_url: Option<&str>) {
+    let (mut h, _rules) = harness(dir, db_url);
+    h.send(&[
+        inpatient("A01", "MRN-C", "C1", "202611280800", "V2").text(),
+        inpatient("A11", "MRN-C", "C2", "202611280900", "V2").text(),
+    ]);
     assert_eq!(
-        of(&ns, "V2"),
+        of(&h.notifications(), "V2"),
         [
             row("admission", PCP, "pending"),
             row("retraction", PCP, "pending")
         ]
     );
+}
+on_both_backends!(
+    a_cancelled_admission_is_retracted_from_whoever_was_told,
+    a_cancelled_admission_is_retracted_from_whoever_was_told
+);
+
+fn an_a08_storm_makes_one_update_for_the_one_real_change(dir: &Path, db_url: Option<&str>) {
+    let (mut h, _rules) = harness(dir, db_url);
+    let mut storm = vec![inpatient("A01", "MRN-S", "S0", "202611280800", "V3").text()];
+    for i in 0..20 {
+        let (id, at) = (format!("S{}", i + 1), format!("2026112809{i:02}"));
+        storm.push(inpatient("A08", "MRN-S", &id, &at, "V3").text());
+    }
+    storm.push(
+        inpatient("A08", "MRN-S", "S99", "202611281000", "V3")
+            .unit("5E")
+            .text(),
+    );
+    h.send(&storm);
     assert_eq!(
-        of(&ns, "V3"),
+        of(&h.notifications(), "V3"),
         [
             row("admission", PCP, "pending"),
             row("update", PCP, "pending")
         ]
     );
-    assert_eq!(of(&ns, "V4"), [row("discharge", PCP, "pending")]);
-    let opt = of(&ns, "V5");
-    assert_eq!(opt, [row("admission", PCP, "suppressed")]);
-    let suppressed = ns.iter().find(|n| n["encounter"] == "GENHOSP|V5").unwrap();
-    assert!(suppressed["rule_ids"]
+}
+on_both_backends!(
+    an_a08_storm_makes_one_update_for_the_one_real_change,
+    an_a08_storm_makes_one_update_for_the_one_real_change
+);
+
+fn a_discharge_before_its_admission_and_its_resend_tell_the_pcp_once(
+    dir: &Path,
+    db_url: Option<&str>,
+) {
+    let (mut h, _rules) = harness(dir, db_url);
+    let discharge = |id: &str| {
+        inpatient("A03", "MRN-R", id, "202611300900", "V4")
+            .pv1_after_visit(&disposition("01"))
+            .text()
+    };
+    h.send(&[
+        discharge("R1"),
+        inpatient("A01", "MRN-R", "R2", "202611280800", "V4").text(),
+        discharge("R3"),
+    ]);
+    // The admission, arriving after the discharge it precedes, tells nobody.
+    assert_eq!(
+        of(&h.notifications(), "V4"),
+        [row("discharge", PCP, "pending")]
+    );
+}
+on_both_backends!(
+    a_discharge_before_its_admission_and_its_resend_tell_the_pcp_once,
+    a_discharge_before_its_admission_and_its_resend_tell_the_pcp_once
+);
+
+fn opted_out_and_part2_patients_are_suppressed_naming_the_rule(dir: &Path, db_url: Option<&str>) {
+    let (mut h, _rules) = harness(dir, db_url);
+    h.send(&[
+        inpatient("A01", "MRN-OPT", "O1", "202611280800", "V5").text(),
+        inpatient("A01", "MRN-P", "P1", "202611280800", "V6")
+            .unit("SUD1")
+            .text(),
+    ]);
+    let ns = h.notifications();
+    assert_eq!(of(&ns, "V5"), [row("admission", PCP, "suppressed")]);
+    let opted_out = ns.iter().find(|n| n["encounter"] == "GENHOSP|V5").unwrap();
+    assert!(opted_out["rule_ids"]
         .as_array()
         .unwrap()
         .contains(&"patient-opt-out".into()));
-    assert!(suppressed["last_error"]
+    assert!(opted_out["last_error"]
         .as_str()
         .unwrap()
         .contains("opted out"));
@@ -395,19 +379,46 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
         .as_array()
         .unwrap()
         .contains(&"part2-program".into()));
-    assert_eq!(of(&ns, "V7"), [row("ed-registration", PCP, "pending")]);
+}
+on_both_backends!(
+    opted_out_and_part2_patients_are_suppressed_naming_the_rule,
+    opted_out_and_part2_patients_are_suppressed_naming_the_rule
+);
 
-    // Unique identities: no notification twice.
+fn a_message_sent_twice_with_one_control_id_is_routed_once(dir: &Path, db_url: Option<&str>) {
+    let (mut h, _rules) = harness(dir, db_url);
+    let ed = || {
+        adt("A04", "MRN-D")
+            .id("D1")
+            .at("202611280800")
+            .visit("V7")
+            .class("E")
+            .unit("ED")
+            .text()
+    };
+    h.send(&[ed()]);
+    h.send(&[ed()]);
+    let ns = h.notifications();
+    assert_eq!(of(&ns, "V7"), [row("ed-registration", PCP, "pending")]);
     let mut keys: Vec<&str> = ns
         .iter()
         .map(|n| n["idempotency_key"].as_str().unwrap())
         .collect();
-    keys.sort();
     let before = keys.len();
+    keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), before, "duplicate notification keys");
+}
+on_both_backends!(
+    a_message_sent_twice_with_one_control_id_is_routed_once,
+    a_message_sent_twice_with_one_control_id_is_routed_once
+);
 
-    // A broken rule file is refused; the last good rules stay in force.
+fn rules_reload_without_a_restart_and_a_broken_file_keeps_the_last_good_ones(
+    dir: &Path,
+    db_url: Option<&str>,
+) {
+    let (mut h, rules) = harness(dir, db_url);
     std::fs::write(
         rules.path().join("90-broken.toml"),
         "[[rule]]\nid = \"x\"\naction = \"nope\"\n",
@@ -427,13 +438,7 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
         "{}",
         h.server.log()
     );
-    h.send(&[adt("A01", "MRN-K")
-        .id("K1")
-        .at("202611280800")
-        .visit("V8")
-        .class("I")
-        .unit("4W")
-        .text()]);
+    h.send(&[inpatient("A01", "MRN-K", "K1", "202611280800", "V8").text()]);
     assert_eq!(
         of(&h.notifications(), "V8"),
         [row("admission", PCP, "pending")]
@@ -443,7 +448,7 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
     std::fs::remove_file(rules.path().join("90-broken.toml")).unwrap();
     std::fs::write(
         rules.path().join("opt-outs.csv"),
-        format!("{opt_outs}MRN-K2,GENHOSP\n"),
+        format!("{OPT_OUTS}MRN-K2,GENHOSP\n"),
     )
     .unwrap();
     let ok_before = h
@@ -454,20 +459,31 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
             .metric("adt_router_routing_rule_loads_total{outcome=\"ok\"}")
             > ok_before
     });
-    h.send(&[adt("A01", "MRN-K2")
-        .id("K2")
-        .at("202611280800")
-        .visit("V9")
-        .class("I")
-        .unit("4W")
-        .text()]);
+    h.send(&[inpatient("A01", "MRN-K2", "K2", "202611280800", "V9").text()]);
     assert_eq!(
         of(&h.notifications(), "V9"),
         [row("admission", PCP, "suppressed")]
     );
+}
+on_both_backends!(
+    rules_reload_without_a_restart_and_a_broken_file_keeps_the_last_good_ones,
+    rules_reload_without_a_restart_and_a_broken_file_keeps_the_last_good_ones
+);
 
-    // simulate: without the opt-out and Part 2 rules, the PCP would gain exactly the
-    // suppressed admissions; nothing is written.
+fn rules_simulate_shows_what_candidate_rules_would_change_and_writes_nothing(
+    dir: &Path,
+    db_url: Option<&str>,
+) {
+    let (mut h, _rules) = harness(dir, db_url);
+    h.send(&[
+        inpatient("A01", "MRN-OPT", "O1", "202611280800", "V5").text(),
+        inpatient("A01", "MRN-P", "P1", "202611280800", "V6")
+            .unit("SUD1")
+            .text(),
+        inpatient("A01", "MRN-K", "K1", "202611280800", "V8").text(),
+    ]);
+    // Without the opt-out and Part 2 rules, the PCP would gain exactly the two
+    // suppressed admissions.
     let candidate = rules_dir(&[]);
     std::fs::remove_file(candidate.path().join("20-privacy.toml")).unwrap();
     std::fs::remove_file(candidate.path().join("30-part2.toml")).unwrap();
@@ -487,20 +503,19 @@ fn scripted_encounters(dir: &Path, db_url: Option<&str>) {
         .iter()
         .map(|g| g.as_str().unwrap())
         .collect();
-    assert_eq!(gained.len(), 3, "{sim}");
+    assert_eq!(gained.len(), 2, "{sim}");
     assert!(gained.iter().all(|g| g.starts_with("admission:")), "{sim}");
     assert!(change["lost"].as_array().unwrap().is_empty(), "{sim}");
     assert_eq!(h.notifications().len(), before);
+}
+on_both_backends!(
+    rules_simulate_shows_what_candidate_rules_would_change_and_writes_nothing,
+    rules_simulate_shows_what_candidate_rules_would_change_and_writes_nothing
+);
 
-    // 8. A merge (A40): the encounter opened under the old identifier now belongs to the
-    //    surviving one.
-    h.send(&[adt("A01", "MRN-OLD")
-        .id("M1")
-        .at("202611280800")
-        .visit("V10")
-        .class("I")
-        .unit("4W")
-        .text()]);
+fn a_merge_moves_the_encounter_to_the_surviving_identifier(dir: &Path, db_url: Option<&str>) {
+    let (mut h, _rules) = harness(dir, db_url);
+    h.send(&[inpatient("A01", "MRN-OLD", "M1", "202611280800", "V10").text()]);
     h.send(&[
         ("MSH|^~\\&|EPIC|GENHOSP|ADTR|HIE|202611281200||ADT^A40^ADT_A39|M2|P|2.5.1\r\
 EVN|A40|202611281200\r\
@@ -536,30 +551,11 @@ MRG|MRN-OLD^^^GENHOSP^MR\r")
             row[0].clone()
         });
     assert_eq!(owner, "MRN-NEW^GENHOSP");
-
-    // The log names no patient.
-    let log = h.server.log();
-    assert!(
-        !log.contains("DOE") && !log.contains("MRN-"),
-        "PHI in the log"
-    );
 }
-
-#[test]
-fn scripted_encounters_sqlite() {
-    let dir = tempdir();
-    scripted_encounters(dir.path(), None);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn scripted_encounters_postgres() {
-    let db = TestDb::create().await;
-    let dir = tempdir();
-    let url = db.url.clone();
-    tokio::task::spawn_blocking(move || scripted_encounters(dir.path(), Some(&url)))
-        .await
-        .unwrap();
-}
+on_both_backends!(
+    a_merge_moves_the_encounter_to_the_surviving_identifier,
+    a_merge_moves_the_encounter_to_the_surviving_identifier
+);
 
 #[test]
 fn rules_check_and_explain() {
