@@ -278,10 +278,7 @@ fn an_ed_visit_admission_and_discharge_to_a_snf_reach_the_pcp_and_the_snf(
         "PHI in the log"
     );
 }
-on_both_backends!(
-    an_ed_visit_admission_and_discharge_to_a_snf_reach_the_pcp_and_the_snf,
-    an_ed_visit_admission_and_discharge_to_a_snf_reach_the_pcp_and_the_snf
-);
+on_both_backends!(an_ed_visit_admission_and_discharge_to_a_snf_reach_the_pcp_and_the_snf);
 
 fn a_cancelled_admission_is_retracted_from_whoever_was_told(dir: &Path, db_url: Option<&str>) {
     let (mut h, _rules) = harness(dir, db_url);
@@ -297,10 +294,7 @@ fn a_cancelled_admission_is_retracted_from_whoever_was_told(dir: &Path, db_url: 
         ]
     );
 }
-on_both_backends!(
-    a_cancelled_admission_is_retracted_from_whoever_was_told,
-    a_cancelled_admission_is_retracted_from_whoever_was_told
-);
+on_both_backends!(a_cancelled_admission_is_retracted_from_whoever_was_told);
 
 fn an_a08_storm_makes_one_update_for_the_one_real_change(dir: &Path, db_url: Option<&str>) {
     let (mut h, _rules) = harness(dir, db_url);
@@ -323,10 +317,7 @@ fn an_a08_storm_makes_one_update_for_the_one_real_change(dir: &Path, db_url: Opt
         ]
     );
 }
-on_both_backends!(
-    an_a08_storm_makes_one_update_for_the_one_real_change,
-    an_a08_storm_makes_one_update_for_the_one_real_change
-);
+on_both_backends!(an_a08_storm_makes_one_update_for_the_one_real_change);
 
 fn a_discharge_before_its_admission_and_its_resend_tell_the_pcp_once(
     dir: &Path,
@@ -349,19 +340,21 @@ fn a_discharge_before_its_admission_and_its_resend_tell_the_pcp_once(
         [row("discharge", PCP, "pending")]
     );
 }
-on_both_backends!(
-    a_discharge_before_its_admission_and_its_resend_tell_the_pcp_once,
-    a_discharge_before_its_admission_and_its_resend_tell_the_pcp_once
-);
+on_both_backends!(a_discharge_before_its_admission_and_its_resend_tell_the_pcp_once);
 
-fn opted_out_and_part2_patients_are_suppressed_naming_the_rule(dir: &Path, db_url: Option<&str>) {
-    let (mut h, _rules) = harness(dir, db_url);
-    h.send(&[
+/// An opted-out patient's admission (V5) and one to a Part 2 unit (V6).
+fn suppressed_admissions() -> [String; 2] {
+    [
         inpatient("A01", "MRN-OPT", "O1", "202611280800", "V5").text(),
         inpatient("A01", "MRN-P", "P1", "202611280800", "V6")
             .unit("SUD1")
             .text(),
-    ]);
+    ]
+}
+
+fn opted_out_and_part2_patients_are_suppressed_naming_the_rule(dir: &Path, db_url: Option<&str>) {
+    let (mut h, _rules) = harness(dir, db_url);
+    h.send(&suppressed_admissions());
     let ns = h.notifications();
     assert_eq!(of(&ns, "V5"), [row("admission", PCP, "suppressed")]);
     let opted_out = ns.iter().find(|n| n["encounter"] == "GENHOSP|V5").unwrap();
@@ -380,10 +373,7 @@ fn opted_out_and_part2_patients_are_suppressed_naming_the_rule(dir: &Path, db_ur
         .unwrap()
         .contains(&"part2-program".into()));
 }
-on_both_backends!(
-    opted_out_and_part2_patients_are_suppressed_naming_the_rule,
-    opted_out_and_part2_patients_are_suppressed_naming_the_rule
-);
+on_both_backends!(opted_out_and_part2_patients_are_suppressed_naming_the_rule);
 
 fn a_message_sent_twice_with_one_control_id_is_routed_once(dir: &Path, db_url: Option<&str>) {
     let (mut h, _rules) = harness(dir, db_url);
@@ -409,10 +399,7 @@ fn a_message_sent_twice_with_one_control_id_is_routed_once(dir: &Path, db_url: O
     keys.dedup();
     assert_eq!(keys.len(), before, "duplicate notification keys");
 }
-on_both_backends!(
-    a_message_sent_twice_with_one_control_id_is_routed_once,
-    a_message_sent_twice_with_one_control_id_is_routed_once
-);
+on_both_backends!(a_message_sent_twice_with_one_control_id_is_routed_once);
 
 fn rules_reload_without_a_restart_and_a_broken_file_keeps_the_last_good_ones(
     dir: &Path,
@@ -465,23 +452,16 @@ fn rules_reload_without_a_restart_and_a_broken_file_keeps_the_last_good_ones(
         [row("admission", PCP, "suppressed")]
     );
 }
-on_both_backends!(
-    rules_reload_without_a_restart_and_a_broken_file_keeps_the_last_good_ones,
-    rules_reload_without_a_restart_and_a_broken_file_keeps_the_last_good_ones
-);
+on_both_backends!(rules_reload_without_a_restart_and_a_broken_file_keeps_the_last_good_ones);
 
 fn rules_simulate_shows_what_candidate_rules_would_change_and_writes_nothing(
     dir: &Path,
     db_url: Option<&str>,
 ) {
     let (mut h, _rules) = harness(dir, db_url);
-    h.send(&[
-        inpatient("A01", "MRN-OPT", "O1", "202611280800", "V5").text(),
-        inpatient("A01", "MRN-P", "P1", "202611280800", "V6")
-            .unit("SUD1")
-            .text(),
-        inpatient("A01", "MRN-K", "K1", "202611280800", "V8").text(),
-    ]);
+    let mut admissions = suppressed_admissions().to_vec();
+    admissions.push(inpatient("A01", "MRN-K", "K1", "202611280800", "V8").text());
+    h.send(&admissions);
     // Without the opt-out and Part 2 rules, the PCP would gain exactly the two
     // suppressed admissions.
     let candidate = rules_dir(&[]);
@@ -508,10 +488,7 @@ fn rules_simulate_shows_what_candidate_rules_would_change_and_writes_nothing(
     assert!(change["lost"].as_array().unwrap().is_empty(), "{sim}");
     assert_eq!(h.notifications().len(), before);
 }
-on_both_backends!(
-    rules_simulate_shows_what_candidate_rules_would_change_and_writes_nothing,
-    rules_simulate_shows_what_candidate_rules_would_change_and_writes_nothing
-);
+on_both_backends!(rules_simulate_shows_what_candidate_rules_would_change_and_writes_nothing);
 
 fn a_merge_moves_the_encounter_to_the_surviving_identifier(dir: &Path, db_url: Option<&str>) {
     let (mut h, _rules) = harness(dir, db_url);
@@ -552,10 +529,7 @@ MRG|MRN-OLD^^^GENHOSP^MR\r")
         });
     assert_eq!(owner, "MRN-NEW^GENHOSP");
 }
-on_both_backends!(
-    a_merge_moves_the_encounter_to_the_surviving_identifier,
-    a_merge_moves_the_encounter_to_the_surviving_identifier
-);
+on_both_backends!(a_merge_moves_the_encounter_to_the_surviving_identifier);
 
 #[test]
 fn rules_check_and_explain() {

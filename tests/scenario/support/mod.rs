@@ -239,9 +239,12 @@ impl Cli {
     }
 }
 
-/// A scenario `fn(dir, database url)` as two tests: on SQLite and on a PostgreSQL
-/// database of its own.
+/// A scenario `fn(dir, database url)` as two tests, `NAME::sqlite` and
+/// `NAME::postgres` (a PostgreSQL database of its own); NAME is the scenario's unless given.
 macro_rules! on_both_backends {
+    ($scenario:ident) => {
+        on_both_backends!($scenario, $scenario);
+    };
     ($name:ident, $scenario:ident) => {
         mod $name {
             use super::*;
