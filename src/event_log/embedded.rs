@@ -22,7 +22,7 @@
 use super::LogError;
 use crate::metrics::Metrics;
 use crate::store::sqlite_writer::SqliteWriter;
-use crate::store::{Appended, NewMessage, Store, StoreError};
+use crate::store::{Appended, LogWriter, NewMessage, Store, StoreError};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,10 +162,10 @@ impl EmbeddedLog {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, WriterHandle), StoreError> {
         let (tx, rx) = mpsc::channel(opts.max_batch * 16);
-        let handle = match store {
-            Store::Sqlite(s) => {
-                let path = s.path().to_path_buf();
-                let writer = s.writer(opts.busy_timeout, opts.max_batch)?;
+        let writer = store.log_writer(opts.busy_timeout, opts.commit_timeout, opts.max_batch)?;
+        let handle = match writer {
+            // Blocking rusqlite: a thread of its own, whose runtime has nothing else to run.
+            LogWriter::Sqlite(writer) => {
                 let opts = opts.clone();
                 WriterHandle::Thread(
                     std::thread::Builder::new()
@@ -178,19 +178,13 @@ impl EmbeddedLog {
                             rt.block_on(write_loop(writer, opts, metrics, rx))
                         })
                         .map_err(|e| StoreError::DataDir {
-                            path: path.display().to_string(),
+                            path: "the event-log writer thread".to_string(),
                             source: e,
                         })?,
                 )
             }
-            Store::Postgres(pool) => WriterHandle::Task(tokio::spawn(write_loop(
-                PgSink {
-                    pool: Store::pg_writer_pool(
-                        pool,
-                        opts.busy_timeout,
-                        opts.busy_timeout + opts.commit_timeout,
-                    ),
-                },
+            LogWriter::Postgres(pool) => WriterHandle::Task(tokio::spawn(write_loop(
+                PgSink { pool },
                 opts.clone(),
                 metrics,
                 rx,

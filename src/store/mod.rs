@@ -191,6 +191,14 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
 }
 
+/// The event log's writer connection, made by the store: on SQLite a blocking rusqlite
+/// connection for a thread of its own, on PostgreSQL a one-connection pool whose
+/// server-side timeouts bound every commit ([`Store::pg_writer_pool`]).
+pub enum LogWriter {
+    Sqlite(sqlite_writer::SqliteWriter),
+    Postgres(PgPool),
+}
+
 /// The database and every connection adt-router holds to it. Clones share them.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -361,6 +369,24 @@ impl Store {
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
         }
+    }
+
+    /// The event log's writer: `busy_timeout` for a lock, `commit_timeout` more for the
+    /// commit itself.
+    pub fn log_writer(
+        &self,
+        busy_timeout: Duration,
+        commit_timeout: Duration,
+        max_batch: usize,
+    ) -> Result<LogWriter, StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => LogWriter::Sqlite(s.writer(busy_timeout, max_batch)?),
+            Store::Postgres(p) => LogWriter::Postgres(Store::pg_writer_pool(
+                p,
+                busy_timeout,
+                busy_timeout + commit_timeout,
+            )),
+        })
     }
 
     /// PostgreSQL's `synchronous_commit` for our connections, when it is `off`: a
