@@ -7,13 +7,7 @@ use crate::secret::ExposeSecret;
 use axum::http::{header, HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    Auditor,
-    Ops,
-    Practice,
-}
+pub use super::config::Role;
 
 /// Who is calling.
 #[derive(Clone, Debug)]
@@ -39,12 +33,7 @@ impl Tokens {
             entries: settings
                 .iter()
                 .map(|t| {
-                    let role = match t.role.as_str() {
-                        "admin" => Role::Admin,
-                        "auditor" => Role::Auditor,
-                        "ops" => Role::Ops,
-                        _ => Role::Practice,
-                    };
+                    let role = t.role;
                     let digest: [u8; 32] =
                         Sha256::digest(t.token.expose_secret().as_bytes()).into();
                     let id = if t.id.is_empty() {

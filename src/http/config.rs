@@ -3,12 +3,34 @@
 
 use crate::secret::{hash_secret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// What a token may do (docs/http.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Auditor,
+    Ops,
+    Practice,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+            Role::Ops => "ops",
+            Role::Practice => "practice",
+        })
+    }
+}
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
     /// Address for /healthz, /readyz and /metrics.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// A client must send a request's headers within this long (slow-header attacks).
     pub header_timeout_secs: u64,
     /// A request must be answered within this long (roster uploads: `upload_timeout_secs`).
@@ -24,7 +46,7 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             header_timeout_secs: 10,
             request_timeout_secs: 60,
             upload_timeout_secs: 900,
@@ -53,7 +75,7 @@ pub struct TokenSettings {
     #[serde(default)]
     pub id: String,
     /// admin, auditor, ops or practice.
-    pub role: String,
+    pub role: Role,
     /// For a practice: the NPIs it speaks for.
     #[serde(default)]
     pub npis: Vec<String>,

@@ -1,12 +1,13 @@
 //! `[mllp]` settings: the listener, its caps and timeouts, TLS and the senders it maps.
 
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MllpSettings {
     /// Address the MLLP listener binds.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Largest frame accepted; a longer one closes the connection.
     pub max_frame_bytes: usize,
     /// Connections beyond this are accepted and closed at once (and counted).
@@ -46,7 +47,7 @@ pub struct MllpSettings {
 impl Default for MllpSettings {
     fn default() -> Self {
         MllpSettings {
-            listen: "127.0.0.1:2575".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 2575)),
             max_frame_bytes: 16 * 1024 * 1024,
             max_connections: 1024,
             max_connections_per_peer: 64,
