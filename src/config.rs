@@ -281,16 +281,6 @@ impl Settings {
             if self.kafka.partitions < 1 {
                 return bad("kafka.partitions", "must be at least 1".into());
             }
-            // The bundled librdkafka is built without libzstd.
-            if !["none", "gzip", "snappy", "lz4"].contains(&self.kafka.compression.as_str()) {
-                return bad(
-                    "kafka.compression",
-                    format!(
-                        "'{}' is not none, gzip, snappy or lz4",
-                        self.kafka.compression
-                    ),
-                );
-            }
             if !(0.0..=1000.0).contains(&self.kafka.linger_ms) {
                 return bad("kafka.linger_ms", "must be 0 to 1000".into());
             }

@@ -60,7 +60,7 @@ pub struct KafkaSettings {
     /// none, gzip, snappy or lz4. none by default: an HL7 v2 message is a few hundred
     /// bytes to a few KB, and on the benchmark lz4 cost 18% of C=8 throughput and 38% of
     /// C=1 (docs/benchmarks.md); set lz4 when the broker is across a slow link.
-    pub compression: String,
+    pub compression: Compression,
     /// Run the router (the consumer group member) in this process.
     pub consume: bool,
     /// How soon the group notices a dead router and hands its partitions over.
@@ -95,7 +95,7 @@ impl Default for KafkaSettings {
             linger_ms: 0.0,
             busy_linger_ms: 0.05,
             busy_at: 4,
-            compression: "none".into(),
+            compression: Compression::None,
             consume: true,
             session_timeout_ms: 10_000,
             librdkafka_options: Default::default(),
@@ -106,5 +106,27 @@ impl Default for KafkaSettings {
 impl KafkaSettings {
     pub fn enabled(&self) -> bool {
         !self.brokers.trim().is_empty()
+    }
+}
+
+/// Producer compression (`compression.type`). The bundled librdkafka is built without
+/// libzstd, so zstd is not offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
     }
 }

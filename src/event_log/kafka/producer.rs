@@ -95,7 +95,7 @@ impl ProducerSlot {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("compression.type", &s.compression)
+            .set("compression.type", s.compression.as_str())
             .set("linger.ms", linger_ms.to_string())
             .set("message.timeout.ms", s.produce_timeout_ms.to_string())
             // One request in flight: with linger 0 the messages of concurrent senders
