@@ -2,7 +2,7 @@
 //! and are shown as overrides wherever an endpoint is explained.
 
 use super::csvfile::{optional, required, Field, HeaderMap};
-use super::endpoint::{self, EndpointKind, EndpointPolicy};
+use super::endpoint::{self, EndpointError, EndpointKind, EndpointPolicy};
 use super::npi::Npi;
 use crate::store::StoreError;
 
@@ -19,6 +19,12 @@ pub struct Override {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OverrideError {
+    #[error("NPI '{npi}': {reason}")]
+    Npi { npi: String, reason: String },
+    #[error("type '{0}' must be DIRECT, FHIR or REST")]
+    Type(String),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     #[error("{0}")]
     Invalid(String),
     #[error("{file}: {errors} bad row(s); nothing was loaded:\n{detail}")]
@@ -41,13 +47,16 @@ impl Override {
         secret: Option<String>,
         preferred: bool,
         policy: EndpointPolicy,
-    ) -> Result<Override, String> {
-        let npi = Npi::parse(npi).map_err(|e| format!("NPI '{npi}': {e}"))?;
+    ) -> Result<Override, OverrideError> {
+        let npi = Npi::parse(npi).map_err(|e| OverrideError::Npi {
+            npi: npi.to_string(),
+            reason: e.to_string(),
+        })?;
         let kind = match EndpointKind::parse(kind) {
             Some(k) if k.deliverable() => k,
-            _ => return Err(format!("type '{kind}' must be DIRECT, FHIR or REST")),
+            _ => return Err(OverrideError::Type(kind.to_string())),
         };
-        let endpoint = endpoint::check(kind, value, policy).map_err(|e| e.to_string())?;
+        let endpoint = endpoint::check(kind, value, policy)?;
         Ok(Override {
             npi,
             kind,

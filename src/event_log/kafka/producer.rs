@@ -289,21 +289,6 @@ impl KafkaLog {
         }
     }
 
-    /// Readiness: the broker answers a metadata request for our topic.
-    pub async fn ping(&self) -> Result<(), String> {
-        let producer = self.producer.get().1;
-        let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(2)))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    }
-
     /// Waits (bounded) for queued writes on shutdown.
     pub fn flush(&self) {
         for slot in std::iter::once(&self.producer).chain(&self.busy) {
