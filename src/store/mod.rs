@@ -404,14 +404,6 @@ impl Store {
         }
     }
 
-    /// The SQLite file, for the writer thread to open.
-    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
-        match self {
-            Store::Sqlite(s) => Some(s.path().to_path_buf()),
-            Store::Postgres(_) => None,
-        }
-    }
-
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
